@@ -1,0 +1,153 @@
+//! What the daemon knows about pods and namespaces, independent of where it learned it.
+//!
+//! A source (the local file today, Kubernetes later) produces [`Snapshot`]s: complete, immutable
+//! views of the cluster. Everything downstream (enrollment, routing decisions) reads snapshots and
+//! never a source directly.
+
+pub mod enroll;
+pub mod file;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// A pod as the mesh sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Pod {
+    /// Kubernetes UID; the key for everything per-pod.
+    pub uid: String,
+    /// Pod name.
+    pub name: String,
+    /// Namespace the pod lives in.
+    pub namespace: String,
+    /// Service account; with the namespace it forms the pod's SPIFFE identity.
+    #[serde(default = "default_service_account")]
+    pub service_account: String,
+    /// Node the pod is scheduled on.
+    pub node: String,
+    /// Pod IPs (IPv4 and/or IPv6).
+    #[serde(default, deserialize_with = "deserialize_ips")]
+    pub ips: Vec<IpAddr>,
+    /// Pod labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Pod annotations.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// Path of the pod's network namespace, when the source knows it.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    /// Pods on the host network are never captured.
+    #[serde(default)]
+    pub host_network: bool,
+}
+
+/// Parses `ips` so that a bad entry is named in the error (serde's own message omits it).
+fn deserialize_ips<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D::Error> {
+    let raw = Vec::<String>::deserialize(d)?;
+    raw.iter()
+        .map(|s| {
+            s.trim().parse().map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "ips: {s:?} is not an IP address (expected e.g. 10.0.0.2 or fd00::2)"
+                ))
+            })
+        })
+        .collect()
+}
+
+fn default_service_account() -> String {
+    "default".to_string()
+}
+
+impl Pod {
+    /// `namespace/name`, the form used in logs and errors.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A Kubernetes namespace (only what enrollment needs).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Namespace {
+    /// Namespace name.
+    pub name: String,
+    /// Namespace labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A complete view of the cluster's pods and namespaces at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Snapshot {
+    /// Namespaces with their labels.
+    #[serde(default)]
+    pub namespaces: Vec<Namespace>,
+    /// All pods (of every node).
+    #[serde(default)]
+    pub pods: Vec<Pod>,
+    /// Pod entries the source could not understand; reported, never captured.
+    #[serde(skip)]
+    pub rejected: Vec<RejectedPod>,
+}
+
+/// A pod entry the source rejected, with the reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RejectedPod {
+    /// `namespace/name` as far as it could be read.
+    pub pod: String,
+    /// What was wrong with the entry.
+    pub error: String,
+}
+
+/// Best-effort `namespace/name` of an entry that failed to parse, for error messages.
+pub(crate) fn describe_raw_pod(value: &serde_json::Value, index: usize) -> String {
+    let field = |k: &str| value.get(k).and_then(|v| v.as_str());
+    match (field("namespace"), field("name")) {
+        (Some(ns), Some(name)) => format!("{ns}/{name}"),
+        _ => format!("pods[{index}]"),
+    }
+}
+
+impl Snapshot {
+    /// Labels of namespace `name` (empty when the namespace is unknown).
+    pub fn namespace_labels(&self, name: &str) -> Option<&BTreeMap<String, String>> {
+        self.namespaces
+            .iter()
+            .find(|ns| ns.name == name)
+            .map(|ns| &ns.labels)
+    }
+
+}
+
+/// A snapshot indexed for the data path: which pod owns an IP, and whether it is in the mesh.
+#[derive(Debug, Default)]
+pub struct Directory {
+    by_ip: HashMap<IpAddr, (Arc<Pod>, bool)>,
+}
+
+impl Directory {
+    /// Indexes `snapshot`, deciding enrollment for every pod of every node.
+    pub fn new(snapshot: &Snapshot, daemon: &enroll::DaemonIdentity) -> Self {
+        let mut by_ip = HashMap::new();
+        for pod in &snapshot.pods {
+            let in_mesh = enroll::decide(pod, snapshot, daemon).is_enrolled();
+            let pod = Arc::new(pod.clone());
+            for ip in &pod.ips {
+                by_ip.insert(*ip, (pod.clone(), in_mesh));
+            }
+        }
+        Directory { by_ip }
+    }
+
+    /// The pod that owns `ip`, and whether it is enrolled in the mesh.
+    pub fn lookup(&self, ip: IpAddr) -> Option<(&Arc<Pod>, bool)> {
+        self.by_ip.get(&ip).map(|(pod, in_mesh)| (pod, *in_mesh))
+    }
+}
