@@ -2,5 +2,16 @@
 //!
 //! See `ARCHITECTURE.md` for how a connection and a pod event travel through these modules.
 
+pub mod admin;
+pub mod app;
+pub mod capture;
+pub mod cli;
+pub mod demo;
+pub mod flows;
+pub mod lab;
+pub mod metrics;
 pub mod netns;
+pub mod proxy;
+pub mod reconcile;
+pub mod rules;
 pub mod workload;

@@ -1,3 +1,5 @@
-fn main() {
-    println!("Hello, world!");
+//! The `ambit` binary: parses the command line and hands over to the library.
+
+fn main() -> std::process::ExitCode {
+    ambit::cli::main()
 }

@@ -120,11 +120,9 @@ impl NetNs {
             path: "/proc/self/ns/net".into(),
             source: io::Error::new(e.kind(), e.to_string()),
         })?;
-        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| {
-            NetNsError::Enter {
-                path: self.path.clone(),
-                source,
-            }
+        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| NetNsError::Enter {
+            path: self.path.clone(),
+            source,
         })?;
         let out = work();
         if let Err(e) = setns(home.as_fd(), CloneFlags::CLONE_NEWNET) {

@@ -176,7 +176,11 @@ mod tests {
         let snap = load(&path).unwrap();
         assert_eq!(snap.pods.len(), 1, "the good pod survives");
         assert_eq!(snap.rejected[0].pod, "a/p");
-        assert!(snap.rejected[0].error.contains("nope"), "{:?}", snap.rejected);
+        assert!(
+            snap.rejected[0].error.contains("nope"),
+            "{:?}",
+            snap.rejected
+        );
         let err = load(&dir.join("missing.json")).unwrap_err().to_string();
         assert!(err.contains("missing.json"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();

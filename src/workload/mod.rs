@@ -123,7 +123,6 @@ impl Snapshot {
             .find(|ns| ns.name == name)
             .map(|ns| &ns.labels)
     }
-
 }
 
 /// A snapshot indexed for the data path: which pod owns an IP, and whether it is in the mesh.

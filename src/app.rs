@@ -1,0 +1,153 @@
+//! `ambit run`: wires the workload source, the reconciler, the pod proxies and the HTTP
+//! endpoints together on two runtimes.
+//!
+//! The data runtime (multi-threaded) carries connections. The control runtime (the main
+//! thread) runs the workload source, the reconciler and the admin/metrics/readiness servers, so
+//! neither a slow scrape nor a slow `iptables-restore` stalls traffic.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hyper::StatusCode;
+use tokio::sync::watch;
+
+use crate::admin::{self, Reply, Router};
+use crate::flows::FlowTable;
+use crate::metrics::Metrics;
+use crate::proxy::ProxyContext;
+use crate::reconcile::{ReconcileConfig, Reconciler, StatusBoard};
+use crate::workload::{file, Directory};
+
+/// Everything `ambit run` needs.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Reconciler settings (node, backend, ...).
+    pub reconcile: ReconcileConfig,
+    /// The local workload file.
+    pub workloads: PathBuf,
+    /// How often the workload file is checked for changes.
+    pub poll_interval: Duration,
+    /// Admin endpoint; must be a loopback address.
+    pub admin_addr: SocketAddr,
+    /// Metrics endpoint.
+    pub metrics_addr: SocketAddr,
+    /// Readiness endpoint.
+    pub readiness_addr: SocketAddr,
+    /// Worker threads of the data runtime.
+    pub data_threads: usize,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(config: RunConfig) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        config.admin_addr.ip().is_loopback(),
+        "admin address {} must be a loopback address (the admin endpoint is never exposed)",
+        config.admin_addr
+    );
+    check_privileges()?;
+    let data = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.data_threads.max(1))
+        .thread_name("ambit-data")
+        .enable_all()
+        .build()
+        .context("starting the data runtime")?;
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the control runtime")?;
+    let data_handle = data.handle().clone();
+    control.block_on(serve(config, data_handle))?;
+    // Connections in flight are cut here; the rules stay in place so pods stay fail-closed
+    // until the next daemon adopts them.
+    data.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let flows = Arc::new(FlowTable::default());
+    let board = Arc::new(StatusBoard::default());
+    let (directory_tx, directory_rx) = watch::channel(Arc::new(Directory::default()));
+    let ctx = ProxyContext {
+        directory: directory_rx,
+        flows: flows.clone(),
+        metrics: metrics.clone(),
+    };
+
+    let m = metrics.clone();
+    let metrics_router: Router = Arc::new(move |path| match path {
+        "/metrics" | "/stats/prometheus" => Reply::text(StatusCode::OK, m.encode()),
+        _ => Reply::text(StatusCode::NOT_FOUND, "try /metrics\n"),
+    });
+    let b = board.clone();
+    let readiness_router: Router = Arc::new(move |path| match path {
+        "/healthz/ready" if b.is_ready() => Reply::text(StatusCode::OK, "ready\n"),
+        "/healthz/ready" => Reply::text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        _ => Reply::text(StatusCode::NOT_FOUND, "try /healthz/ready\n"),
+    });
+    let admin_router = admin_routes(board.clone(), flows, metrics, config.clone());
+    admin::serve(config.metrics_addr, "metrics", metrics_router).await?;
+    admin::serve(config.readiness_addr, "readiness", readiness_router).await?;
+    admin::serve(config.admin_addr, "admin", admin_router).await?;
+
+    let source = file::watch_file(config.workloads.clone(), config.poll_interval);
+    let reconciler = Reconciler::new(config.reconcile.clone(), ctx, data, board);
+    tracing::info!(node = %config.reconcile.node, workloads = %config.workloads.display(),
+        backend = %config.reconcile.backend, "ambit running");
+    tokio::select! {
+        _ = reconciler.run(source, directory_tx) => {}
+        r = shutdown_signal() => r?,
+    }
+    tracing::info!("shutting down");
+    Ok(())
+}
+
+fn admin_routes(
+    board: Arc<StatusBoard>,
+    flows: Arc<FlowTable>,
+    metrics: Arc<Metrics>,
+    config: RunConfig,
+) -> Router {
+    Arc::new(move |path| match path {
+        "/pods" => Reply::json(&board.pods()),
+        "/flows" => Reply::json(&flows.snapshot()),
+        "/metrics" => Reply::text(StatusCode::OK, metrics.encode()),
+        "/status" => Reply::json(&serde_json::json!({
+            "node": config.reconcile.node,
+            "backend": config.reconcile.backend.to_string(),
+            "workloads": config.workloads,
+            "ready": board.is_ready(),
+            "source_error": board.source_error(),
+        })),
+        _ => Reply::text(
+            StatusCode::NOT_FOUND,
+            "ambit admin: /status /pods /flows /metrics\n",
+        ),
+    })
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Fails early, with the capability named, if the daemon cannot do its job.
+fn check_privileges() -> anyhow::Result<()> {
+    let own = crate::netns::NetNs::current().context("opening the daemon's own netns")?;
+    own.run(|| ())
+        .context("setns into a network namespace failed (needs CAP_SYS_ADMIN)")?;
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .context("creating a test socket")?;
+    s.set_mark(crate::proxy::socket::INPOD_MARK)
+        .context("setting SO_MARK failed (needs CAP_NET_ADMIN)")?;
+    Ok(())
+}

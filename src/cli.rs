@@ -1,0 +1,120 @@
+//! Command line: `ambit run`, `ambit lab …`, `ambit demo`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::app::{self, RunConfig};
+use crate::reconcile::ReconcileConfig;
+use crate::rules::Backend;
+use crate::workload::enroll::DaemonIdentity;
+
+/// ambit: node-level ambient service-mesh daemon.
+#[derive(Parser, Debug)]
+#[command(name = "ambit", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon for one node.
+    Run(RunArgs),
+    /// Build, inspect and remove local lab clusters made of network namespaces.
+    #[command(subcommand)]
+    Lab(crate::lab::cli::LabCommand),
+    /// Build a 2-node lab, run ambit on both nodes, send traffic, print the flows, clean up.
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Name of this node; only pods scheduled here are captured.
+    #[arg(long, env = "AMBIT_NODE")]
+    node: String,
+    /// Local workload file (JSON: namespaces and pods).
+    #[arg(long, env = "AMBIT_WORKLOADS")]
+    workloads: PathBuf,
+    /// Redirect-rule backend.
+    #[arg(long, default_value = "iptables", value_parser = parse_backend)]
+    rules: Backend,
+    /// Admin endpoint (loopback only).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
+    /// Prometheus metrics endpoint.
+    #[arg(long, default_value = "[::]:15020")]
+    metrics: SocketAddr,
+    /// Readiness endpoint (`/healthz/ready`).
+    #[arg(long, default_value = "[::]:15021")]
+    readiness: SocketAddr,
+    /// How often the workload file is checked, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    poll_ms: u64,
+    /// How often captured pods' rules are checked for drift, in seconds.
+    #[arg(long, default_value_t = 10)]
+    verify_secs: u64,
+    /// Worker threads carrying traffic (default: one per CPU).
+    #[arg(long)]
+    data_threads: Option<usize>,
+    /// Namespace of the daemon's own pods (never captured).
+    #[arg(long, default_value = "istio-system")]
+    daemon_namespace: String,
+}
+
+fn parse_backend(s: &str) -> Result<Backend, String> {
+    s.parse().map_err(|e| format!("{e}"))
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Run(args) => app::run(run_config(args)),
+        Command::Lab(cmd) => crate::lab::cli::run(cmd),
+        Command::Demo(args) => crate::demo::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ambit: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_config(a: RunArgs) -> RunConfig {
+    RunConfig {
+        reconcile: ReconcileConfig {
+            node: a.node,
+            daemon: DaemonIdentity {
+                namespace: a.daemon_namespace,
+                ..DaemonIdentity::default()
+            },
+            backend: a.rules,
+            verify_interval: Duration::from_secs(a.verify_secs.max(1)),
+        },
+        workloads: a.workloads,
+        poll_interval: Duration::from_millis(a.poll_ms.max(10)),
+        admin_addr: a.admin,
+        metrics_addr: a.metrics,
+        readiness_addr: a.readiness,
+        data_threads: a
+            .data_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}

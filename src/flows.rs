@@ -1,0 +1,241 @@
+//! The record of connections the daemon carried: live ones with their running byte counts, and
+//! the most recent finished ones. Served on the admin endpoint, printed by the demo, and what
+//! the tests read to know which listener captured a connection.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// How many finished flows are kept for inspection.
+const RECENT_CAPACITY: usize = 4096;
+
+/// Which capture listener accepted a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Listener {
+    /// 15001: the pod's own outgoing connections.
+    Outbound,
+    /// 15006: plaintext connections to the pod.
+    Inbound,
+    /// 15008: HBONE tunnels to the pod.
+    Hbone,
+}
+
+impl Listener {
+    /// Lower-case name, as in logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Listener::Outbound => "outbound",
+            Listener::Inbound => "inbound",
+            Listener::Hbone => "hbone",
+        }
+    }
+}
+
+/// A flow as shown to people and tests.
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowRecord {
+    /// Unique id within this daemon's life.
+    pub id: u64,
+    /// `namespace/name` of the pod whose listener accepted the connection.
+    pub pod: String,
+    /// The listener.
+    pub listener: Listener,
+    /// Client address as the listener saw it.
+    pub src: SocketAddr,
+    /// Original destination the client asked for.
+    pub dst: SocketAddr,
+    /// How the connection was carried on (e.g. "passthrough", "app").
+    pub route: String,
+    /// Bytes client → server so far.
+    pub bytes_sent: u64,
+    /// Bytes server → client so far.
+    pub bytes_received: u64,
+    /// Start, milliseconds since the Unix epoch.
+    pub started_ms: u64,
+    /// Duration so far (live) or in total (finished).
+    pub duration_ms: u64,
+    /// Whether the flow has finished.
+    pub finished: bool,
+    /// Why the flow failed, if it did.
+    pub error: Option<String>,
+}
+
+/// A live flow. Dropping it (or calling [`Flow::finish`]) moves it to the recent list.
+pub struct Flow {
+    table: Arc<FlowTable>,
+    shared: Arc<LiveFlow>,
+}
+
+struct LiveFlow {
+    id: u64,
+    pod: String,
+    listener: Listener,
+    src: SocketAddr,
+    dst: SocketAddr,
+    route: Mutex<String>,
+    started: Instant,
+    started_ms: u64,
+    sent: AtomicU64,
+    received: AtomicU64,
+    error: Mutex<Option<String>>,
+}
+
+impl LiveFlow {
+    fn record(&self, finished: bool) -> FlowRecord {
+        FlowRecord {
+            id: self.id,
+            pod: self.pod.clone(),
+            listener: self.listener,
+            src: self.src,
+            dst: self.dst,
+            route: lock(&self.route).clone(),
+            bytes_sent: self.sent.load(Ordering::Relaxed),
+            bytes_received: self.received.load(Ordering::Relaxed),
+            started_ms: self.started_ms,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            finished,
+            error: lock(&self.error).clone(),
+        }
+    }
+}
+
+/// A poisoned lock only means another thread panicked mid-update of a record; the data is
+/// still usable for reporting.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Flow {
+    /// Counter for client → server bytes.
+    pub fn sent(&self) -> &AtomicU64 {
+        &self.shared.sent
+    }
+
+    /// Counter for server → client bytes.
+    pub fn received(&self) -> &AtomicU64 {
+        &self.shared.received
+    }
+
+    /// Records how the connection is being carried.
+    pub fn set_route(&self, route: impl Into<String>) {
+        *lock(&self.shared.route) = route.into();
+    }
+
+    /// Records why the flow failed.
+    pub fn fail(&self, error: impl std::fmt::Display) {
+        *lock(&self.shared.error) = Some(error.to_string());
+    }
+
+    /// Ends the flow now (it is also ended when dropped).
+    pub fn finish(self) {}
+}
+
+impl Drop for Flow {
+    fn drop(&mut self) {
+        self.table.retire(&self.shared);
+    }
+}
+
+/// All flows of the daemon.
+#[derive(Default)]
+pub struct FlowTable {
+    next_id: AtomicU64,
+    live: Mutex<HashMap<u64, Arc<LiveFlow>>>,
+    recent: Mutex<VecDeque<FlowRecord>>,
+}
+
+impl FlowTable {
+    /// Registers a new live flow.
+    pub fn start(
+        self: &Arc<Self>,
+        pod: &str,
+        listener: Listener,
+        src: SocketAddr,
+        dst: SocketAddr,
+    ) -> Flow {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let shared = Arc::new(LiveFlow {
+            id,
+            pod: pod.to_string(),
+            listener,
+            src,
+            dst,
+            route: Mutex::new(String::new()),
+            started: Instant::now(),
+            started_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            error: Mutex::new(None),
+        });
+        lock(&self.live).insert(id, shared.clone());
+        Flow {
+            table: self.clone(),
+            shared,
+        }
+    }
+
+    fn retire(&self, flow: &LiveFlow) {
+        lock(&self.live).remove(&flow.id);
+        let record = flow.record(true);
+        tracing::info!(
+            target: "access",
+            pod = %record.pod,
+            listener = record.listener.as_str(),
+            src = %record.src,
+            dst = %record.dst,
+            route = %record.route,
+            bytes_sent = record.bytes_sent,
+            bytes_received = record.bytes_received,
+            duration_ms = record.duration_ms,
+            error = record.error.as_deref().unwrap_or(""),
+            "connection complete"
+        );
+        let mut recent = lock(&self.recent);
+        if recent.len() == RECENT_CAPACITY {
+            recent.pop_front();
+        }
+        recent.push_back(record);
+    }
+
+    /// Live flows first (oldest first), then finished ones (oldest first).
+    pub fn snapshot(&self) -> Vec<FlowRecord> {
+        let mut out: Vec<FlowRecord> = lock(&self.live).values().map(|f| f.record(false)).collect();
+        out.sort_by_key(|f| f.id);
+        out.extend(lock(&self.recent).iter().cloned());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flows_move_from_live_to_recent_with_their_counts() {
+        let table = Arc::new(FlowTable::default());
+        let a: SocketAddr = "10.0.0.1:1000".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        let flow = table.start("ns/p", Listener::Outbound, a, b);
+        flow.sent().fetch_add(5, Ordering::Relaxed);
+        flow.set_route("passthrough");
+        let live = table.snapshot();
+        assert_eq!(live.len(), 1);
+        assert!(!live[0].finished);
+        flow.fail("boom");
+        flow.finish();
+        let done = table.snapshot();
+        assert_eq!(done.len(), 1);
+        assert!(done[0].finished);
+        assert_eq!(done[0].bytes_sent, 5);
+        assert_eq!(done[0].route, "passthrough");
+        assert_eq!(done[0].error.as_deref(), Some("boom"));
+    }
+}

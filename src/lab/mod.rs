@@ -1,0 +1,456 @@
+//! The lab: a small Kubernetes-like cluster built from network namespaces on one machine, for
+//! integration tests, the demo, the benchmarks and `ambit lab up|down|list|exec`.
+//!
+//! A fabric namespace holds a bridge; each node is a namespace joined to the fabric by a veth;
+//! each pod is a namespace joined to its node by a veth (the address plan is in `state.rs`).
+//! The lab writes the workload file the daemons read and can run one daemon per node, inside
+//! the node's namespace. Everything lives under `/run/ambit/lab/<name>/`.
+//!
+//! A [`Lab`] returned by [`Lab::up`] owns what it created and removes it when dropped, also
+//! when a test panics. [`Lab::load`] reopens an existing lab without taking ownership.
+
+mod cleanup;
+pub mod cli;
+mod daemon;
+mod state;
+mod topology;
+pub mod traffic;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+pub use cleanup::down_by_name;
+pub use daemon::{HttpResponse, ADMIN_PORT, READY_PORT, STOP_GRACE};
+pub use state::{
+    LabNode, LabPod, LabState, AMBIENT_LABEL, FABRIC_IPV4, FABRIC_IPV6, POD_GATEWAY_V4,
+    POD_GATEWAY_V6,
+};
+
+use crate::netns::{NetNs, NetNsError};
+use crate::workload::Snapshot;
+use daemon::Daemon;
+
+/// Directory holding one subdirectory per lab.
+pub const LAB_ROOT: &str = "/run/ambit/lab";
+/// Longest lab name: keeps `<lab>-n9-p60` and friends short.
+pub const MAX_NAME_LEN: usize = 20;
+/// Most nodes a lab can have (one digit in names and address groups).
+pub const MAX_NODES: usize = 9;
+/// Most pods per node.
+pub const MAX_PODS_PER_NODE: usize = 60;
+
+/// Errors from building, using or removing a lab.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// The spec or a lab name is not acceptable.
+    #[error("invalid lab spec: {0}")]
+    Spec(String),
+    /// A lab of that name (or namespaces with its names) already exists.
+    #[error("lab {name:?} already exists ({detail}); remove it with `ambit lab down {name}`")]
+    Exists {
+        /// Lab name.
+        name: String,
+        /// What was found.
+        detail: String,
+    },
+    /// A lab, node or pod of that name does not exist.
+    #[error("no {what} named {name:?}{known}")]
+    NotFound {
+        /// `lab`, `node` or `pod`.
+        what: &'static str,
+        /// Name that was asked for.
+        name: String,
+        /// The names that do exist, formatted for the message.
+        known: String,
+    },
+    /// An external command (`ip`, `sysctl`) failed.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        /// Command line.
+        command: String,
+        /// Exit status.
+        status: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// A file or process operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// `lab.json` or the workload file could not be encoded or parsed.
+    #[error("{}: {source}", path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// Underlying error.
+        source: serde_json::Error,
+    },
+    /// A lab namespace could not be opened or entered.
+    #[error(transparent)]
+    NetNs(#[from] NetNsError),
+    /// A daemon failed to start, exited, or did not become ready.
+    #[error("ambit on node {node}: {message}\n--- last lines of {} ---\n{tail}", log.display())]
+    Daemon {
+        /// Node name.
+        node: String,
+        /// What went wrong.
+        message: String,
+        /// The daemon's log file.
+        log: PathBuf,
+        /// Its last lines.
+        tail: String,
+    },
+    /// An HTTP request to a daemon endpoint failed or returned an unexpected status.
+    #[error("GET {url} in node {node}: {message}")]
+    Http {
+        /// Node whose namespace the request was made in.
+        node: String,
+        /// `http://127.0.0.1:<port><path>`.
+        url: String,
+        /// What went wrong (status and body, or the I/O error).
+        message: String,
+    },
+    /// Removing the lab left something behind.
+    #[error("lab {name} was not removed completely:\n  {}", problems.join("\n  "))]
+    Teardown {
+        /// Lab name.
+        name: String,
+        /// One line per leftover.
+        problems: Vec<String>,
+    },
+}
+
+/// What [`Lab::up`] builds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabSpec {
+    /// Lab name; a unique short name (`ab` + 6 hex digits) is generated when `None`.
+    pub name: Option<String>,
+    /// Number of nodes (1..=9).
+    pub nodes: usize,
+    /// Pods on each node (1..=60).
+    pub pods_per_node: usize,
+    /// Whether the pods' namespace carries `istio.io/dataplane-mode=ambient`.
+    pub namespace_ambient: bool,
+}
+
+impl Default for LabSpec {
+    fn default() -> Self {
+        LabSpec {
+            name: None,
+            nodes: 2,
+            pods_per_node: 2,
+            namespace_ambient: true,
+        }
+    }
+}
+
+impl LabSpec {
+    /// Checks sizes and the name, with a message saying what is allowed.
+    pub fn validate(&self) -> Result<(), LabError> {
+        if !(1..=MAX_NODES).contains(&self.nodes) {
+            return Err(LabError::Spec(format!(
+                "nodes = {} (must be 1..={MAX_NODES})",
+                self.nodes
+            )));
+        }
+        if !(1..=MAX_PODS_PER_NODE).contains(&self.pods_per_node) {
+            return Err(LabError::Spec(format!(
+                "pods_per_node = {} (must be 1..={MAX_PODS_PER_NODE})",
+                self.pods_per_node
+            )));
+        }
+        match &self.name {
+            Some(name) => validate_name(name),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Checks a lab name: 1..=20 characters, lowercase ASCII letters and digits, starting with a
+/// letter. No `-`, so a lab's namespace names can never look like another lab's.
+pub fn validate_name(name: &str) -> Result<(), LabError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if ok {
+        return Ok(());
+    }
+    Err(LabError::Spec(format!(
+        "lab name {name:?} (must be 1..={MAX_NAME_LEN} lowercase letters and digits, starting with a letter)"
+    )))
+}
+
+/// Names of the labs under [`LAB_ROOT`], sorted.
+pub fn list() -> Result<Vec<String>, LabError> {
+    let dir = match std::fs::read_dir(LAB_ROOT) {
+        Ok(dir) => dir,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(LabError::Io {
+                context: format!("cannot list {LAB_ROOT}"),
+                source,
+            })
+        }
+    };
+    let mut names: Vec<String> = dir
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| validate_name(n).is_ok())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// A running lab. See the module documentation.
+#[derive(Debug)]
+pub struct Lab {
+    state: LabState,
+    daemons: Mutex<BTreeMap<String, Daemon>>,
+    /// Serialises read-modify-write of the workload file within this process.
+    workloads_lock: Mutex<()>,
+    /// Whether dropping this value removes the lab.
+    owned: bool,
+}
+
+/// Locks `m`, ignoring poisoning: a panicking test must not keep cleanup from running.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Lab {
+    /// Builds the lab described by `spec` and writes its `lab.json` and workload file. If any
+    /// step fails, everything created so far is removed before the error is returned.
+    pub fn up(spec: &LabSpec) -> Result<Lab, LabError> {
+        spec.validate()?;
+        std::fs::create_dir_all(LAB_ROOT).map_err(|source| LabError::Io {
+            context: format!("cannot create {LAB_ROOT}"),
+            source,
+        })?;
+        let state = cleanup::claim(spec)?;
+        // From here on, Drop removes whatever exists of the lab.
+        let lab = Lab {
+            state,
+            daemons: Mutex::new(BTreeMap::new()),
+            workloads_lock: Mutex::new(()),
+            owned: true,
+        };
+        lab.save(&lock(&lab.daemons))?;
+        topology::build(&lab.state)?;
+        state::write_snapshot(&lab.state.workloads_path(), &lab.state.initial_snapshot())?;
+        Ok(lab)
+    }
+
+    /// Reopens lab `name` from its `lab.json`. The returned value does not own the lab:
+    /// dropping it leaves the lab running; use [`Lab::down`] to remove it.
+    pub fn load(name: &str) -> Result<Lab, LabError> {
+        validate_name(name)?;
+        let dir = Path::new(LAB_ROOT).join(name);
+        if !dir.join("lab.json").exists() {
+            return Err(LabError::NotFound {
+                what: "lab",
+                name: name.to_string(),
+                known: known_names(list().unwrap_or_default().iter()),
+            });
+        }
+        let state = LabState::read(&dir)?;
+        let daemons = state
+            .daemons
+            .iter()
+            .map(|(node, pid)| {
+                (
+                    node.clone(),
+                    Daemon {
+                        pid: *pid,
+                        child: None,
+                    },
+                )
+            })
+            .collect();
+        Ok(Lab {
+            state,
+            daemons: Mutex::new(daemons),
+            workloads_lock: Mutex::new(()),
+            owned: false,
+        })
+    }
+
+    /// Gives up ownership: the lab (and its daemons) keep running after this value is
+    /// dropped, e.g. for `ambit lab up`. Returns the lab name.
+    pub fn detach(mut self) -> String {
+        self.owned = false;
+        self.state.name.clone()
+    }
+
+    /// Writes `lab.json` with the current daemon pids.
+    fn save(&self, daemons: &BTreeMap<String, Daemon>) -> Result<(), LabError> {
+        let mut state = self.state.clone();
+        state.daemons = daemons.iter().map(|(n, d)| (n.clone(), d.pid)).collect();
+        state.save()
+    }
+
+    /// Lab name.
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    /// Lab directory (`/run/ambit/lab/<name>`).
+    pub fn dir(&self) -> &Path {
+        &self.state.dir
+    }
+
+    /// The lab's full description, as in `lab.json` (daemon pids as of loading).
+    pub fn state(&self) -> &LabState {
+        &self.state
+    }
+
+    /// Kubernetes namespace of the pods.
+    pub fn namespace(&self) -> &str {
+        &self.state.namespace
+    }
+
+    /// Nodes in order.
+    pub fn nodes(&self) -> &[LabNode] {
+        &self.state.nodes
+    }
+
+    /// Node `name` (`n1`, ...).
+    pub fn node(&self, name: &str) -> Result<&LabNode, LabError> {
+        let nodes = &self.state.nodes;
+        nodes
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| LabError::NotFound {
+                what: "node",
+                name: name.to_string(),
+                known: known_names(nodes.iter().map(|n| &n.name)),
+            })
+    }
+
+    /// Pods in order, node by node.
+    pub fn pods(&self) -> &[LabPod] {
+        &self.state.pods
+    }
+
+    /// Pods on node `node`.
+    pub fn pods_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a LabPod> + 'a {
+        self.state.pods.iter().filter(move |p| p.node == node)
+    }
+
+    /// Pod `name` (`n1-p1`, ...).
+    pub fn pod(&self, name: &str) -> Result<&LabPod, LabError> {
+        let pods = &self.state.pods;
+        pods.iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| LabError::NotFound {
+                what: "pod",
+                name: name.to_string(),
+                known: known_names(pods.iter().map(|p| &p.name)),
+            })
+    }
+
+    /// Opens pod `name`'s network namespace.
+    pub fn pod_netns(&self, name: &str) -> Result<NetNs, LabError> {
+        Ok(NetNs::open(&self.pod(name)?.netns_path)?)
+    }
+
+    /// Opens node `node`'s network namespace.
+    pub fn node_netns(&self, node: &str) -> Result<NetNs, LabError> {
+        Ok(NetNs::open(&self.node(node)?.netns_path)?)
+    }
+
+    /// Opens the fabric network namespace.
+    pub fn fabric_netns(&self) -> Result<NetNs, LabError> {
+        Ok(NetNs::open(state::netns_path(&self.state.fabric_netns))?)
+    }
+
+    /// Network namespace name for `target`: a pod name, a node name, `fab`, or a namespace
+    /// name of this lab (for `ambit lab exec`).
+    pub fn netns_name_of(&self, target: &str) -> Result<&str, LabError> {
+        let s = &self.state;
+        if target == "fab" || target == s.fabric_netns {
+            return Ok(&s.fabric_netns);
+        }
+        if let Some(n) = s
+            .nodes
+            .iter()
+            .find(|n| n.name == target || n.netns_name == target)
+        {
+            return Ok(&n.netns_name);
+        }
+        if let Some(p) = s
+            .pods
+            .iter()
+            .find(|p| p.name == target || p.netns_name == target)
+        {
+            return Ok(&p.netns_name);
+        }
+        let names = s.nodes.iter().map(|n| &n.name);
+        Err(LabError::NotFound {
+            what: "node or pod",
+            name: target.to_string(),
+            known: known_names(names.chain(s.pods.iter().map(|p| &p.name))),
+        })
+    }
+
+    /// Fabric bridge IPv4 address: reachable from every pod, not part of the mesh.
+    pub fn fabric_ipv4(&self) -> Ipv4Addr {
+        self.state.fabric_ipv4
+    }
+
+    /// Fabric bridge IPv6 address.
+    pub fn fabric_ipv6(&self) -> Ipv6Addr {
+        self.state.fabric_ipv6
+    }
+
+    /// Path of the workload file the daemons read.
+    pub fn workloads_path(&self) -> PathBuf {
+        self.state.workloads_path()
+    }
+
+    /// Reads the current workload file.
+    pub fn workloads(&self) -> Result<Snapshot, LabError> {
+        state::read_snapshot(&self.workloads_path())
+    }
+
+    /// Replaces the workload file (atomically).
+    pub fn write_workloads(&self, snapshot: &Snapshot) -> Result<(), LabError> {
+        let _guard = lock(&self.workloads_lock);
+        state::write_snapshot(&self.workloads_path(), snapshot)
+    }
+
+    /// Reads the workload file, lets `change` edit it, writes it back atomically and returns
+    /// what was written.
+    pub fn update_workloads(
+        &self,
+        change: impl FnOnce(&mut Snapshot),
+    ) -> Result<Snapshot, LabError> {
+        let _guard = lock(&self.workloads_lock);
+        let mut snapshot = self.workloads()?;
+        change(&mut snapshot);
+        state::write_snapshot(&self.workloads_path(), &snapshot)?;
+        Ok(snapshot)
+    }
+}
+
+/// `" (known: a, b)"` for not-found messages.
+fn known_names<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let names: Vec<&str> = names.map(String::as_str).collect();
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!(" (known: {})", names.join(", "))
+    }
+}

@@ -1,0 +1,51 @@
+//! 15006: plaintext connections to the pod, redirected here by the nat rules, handed to the
+//! app with the client's IP kept as the source.
+//!
+//! The dial to the app is made from the client's address (IP_TRANSPARENT) with the in-pod mark;
+//! the mangle rules turn that mark into connmark 0x111, and the app's replies are routed back
+//! to this socket through the table-100 local route.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpStream;
+
+use super::{count_failure, dial, relay, socket, PodScope, Refusal, PROXY_PORTS};
+use crate::flows::Listener;
+
+/// Handles one accepted inbound plaintext connection.
+pub(crate) async fn serve(scope: &PodScope, stream: TcpStream, peer: SocketAddr) {
+    let dst = match socket::original_dst(&stream) {
+        Ok(dst) => dst,
+        Err(e) => {
+            tracing::warn!(pod = %scope.key, %peer, error = %e, "no original destination");
+            count_failure(scope, Listener::Inbound);
+            return;
+        }
+    };
+    let flow = scope
+        .ctx
+        .flows
+        .start(&scope.key, Listener::Inbound, peer, dst);
+    let refusal = if PROXY_PORTS.contains(&dst.port()) {
+        Some(Refusal::SelfCall(dst))
+    } else if !scope.owns(dst.ip()) {
+        Some(Refusal::NotThisPod(dst))
+    } else {
+        None
+    };
+    if let Some(refusal) = refusal {
+        flow.fail(refusal);
+        count_failure(scope, Listener::Inbound);
+        return;
+    }
+    // A pod calling itself through its own IP keeps its address without spoofing.
+    let source = (peer.ip() != dst.ip()).then_some(peer.ip());
+    flow.set_route("app");
+    match dial(scope, dst, source).await {
+        Ok(upstream) => relay(scope, Listener::Inbound, flow, stream, upstream).await,
+        Err(e) => {
+            flow.fail(e);
+            count_failure(scope, Listener::Inbound);
+        }
+    }
+}

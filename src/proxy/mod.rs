@@ -1,0 +1,244 @@
+//! The per-pod proxy: three listeners inside the pod's network namespace and the handlers
+//! behind them.
+//!
+//! - 15001 outbound: the pod's own connections, redirected by the nat rules;
+//! - 15006 inbound plaintext: connections to the pod, handed to the app with the client's IP;
+//! - 15008 inbound HBONE: the mesh tunnel port (never redirected).
+
+pub mod copy;
+mod inbound;
+mod outbound;
+pub mod socket;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::flows::{FlowTable, Listener};
+use crate::metrics::{ListenerLabels, Metrics};
+use crate::netns::NetNs;
+use crate::workload::{Directory, Pod};
+
+/// Outbound capture port.
+pub const OUTBOUND_PORT: u16 = 15001;
+/// Inbound plaintext capture port.
+pub const INBOUND_PORT: u16 = 15006;
+/// Inbound HBONE port.
+pub const HBONE_PORT: u16 = 15008;
+/// Ports that must never be a proxied destination: reaching them through the proxy would loop.
+pub const PROXY_PORTS: [u16; 3] = [OUTBOUND_PORT, INBOUND_PORT, HBONE_PORT];
+/// How long a dial to an upstream may take before the client's connection is closed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every pod proxy shares: the directory for routing decisions, the flow table, metrics.
+#[derive(Clone)]
+pub struct ProxyContext {
+    /// Current directory of workloads, replaced on every snapshot.
+    pub directory: watch::Receiver<Arc<Directory>>,
+    /// Flow records.
+    pub flows: Arc<FlowTable>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Errors from starting a pod's proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// A listener could not be opened.
+    #[error("cannot open listener {port} in {netns}: {source}")]
+    Listen {
+        /// Port.
+        port: u16,
+        /// Namespace path.
+        netns: String,
+        /// Cause.
+        source: socket::SocketError,
+    },
+}
+
+/// One enrolled pod's proxy. Dropping it closes the listeners; connections already accepted
+/// run to their end.
+pub struct PodProxy {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for PodProxy {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Everything a handler needs about the pod it serves.
+pub(crate) struct PodScope {
+    pub pod: Arc<Pod>,
+    pub key: String,
+    pub netns: NetNs,
+    pub ctx: ProxyContext,
+}
+
+impl PodScope {
+    fn owns(&self, ip: IpAddr) -> bool {
+        self.pod.ips.contains(&ip)
+    }
+}
+
+impl PodProxy {
+    /// Opens the three listeners inside `netns` and starts serving them on `runtime`.
+    /// Either all three are open or none is.
+    pub fn start(
+        ctx: ProxyContext,
+        pod: Arc<Pod>,
+        netns: NetNs,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<PodProxy, ProxyError> {
+        let open = |port| {
+            socket::listen_in(&netns, port).map_err(|source| ProxyError::Listen {
+                port,
+                netns: netns.path().display().to_string(),
+                source,
+            })
+        };
+        let listeners = [
+            (Listener::Outbound, open(OUTBOUND_PORT)?),
+            (Listener::Inbound, open(INBOUND_PORT)?),
+            (Listener::Hbone, open(HBONE_PORT)?),
+        ];
+        let scope = Arc::new(PodScope {
+            key: pod.key(),
+            pod,
+            netns,
+            ctx,
+        });
+        let tasks = listeners
+            .into_iter()
+            .map(|(kind, std_listener)| {
+                let scope = scope.clone();
+                runtime.spawn(async move {
+                    match TcpListener::from_std(std_listener) {
+                        Ok(l) => accept_loop(scope, kind, l).await,
+                        Err(e) => tracing::error!(pod = %scope.key, listener = kind.as_str(), error = %e, "cannot register listener"),
+                    }
+                })
+            })
+            .collect();
+        Ok(PodProxy { tasks })
+    }
+}
+
+async fn accept_loop(scope: Arc<PodScope>, kind: Listener, listener: TcpListener) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(pod = %scope.key, listener = kind.as_str(), error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        scope
+            .ctx
+            .metrics
+            .connections_opened
+            .get_or_create(&ListenerLabels {
+                listener: kind.as_str(),
+            })
+            .inc();
+        let scope = scope.clone();
+        let peer = socket::canonical(peer);
+        tokio::spawn(async move {
+            match kind {
+                Listener::Outbound => outbound::serve(&scope, stream, peer).await,
+                Listener::Inbound => inbound::serve(&scope, stream, peer).await,
+                Listener::Hbone => refuse_hbone(&scope, stream, peer),
+            }
+        });
+    }
+}
+
+/// HBONE termination is not part of this build; a connection to 15008 is closed at once rather
+/// than forwarded in plaintext (fail closed).
+fn refuse_hbone(scope: &PodScope, stream: tokio::net::TcpStream, peer: SocketAddr) {
+    let dst = stream.local_addr().map(socket::canonical).unwrap_or(peer);
+    let flow = scope
+        .ctx
+        .flows
+        .start(&scope.key, Listener::Hbone, peer, dst);
+    flow.fail("HBONE termination is not available in this build; connection closed");
+    count_failure(scope, Listener::Hbone);
+}
+
+/// Why a connection was refused before reaching any upstream.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Refusal {
+    /// The destination is one of the proxy's own ports: carrying it on would loop.
+    #[error("refused: {0} is the proxy's own port (recursive call to ourselves)")]
+    SelfCall(SocketAddr),
+    /// Inbound connection addressed to an IP this pod does not own.
+    #[error("refused: {0} is not an address of this pod")]
+    NotThisPod(SocketAddr),
+}
+
+pub(crate) fn count_failure(scope: &PodScope, kind: Listener) {
+    scope
+        .ctx
+        .metrics
+        .connections_failed
+        .get_or_create(&ListenerLabels {
+            listener: kind.as_str(),
+        })
+        .inc();
+}
+
+/// Dials `dst` from inside the pod (optionally as `source`), with a deadline.
+pub(crate) async fn dial(
+    scope: &PodScope,
+    dst: SocketAddr,
+    source: Option<IpAddr>,
+) -> Result<tokio::net::TcpStream, String> {
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        socket::connect_in(&scope.netns, dst, source),
+    )
+    .await
+    {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "connect to {dst} timed out after {CONNECT_TIMEOUT:?}"
+        )),
+    }
+}
+
+/// Runs the copy for an established pair and records its outcome.
+pub(crate) async fn relay(
+    scope: &PodScope,
+    kind: Listener,
+    flow: crate::flows::Flow,
+    downstream: tokio::net::TcpStream,
+    upstream: tokio::net::TcpStream,
+) {
+    let result = copy::bidirectional(downstream, upstream, flow.sent(), flow.received()).await;
+    let labels = |direction| crate::metrics::BytesLabels {
+        listener: kind.as_str(),
+        direction,
+    };
+    let m = &scope.ctx.metrics;
+    m.bytes
+        .get_or_create(&labels("sent"))
+        .inc_by(flow.sent().load(std::sync::atomic::Ordering::Relaxed));
+    m.bytes
+        .get_or_create(&labels("received"))
+        .inc_by(flow.received().load(std::sync::atomic::Ordering::Relaxed));
+    if let Err(e) = result {
+        flow.fail(format!("copy: {e}"));
+        count_failure(scope, kind);
+    }
+}
