@@ -1,0 +1,181 @@
+//! Shared helpers of the lab integration tests: a lab with one real `ambit` daemon per node,
+//! and polling helpers over the daemons' admin endpoints.
+//!
+//! Every test builds its own lab (unique names), so tests run in parallel; the lab is removed
+//! when the `Cluster` is dropped, also when the test panics.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ambit::lab::{Lab, LabSpec};
+use ambit::workload::Snapshot;
+use serde_json::Value;
+
+/// How long any awaited condition may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+/// Port of the echo servers the tests start in pods.
+pub const APP_PORT: u16 = 8080;
+
+/// A lab with daemons running.
+pub struct Cluster {
+    pub lab: Lab,
+    pub backend: &'static str,
+}
+
+impl Cluster {
+    /// `nodes` × `pods` lab, workload file adjusted by `edit`, one daemon per node using
+    /// `backend` ("iptables" or "nftables"), all ready.
+    pub fn start(
+        nodes: usize,
+        pods: usize,
+        backend: &'static str,
+        edit: impl FnOnce(&mut Snapshot),
+    ) -> Cluster {
+        let lab = Lab::up(&LabSpec {
+            nodes,
+            pods_per_node: pods,
+            ..LabSpec::default()
+        })
+        .expect("lab up");
+        lab.update_workloads(edit).expect("edit workloads");
+        let cluster = Cluster { lab, backend };
+        for node in cluster.lab.nodes() {
+            cluster
+                .lab
+                .start_daemon(
+                    &node.name,
+                    Path::new(env!("CARGO_BIN_EXE_ambit")),
+                    &[format!("--rules={backend}"), "--verify-secs=1".into()],
+                )
+                .expect("start daemon");
+        }
+        for node in cluster.lab.nodes() {
+            cluster
+                .lab
+                .wait_ready(&node.name, DEADLINE)
+                .expect("daemon ready");
+        }
+        cluster
+    }
+
+    /// The flows recorded by the daemon on `node`.
+    pub fn flows(&self, node: &str) -> Vec<Value> {
+        let body = self.lab.admin_get(node, "/flows").expect("GET /flows");
+        serde_json::from_str(&body).expect("flows JSON")
+    }
+
+    /// Polls `node`'s flows until one satisfies `pred`.
+    pub fn wait_flow(&self, node: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            if let Some(f) = self.flows(node).into_iter().find(|f| pred(f)) {
+                return f;
+            }
+            assert!(
+                Instant::now() < until,
+                "no matching flow on {node}; flows: {:#?}\nlog:\n{}",
+                self.flows(node),
+                self.lab.daemon_log(node)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Flows on `node` whose source is exactly `src`.
+    pub fn flows_from(&self, node: &str, src: SocketAddr) -> Vec<Value> {
+        self.flows(node)
+            .into_iter()
+            .filter(|f| f["src"] == src.to_string())
+            .collect()
+    }
+
+    /// The `/pods` entries of `node`.
+    pub fn pods(&self, node: &str) -> Vec<Value> {
+        let body = self.lab.admin_get(node, "/pods").expect("GET /pods");
+        serde_json::from_str(&body).expect("pods JSON")
+    }
+
+    /// Status of pod `name` on its node, if listed.
+    pub fn pod_status(&self, name: &str) -> Option<Value> {
+        let pod = self.lab.pod(name).expect("pod");
+        let key = format!("{}/{}", pod.namespace, pod.name);
+        self.pods(&pod.node).into_iter().find(|p| p["pod"] == key)
+    }
+
+    /// Polls until `pred` holds for pod `name`'s status (None = not listed).
+    pub fn wait_pod(
+        &self,
+        name: &str,
+        what: &str,
+        pred: impl Fn(Option<&Value>) -> bool,
+    ) -> Option<Value> {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let status = self.pod_status(name);
+            if pred(status.as_ref()) {
+                return status;
+            }
+            let node = &self.lab.pod(name).expect("pod").node;
+            assert!(
+                Instant::now() < until,
+                "pod {name} never became {what}; status {status:#?}\nlog:\n{}",
+                self.lab.daemon_log(node)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until pod `name` is in `state` (`enrolled`, `failed`, `not-enrolled`).
+    pub fn wait_state(&self, name: &str, state: &str) -> Value {
+        self.wait_pod(name, state, |s| s.is_some_and(|s| s["state"] == state))
+            .expect("status")
+    }
+
+    /// The value of a metric line (exact name with labels) on `node`, 0 if absent.
+    pub fn metric(&self, node: &str, series: &str) -> f64 {
+        let text = self.lab.admin_get(node, "/metrics").expect("GET /metrics");
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// Pod `name`'s IPv4 application address.
+    pub fn v4(&self, name: &str) -> SocketAddr {
+        (self.lab.pod(name).expect("pod").ipv4, APP_PORT).into()
+    }
+
+    /// Pod `name`'s IPv6 application address.
+    pub fn v6(&self, name: &str) -> SocketAddr {
+        (self.lab.pod(name).expect("pod").ipv6, APP_PORT).into()
+    }
+}
+
+/// Sets an annotation on pod `name` in a snapshot.
+pub fn annotate(s: &mut Snapshot, name: &str, key: &str, value: &str) {
+    let pod = s
+        .pods
+        .iter_mut()
+        .find(|p| p.name == name)
+        .expect("pod in snapshot");
+    pod.annotations.insert(key.into(), value.into());
+}
+
+/// Sets a label on pod `name` in a snapshot.
+pub fn label(s: &mut Snapshot, name: &str, key: &str, value: &str) {
+    let pod = s
+        .pods
+        .iter_mut()
+        .find(|p| p.name == name)
+        .expect("pod in snapshot");
+    pod.labels.insert(key.into(), value.into());
+}
+
+/// True if a flow record was accepted by `listener`.
+pub fn is(f: &Value, listener: &str) -> bool {
+    f["listener"] == listener
+}
