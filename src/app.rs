@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::admin::{self, Reply, Router};
 use crate::flows::FlowTable;
+use crate::identity::manager::CertManager;
 use crate::metrics::Metrics;
 use crate::proxy::ProxyContext;
 use crate::reconcile::{ReconcileConfig, Reconciler, StatusBoard};
@@ -38,6 +39,10 @@ pub struct RunConfig {
     pub readiness_addr: SocketAddr,
     /// Worker threads of the data runtime.
     pub data_threads: usize,
+    /// The mesh CA directory.
+    pub ca_dir: PathBuf,
+    /// Lifetime of issued workload certificates.
+    pub cert_validity: Duration,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -71,7 +76,12 @@ async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Resul
     let flows = Arc::new(FlowTable::default());
     let board = Arc::new(StatusBoard::default());
     let (directory_tx, directory_rx) = watch::channel(Arc::new(Directory::default()));
+    let ca = crate::identity::ca::Ca::load(&config.ca_dir)
+        .with_context(|| format!("loading the mesh CA from {}", config.ca_dir.display()))?;
+    let certs = Arc::new(CertManager::new(ca).with_validity(config.cert_validity));
+    tokio::spawn(certs.clone().run_rotation());
     let ctx = ProxyContext {
+        trust_domain: config.reconcile.trust_domain.clone(),
         directory: directory_rx,
         flows: flows.clone(),
         metrics: metrics.clone(),
@@ -94,7 +104,7 @@ async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Resul
     admin::serve(config.admin_addr, "admin", admin_router).await?;
 
     let source = file::watch_file(config.workloads.clone(), config.poll_interval);
-    let reconciler = Reconciler::new(config.reconcile.clone(), ctx, data, board);
+    let reconciler = Reconciler::new(config.reconcile.clone(), ctx, data, board, certs);
     tracing::info!(node = %config.reconcile.node, workloads = %config.workloads.display(),
         backend = %config.reconcile.backend, "ambit running");
     tokio::select! {

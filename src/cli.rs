@@ -23,12 +23,24 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the daemon for one node.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Build, inspect and remove local lab clusters made of network namespaces.
     #[command(subcommand)]
     Lab(crate::lab::cli::LabCommand),
     /// Build a 2-node lab, run ambit on both nodes, send traffic, print the flows, clean up.
     Demo(crate::demo::DemoArgs),
+    /// Manage the mesh CA.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum CaCommand {
+    /// Create a new root CA in Istio's plug-in layout (refuses to overwrite).
+    Init {
+        /// Directory to write ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem into.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -63,6 +75,23 @@ struct RunArgs {
     /// Namespace of the daemon's own pods (never captured).
     #[arg(long, default_value = "istio-system")]
     daemon_namespace: String,
+    /// Directory with the mesh CA in Istio's plug-in layout (ca-cert.pem, ca-key.pem,
+    /// root-cert.pem, cert-chain.pem); create one with `ambit ca init <dir>`.
+    #[arg(long, env = "AMBIT_CA_DIR")]
+    ca_dir: PathBuf,
+    /// Trust domain of the mesh's SPIFFE identities.
+    #[arg(long, default_value = crate::identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Inbound plaintext policy for pods whose namespace has no `ambit.io/mtls-mode` label:
+    /// `permissive` accepts plaintext on 15006, `strict` accepts only HBONE.
+    #[arg(long, default_value = "permissive", value_parser = ["permissive", "strict"])]
+    mtls_mode: String,
+    /// Lifetime of workload certificates, in seconds (rotated at half-life).
+    #[arg(long, default_value_t = 24 * 3600)]
+    cert_validity_secs: u64,
+    /// Seconds an unused pooled HBONE connection stays open.
+    #[arg(long, default_value_t = 60)]
+    pool_idle_secs: u64,
 }
 
 fn parse_backend(s: &str) -> Result<Backend, String> {
@@ -74,9 +103,12 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
-        Command::Run(args) => app::run(run_config(args)),
+        Command::Run(args) => app::run(run_config(*args)),
         Command::Lab(cmd) => crate::lab::cli::run(cmd),
         Command::Demo(args) => crate::demo::run(args),
+        Command::Ca(CaCommand::Init { dir }) => crate::identity::ca::init(&dir)
+            .map(|_| println!("CA created in {}", dir.display()))
+            .map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -97,7 +129,12 @@ fn run_config(a: RunArgs) -> RunConfig {
             },
             backend: a.rules,
             verify_interval: Duration::from_secs(a.verify_secs.max(1)),
+            trust_domain: a.trust_domain,
+            strict_by_default: a.mtls_mode == "strict",
+            pool_idle: Duration::from_secs(a.pool_idle_secs),
         },
+        ca_dir: a.ca_dir,
+        cert_validity: Duration::from_secs(a.cert_validity_secs.max(2)),
         workloads: a.workloads,
         poll_interval: Duration::from_millis(a.poll_ms.max(10)),
         admin_addr: a.admin,

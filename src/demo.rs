@@ -40,7 +40,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     let binary = std::env::current_exe().context("locating the ambit binary")?;
     crate::lab::cli::start_all(&lab, &binary, &[format!("--rules={}", args.rules)])?;
-    println!("ambit running on n1 and n2 (rules: {})\n", args.rules);
+    println!(
+        "ambit running on n1 and n2 (rules: {}); mesh traffic crosses nodes in mTLS HBONE tunnels\n",
+        args.rules
+    );
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -116,7 +119,7 @@ fn print_flows(lab: &Lab, node: &str) -> anyhow::Result<()> {
     let flows: Vec<serde_json::Value> = serde_json::from_str(&body)?;
     println!("\nflows recorded by ambit on {node}:");
     println!(
-        "  {:9} {:10} {:28} {:28} {:30} {:>8} {:>8}",
+        "  {:9} {:10} {:28} {:28} {:12} {:>8} {:>8}  peer identity",
         "listener", "pod", "source", "destination", "route", "sent", "received"
     );
     for f in flows {
@@ -127,14 +130,15 @@ fn print_flows(lab: &Lab, node: &str) -> anyhow::Result<()> {
             None => s("route"),
         };
         println!(
-            "  {:9} {:10} {:28} {:28} {:30} {:>8} {:>8}",
+            "  {:9} {:10} {:28} {:28} {:12} {:>8} {:>8}  {}",
             s("listener"),
             s("pod"),
             s("src"),
             s("dst"),
             route,
             n("bytes_sent"),
-            n("bytes_received")
+            n("bytes_received"),
+            s("peer_identity"),
         );
     }
     Ok(())

@@ -63,6 +63,9 @@ pub struct FlowRecord {
     pub finished: bool,
     /// Why the flow failed, if it did.
     pub error: Option<String>,
+    /// The verified SPIFFE identity of the mesh peer (the client on 15008, the server for an
+    /// outbound tunnel).
+    pub peer_identity: Option<String>,
 }
 
 /// A live flow. Dropping it (or calling [`Flow::finish`]) moves it to the recent list.
@@ -83,6 +86,7 @@ struct LiveFlow {
     sent: AtomicU64,
     received: AtomicU64,
     error: Mutex<Option<String>>,
+    peer_identity: Mutex<Option<String>>,
 }
 
 impl LiveFlow {
@@ -100,6 +104,7 @@ impl LiveFlow {
             duration_ms: self.started.elapsed().as_millis() as u64,
             finished,
             error: lock(&self.error).clone(),
+            peer_identity: lock(&self.peer_identity).clone(),
         }
     }
 }
@@ -124,6 +129,11 @@ impl Flow {
     /// Records how the connection is being carried.
     pub fn set_route(&self, route: impl Into<String>) {
         *lock(&self.shared.route) = route.into();
+    }
+
+    /// Records the verified identity of the mesh peer.
+    pub fn set_peer_identity(&self, identity: impl Into<String>) {
+        *lock(&self.shared.peer_identity) = Some(identity.into());
     }
 
     /// Records why the flow failed.
@@ -174,6 +184,7 @@ impl FlowTable {
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
             error: Mutex::new(None),
+            peer_identity: Mutex::new(None),
         });
         lock(&self.live).insert(id, shared.clone());
         Flow {
@@ -192,6 +203,7 @@ impl FlowTable {
             src = %record.src,
             dst = %record.dst,
             route = %record.route,
+            peer_identity = record.peer_identity.as_deref().unwrap_or(""),
             bytes_sent = record.bytes_sent,
             bytes_received = record.bytes_received,
             duration_ms = record.duration_ms,

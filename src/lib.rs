@@ -8,6 +8,8 @@ pub mod capture;
 pub mod cli;
 pub mod demo;
 pub mod flows;
+pub mod hbone;
+pub mod identity;
 pub mod lab;
 pub mod metrics;
 pub mod netns;

@@ -42,6 +42,10 @@ pub struct Metrics {
     pub pods: Family<OutcomeLabels, Gauge>,
     /// Rule reconciliations by outcome (`installed`, `unchanged`, `repaired`, `failed`).
     pub rule_applies: Family<OutcomeLabels, Counter>,
+    /// HBONE connections (TLS + HTTP/2) dialled by the pools.
+    pub hbone_dials: Counter,
+    /// HBONE connections accepted on 15008 (handshakes completed).
+    pub hbone_accepted: Counter,
 }
 
 impl Default for Metrics {
@@ -53,6 +57,8 @@ impl Default for Metrics {
             bytes: Family::default(),
             pods: Family::default(),
             rule_applies: Family::default(),
+            hbone_dials: Counter::default(),
+            hbone_accepted: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -75,6 +81,16 @@ impl Default for Metrics {
             "rule_applies",
             "Redirect-rule reconciliations by outcome",
             m.rule_applies.clone(),
+        );
+        registry.register(
+            "hbone_dials",
+            "HBONE connections dialled (TLS and HTTP/2 handshakes)",
+            m.hbone_dials.clone(),
+        );
+        registry.register(
+            "hbone_accepted",
+            "HBONE connections accepted on 15008",
+            m.hbone_accepted.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -17,9 +17,12 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::capture::CaptureOptions;
+use crate::hbone::pool::{ClientTls, Pool};
+use crate::identity::manager::CertManager;
+use crate::identity::Identity;
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::netns::NetNs;
-use crate::proxy::{PodProxy, ProxyContext};
+use crate::proxy::{PodProxy, PodSecurity, ProxyContext, ServerTls};
 use crate::rules::{self, ApplyOutcome, Backend, Families};
 use crate::workload::enroll::{decide, DaemonIdentity, Decision};
 use crate::workload::file::SourceState;
@@ -39,7 +42,17 @@ pub struct ReconcileConfig {
     pub backend: Backend,
     /// How often the rules of captured pods are checked for drift.
     pub verify_interval: Duration,
+    /// Trust domain of the mesh's identities.
+    pub trust_domain: String,
+    /// Whether plaintext inbound is refused unless a namespace says otherwise.
+    pub strict_by_default: bool,
+    /// How long an unused pooled HBONE connection stays open.
+    pub pool_idle: Duration,
 }
+
+/// Namespace label choosing the inbound mTLS mode of its pods: `strict` (only HBONE) or
+/// `permissive` (plaintext on 15006 also accepted).
+pub const MTLS_MODE_LABEL: &str = "ambit.io/mtls-mode";
 
 /// Capture state of one local pod, as reported on the admin endpoint.
 #[derive(Clone, Debug, Serialize)]
@@ -118,6 +131,7 @@ impl PodRules {
 
 struct Enrolled {
     pod: Pod,
+    fingerprint: Fingerprint,
     rules: PodRules,
     _proxy: PodProxy,
     last_outcome: &'static str,
@@ -126,6 +140,7 @@ struct Enrolled {
 
 struct Failed {
     pod: Pod,
+    fingerprint: Fingerprint,
     error: String,
     attempts: u32,
     retry_at: Instant,
@@ -146,15 +161,17 @@ pub struct Reconciler {
     entries: HashMap<String, Entry>,
     board: Arc<StatusBoard>,
     metrics: Arc<Metrics>,
+    certs: Arc<CertManager>,
 }
 
 impl Reconciler {
-    /// A reconciler that starts pod proxies on `data_runtime`.
+    /// A reconciler that starts pod proxies on `data_runtime` with credentials from `certs`.
     pub fn new(
         config: ReconcileConfig,
         ctx: ProxyContext,
         data_runtime: tokio::runtime::Handle,
         board: Arc<StatusBoard>,
+        certs: Arc<CertManager>,
     ) -> Self {
         let metrics = ctx.metrics.clone();
         Reconciler {
@@ -164,6 +181,7 @@ impl Reconciler {
             entries: HashMap::new(),
             board,
             metrics,
+            certs,
         }
     }
 
@@ -210,13 +228,19 @@ impl Reconciler {
                 statuses.insert(pod.key(), not_enrolled(pod, decision));
             }
         }
+        // Certificates are issued only for identities of pods this node captures.
+        let identities = wanted
+            .values()
+            .filter_map(|p| self.identity_of(p).ok())
+            .collect();
+        self.certs.set_allowed(identities);
         // Release first: a pod that left, or whose capture-relevant spec changed.
         let stale: Vec<String> = self
             .entries
             .iter()
             .filter(|(uid, e)| match wanted.get(uid.as_str()) {
                 None => true,
-                Some(pod) => !same_capture(entry_pod(e), pod),
+                Some(pod) => entry_fingerprint(e) != &capture_fingerprint(pod, snapshot),
             })
             .map(|(uid, _)| uid.clone())
             .collect();
@@ -229,8 +253,8 @@ impl Reconciler {
             let entry = match self.entries.remove(uid) {
                 Some(Entry::Enrolled(e)) => Entry::Enrolled(self.verify(e).await),
                 Some(Entry::Failed(f)) if Instant::now() < f.retry_at => Entry::Failed(f),
-                Some(Entry::Failed(f)) => self.enroll(pod, f.attempts).await,
-                None => self.enroll(pod, 0).await,
+                Some(Entry::Failed(f)) => self.enroll(pod, snapshot, f.attempts).await,
+                None => self.enroll(pod, snapshot, 0).await,
             };
             statuses.insert(pod.key(), self.status_of(&entry, snapshot));
             self.entries.insert(uid.to_string(), entry);
@@ -292,8 +316,8 @@ impl Reconciler {
         }
     }
 
-    async fn enroll(&mut self, pod: &Pod, previous_attempts: u32) -> Entry {
-        match self.try_enroll(pod).await {
+    async fn enroll(&mut self, pod: &Pod, snapshot: &Snapshot, previous_attempts: u32) -> Entry {
+        match self.try_enroll(pod, snapshot).await {
             Ok(enrolled) => {
                 tracing::info!(pod = %pod.key(), rules = enrolled.last_outcome, "pod captured");
                 Entry::Enrolled(enrolled)
@@ -305,6 +329,7 @@ impl Reconciler {
                 self.count_rules("failed");
                 Entry::Failed(Failed {
                     pod: pod.clone(),
+                    fingerprint: capture_fingerprint(pod, snapshot),
                     error,
                     attempts,
                     retry_at: Instant::now() + backoff,
@@ -313,7 +338,63 @@ impl Reconciler {
         }
     }
 
-    async fn try_enroll(&self, pod: &Pod) -> Result<Enrolled, String> {
+    fn identity_of(&self, pod: &Pod) -> Result<Identity, String> {
+        Identity::new(
+            &self.config.trust_domain,
+            &pod.namespace,
+            &pod.service_account,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// The pod's identity, HBONE pool, server credentials and inbound mode. The certificate
+    /// is issued here, so a pod whose identity cannot be served fails enrollment.
+    fn security_for(
+        &self,
+        pod: &Pod,
+        snapshot: &Snapshot,
+        netns: &NetNs,
+    ) -> Result<PodSecurity, String> {
+        let identity = self.identity_of(pod)?;
+        self.certs.get(&identity).map_err(|e| e.to_string())?;
+        let (certs, id) = (self.certs.clone(), identity.clone());
+        let client_tls: ClientTls = Arc::new(move |expected| {
+            certs
+                .client_config(&id, vec![expected.clone()])
+                .map_err(|e| e.to_string())
+        });
+        let (certs, id) = (self.certs.clone(), identity.clone());
+        let server_tls: ServerTls =
+            Arc::new(move || certs.server_config(&id).map_err(|e| e.to_string()));
+        let strict = match snapshot
+            .namespace_labels(&pod.namespace)
+            .and_then(|l| l.get(MTLS_MODE_LABEL))
+            .map(String::as_str)
+        {
+            Some("strict") => true,
+            Some("permissive") => false,
+            Some(other) => {
+                return Err(format!(
+                    "namespace {} label {MTLS_MODE_LABEL}={other:?} is not valid (expected strict or permissive)",
+                    pod.namespace
+                ))
+            }
+            None => self.config.strict_by_default,
+        };
+        Ok(PodSecurity {
+            identity,
+            pool: Pool::new(
+                netns.clone(),
+                client_tls,
+                self.config.pool_idle,
+                self.metrics.hbone_dials.clone(),
+            ),
+            server_tls,
+            strict,
+        })
+    }
+
+    async fn try_enroll(&self, pod: &Pod, snapshot: &Snapshot) -> Result<Enrolled, String> {
         let key = pod.key();
         if pod.ips.is_empty() {
             return Err(format!(
@@ -328,10 +409,14 @@ impl Reconciler {
             .ok_or_else(|| format!("pod {key} has no network namespace path (expected `netns`)"))?;
         let netns = NetNs::open(path).map_err(|e| format!("pod {key}: {e}"))?;
         confirm_ips(&netns, &pod.ips).map_err(|e| format!("pod {key}: {e}"))?;
+        let security = self
+            .security_for(pod, snapshot, &netns)
+            .map_err(|e| format!("pod {key}: {e}"))?;
         let proxy = PodProxy::start(
             self.ctx.clone(),
             Arc::new(pod.clone()),
             netns.clone(),
+            security,
             &self.data_runtime,
         )
         .map_err(|e| format!("pod {key}: {e}"))?;
@@ -348,6 +433,7 @@ impl Reconciler {
                 self.count_rules(label);
                 Ok(Enrolled {
                     pod: pod.clone(),
+                    fingerprint: capture_fingerprint(pod, snapshot),
                     rules,
                     _proxy: proxy,
                     last_outcome: label,
@@ -421,13 +507,31 @@ fn entry_pod(e: &Entry) -> &Pod {
     }
 }
 
-/// Whether two versions of a pod need the same capture (otherwise it is re-done).
-fn same_capture(a: &Pod, b: &Pod) -> bool {
-    a.ips == b.ips
-        && a.netns == b.netns
-        && a.annotations == b.annotations
-        && a.name == b.name
-        && a.namespace == b.namespace
+/// Everything that shapes a pod's capture; when it changes, the capture is re-done.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Fingerprint {
+    pod: Pod,
+    mtls_mode: Option<String>,
+}
+
+fn capture_fingerprint(pod: &Pod, snapshot: &Snapshot) -> Fingerprint {
+    // Labels only matter through enrollment, which is decided separately.
+    let pod = Pod {
+        labels: Default::default(),
+        ..pod.clone()
+    };
+    let mtls_mode = snapshot
+        .namespace_labels(&pod.namespace)
+        .and_then(|l| l.get(MTLS_MODE_LABEL))
+        .cloned();
+    Fingerprint { pod, mtls_mode }
+}
+
+fn entry_fingerprint(e: &Entry) -> &Fingerprint {
+    match e {
+        Entry::Enrolled(e) => &e.fingerprint,
+        Entry::Failed(f) => &f.fingerprint,
+    }
 }
 
 fn not_enrolled(pod: &Pod, decision: Decision) -> PodStatus {

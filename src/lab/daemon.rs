@@ -31,8 +31,8 @@ pub(crate) struct Daemon {
     pub child: Option<Child>,
 }
 
-/// Spawns `binary run --node <node> --workloads <file> <extra>` inside `ns`, in its own process
-/// group, appending stdout and stderr to `log`.
+/// Spawns `binary run --node <node> --workloads <file> --ca-dir <ca> <extra>` inside `ns`, in
+/// its own process group, appending stdout and stderr to `log`.
 pub(crate) fn spawn(
     ns: &NetNs,
     node: &str,
@@ -55,6 +55,8 @@ pub(crate) fn spawn(
         .args(["--node", node])
         .arg("--workloads")
         .arg(workloads)
+        .arg("--ca-dir")
+        .arg(workloads.with_file_name(super::CA_DIR))
         .args(extra_args);
     // Marks where each run starts when a daemon is restarted into the same log.
     let _ = writeln!(
@@ -164,7 +166,8 @@ fn exited_unreaped(pid: u32) -> bool {
 }
 
 impl Lab {
-    /// Starts `<binary> run --node <node> --workloads <lab dir>/workloads.json <extra_args>`
+    /// Starts `<binary> run --node <node> --workloads <lab dir>/workloads.json
+    /// --ca-dir <lab dir>/ca <extra_args>`
     /// inside node `node`'s namespace, logging to `<lab dir>/ambit-<node>.log`, and records its
     /// pid in `lab.json`. Returns the pid.
     pub fn start_daemon(

@@ -41,6 +41,8 @@ pub const LAB_ROOT: &str = "/run/ambit/lab";
 pub const MAX_NAME_LEN: usize = 20;
 /// Most nodes a lab can have (one digit in names and address groups).
 pub const MAX_NODES: usize = 9;
+/// Subdirectory of the lab dir holding the cluster's CA (Istio plug-in layout).
+pub const CA_DIR: &str = "ca";
 /// Most pods per node.
 pub const MAX_PODS_PER_NODE: usize = 60;
 
@@ -78,6 +80,9 @@ pub enum LabError {
         /// What it printed on stderr.
         stderr: String,
     },
+    /// The lab's CA could not be created.
+    #[error("cannot create the lab CA: {0}")]
+    Ca(String),
     /// A file or process operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -249,6 +254,9 @@ impl Lab {
         };
         lab.save(&lock(&lab.daemons))?;
         topology::build(&lab.state)?;
+        // One CA per lab cluster, shared by every node's daemon.
+        crate::identity::ca::init(&lab.state.dir.join(CA_DIR))
+            .map_err(|e| LabError::Ca(e.to_string()))?;
         state::write_snapshot(&lab.state.workloads_path(), &lab.state.initial_snapshot())?;
         Ok(lab)
     }

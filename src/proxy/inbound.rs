@@ -26,7 +26,9 @@ pub(crate) async fn serve(scope: &PodScope, stream: TcpStream, peer: SocketAddr)
         .ctx
         .flows
         .start(&scope.key, Listener::Inbound, peer, dst);
-    let refusal = if PROXY_PORTS.contains(&dst.port()) {
+    let refusal = if scope.security.strict {
+        Some(Refusal::Strict)
+    } else if PROXY_PORTS.contains(&dst.port()) {
         Some(Refusal::SelfCall(dst))
     } else if !scope.owns(dst.ip()) {
         Some(Refusal::NotThisPod(dst))

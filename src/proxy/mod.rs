@@ -18,7 +18,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::flows::{FlowTable, Listener};
+use crate::flows::{Flow, FlowTable, Listener};
+use crate::hbone::pool::Pool;
+use crate::identity::Identity;
 use crate::metrics::{ListenerLabels, Metrics};
 use crate::netns::NetNs;
 use crate::workload::{Directory, Pod};
@@ -33,10 +35,14 @@ pub const HBONE_PORT: u16 = 15008;
 pub const PROXY_PORTS: [u16; 3] = [OUTBOUND_PORT, INBOUND_PORT, HBONE_PORT];
 /// How long a dial to an upstream may take before the client's connection is closed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often idle pooled HBONE connections are looked for.
+const POOL_EVICT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What every pod proxy shares: the directory for routing decisions, the flow table, metrics.
 #[derive(Clone)]
 pub struct ProxyContext {
+    /// Trust domain of every identity in this mesh.
+    pub trust_domain: String,
     /// Current directory of workloads, replaced on every snapshot.
     pub directory: watch::Receiver<Arc<Directory>>,
     /// Flow records.
@@ -74,16 +80,33 @@ impl Drop for PodProxy {
     }
 }
 
+/// Supplies the 15008 server TLS configuration of a pod (called per accepted connection, so a
+/// rotated certificate is used at once).
+pub type ServerTls = Arc<dyn Fn() -> Result<Arc<rustls::ServerConfig>, String> + Send + Sync>;
+
+/// A pod's mesh credentials and policy.
+pub struct PodSecurity {
+    /// The pod's SPIFFE identity.
+    pub identity: Identity,
+    /// Outbound HBONE connections of this pod.
+    pub pool: Arc<Pool>,
+    /// Server side of 15008.
+    pub server_tls: ServerTls,
+    /// Refuse plaintext inbound (15006): only HBONE may reach the pod.
+    pub strict: bool,
+}
+
 /// Everything a handler needs about the pod it serves.
 pub(crate) struct PodScope {
     pub pod: Arc<Pod>,
     pub key: String,
     pub netns: NetNs,
     pub ctx: ProxyContext,
+    pub security: PodSecurity,
 }
 
 impl PodScope {
-    fn owns(&self, ip: IpAddr) -> bool {
+    pub(crate) fn owns(&self, ip: IpAddr) -> bool {
         self.pod.ips.contains(&ip)
     }
 }
@@ -95,6 +118,7 @@ impl PodProxy {
         ctx: ProxyContext,
         pod: Arc<Pod>,
         netns: NetNs,
+        security: PodSecurity,
         runtime: &tokio::runtime::Handle,
     ) -> Result<PodProxy, ProxyError> {
         let open = |port| {
@@ -114,6 +138,15 @@ impl PodProxy {
             pod,
             netns,
             ctx,
+            security,
+        });
+        let pool = scope.security.pool.clone();
+        let evictor = runtime.spawn(async move {
+            let mut tick = tokio::time::interval(POOL_EVICT_INTERVAL);
+            loop {
+                tick.tick().await;
+                pool.evict_idle();
+            }
         });
         let tasks = listeners
             .into_iter()
@@ -126,6 +159,7 @@ impl PodProxy {
                     }
                 })
             })
+            .chain(std::iter::once(evictor))
             .collect();
         Ok(PodProxy { tasks })
     }
@@ -157,22 +191,12 @@ async fn accept_loop(scope: Arc<PodScope>, kind: Listener, listener: TcpListener
             match kind {
                 Listener::Outbound => outbound::serve(&scope, stream, peer).await,
                 Listener::Inbound => inbound::serve(&scope, stream, peer).await,
-                Listener::Hbone => refuse_hbone(&scope, stream, peer),
+                Listener::Hbone => {
+                    crate::hbone::server::serve_connection(scope, stream, peer).await
+                }
             }
         });
     }
-}
-
-/// HBONE termination is not part of this build; a connection to 15008 is closed at once rather
-/// than forwarded in plaintext (fail closed).
-fn refuse_hbone(scope: &PodScope, stream: tokio::net::TcpStream, peer: SocketAddr) {
-    let dst = stream.local_addr().map(socket::canonical).unwrap_or(peer);
-    let flow = scope
-        .ctx
-        .flows
-        .start(&scope.key, Listener::Hbone, peer, dst);
-    flow.fail("HBONE termination is not available in this build; connection closed");
-    count_failure(scope, Listener::Hbone);
 }
 
 /// Why a connection was refused before reaching any upstream.
@@ -184,6 +208,12 @@ pub(crate) enum Refusal {
     /// Inbound connection addressed to an IP this pod does not own.
     #[error("refused: {0} is not an address of this pod")]
     NotThisPod(SocketAddr),
+    /// The destination's identity cannot be formed from its pod record.
+    #[error("refused: {0}")]
+    BadPeer(String),
+    /// Plaintext to a pod in strict mTLS mode.
+    #[error("refused: plaintext to a pod in strict mTLS mode (only HBONE is accepted)")]
+    Strict,
 }
 
 pub(crate) fn count_failure(scope: &PodScope, kind: Listener) {
@@ -221,11 +251,21 @@ pub(crate) async fn dial(
 pub(crate) async fn relay(
     scope: &PodScope,
     kind: Listener,
-    flow: crate::flows::Flow,
+    flow: Flow,
     downstream: tokio::net::TcpStream,
     upstream: tokio::net::TcpStream,
 ) {
     let result = copy::bidirectional(downstream, upstream, flow.sent(), flow.received()).await;
+    account_bytes(scope, kind, &flow);
+    if let Err(e) = result {
+        flow.fail(format!("copy: {e}"));
+        count_failure(scope, kind);
+    }
+}
+
+/// Adds a finished flow's bytes to the byte counters.
+pub(crate) fn account_bytes(scope: &PodScope, kind: Listener, flow: &Flow) {
+    use std::sync::atomic::Ordering::Relaxed;
     let labels = |direction| crate::metrics::BytesLabels {
         listener: kind.as_str(),
         direction,
@@ -233,12 +273,8 @@ pub(crate) async fn relay(
     let m = &scope.ctx.metrics;
     m.bytes
         .get_or_create(&labels("sent"))
-        .inc_by(flow.sent().load(std::sync::atomic::Ordering::Relaxed));
+        .inc_by(flow.sent().load(Relaxed));
     m.bytes
         .get_or_create(&labels("received"))
-        .inc_by(flow.received().load(std::sync::atomic::Ordering::Relaxed));
-    if let Err(e) = result {
-        flow.fail(format!("copy: {e}"));
-        count_failure(scope, kind);
-    }
+        .inc_by(flow.received().load(Relaxed));
 }

@@ -1,31 +1,31 @@
 //! 15001: connections the pod itself opened, redirected here by the nat rules.
 //!
-//! The original destination decides how the connection is carried. Today every destination is
-//! reached by plain TCP from inside the pod's namespace (so it leaves with the pod's own IP);
-//! [`decide`] is the one place where mesh destinations will be sent through HBONE instead.
+//! [`decide`] is the single decision point: a destination that is an enrolled mesh workload is
+//! reached through an HBONE tunnel to its 15008, authenticated by its SPIFFE identity;
+//! anything else is passed through as plain TCP from the pod's own namespace (so it leaves with
+//! the pod's IP, subject to the pod's network policy).
 
 use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
 
-use super::{count_failure, dial, relay, socket, PodScope, Refusal, PROXY_PORTS};
-use crate::flows::Listener;
+use super::{account_bytes, count_failure, dial, relay, socket, PodScope, Refusal, PROXY_PORTS};
+use crate::flows::{Flow, Listener};
+use crate::hbone::{self, TunnelRequest};
+use crate::identity::Identity;
 
 /// How an outbound connection is carried on.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Route {
-    /// Plain TCP to the original destination. `mesh` says whether the destination is an
-    /// enrolled workload (carried in plaintext until HBONE is enabled) or outside the mesh.
-    Passthrough { mesh: bool },
-}
-
-impl Route {
-    fn label(&self) -> &'static str {
-        match self {
-            Route::Passthrough { mesh: true } => "passthrough (mesh destination)",
-            Route::Passthrough { mesh: false } => "passthrough",
-        }
-    }
+    /// Plain TCP to the original destination (not a mesh workload).
+    Passthrough,
+    /// HBONE to `peer` (the destination's 15008), which must present `identity`.
+    Hbone {
+        /// `<destination pod IP>:15008`.
+        peer: SocketAddr,
+        /// The destination pod's identity.
+        identity: Identity,
+    },
 }
 
 /// The decision point: what to do with a connection to `dst`.
@@ -34,10 +34,19 @@ pub(crate) fn decide(scope: &PodScope, dst: SocketAddr) -> Result<Route, Refusal
         return Err(Refusal::SelfCall(dst));
     }
     let directory = scope.ctx.directory.borrow().clone();
-    let mesh = directory
-        .lookup(dst.ip())
-        .is_some_and(|(_, in_mesh)| in_mesh);
-    Ok(Route::Passthrough { mesh })
+    let Some((pod, true)) = directory.lookup(dst.ip()) else {
+        return Ok(Route::Passthrough);
+    };
+    let identity = Identity::new(
+        &scope.ctx.trust_domain,
+        &pod.namespace,
+        &pod.service_account,
+    )
+    .map_err(|e| Refusal::BadPeer(format!("destination {}: {e}", pod.key())))?;
+    Ok(Route::Hbone {
+        peer: SocketAddr::new(dst.ip(), hbone::PORT),
+        identity,
+    })
 }
 
 /// Handles one accepted outbound connection.
@@ -62,14 +71,75 @@ pub(crate) async fn serve(scope: &PodScope, stream: TcpStream, peer: SocketAddr)
             return;
         }
     };
-    flow.set_route(route.label());
     match route {
-        Route::Passthrough { .. } => match dial(scope, dst, None).await {
-            Ok(upstream) => relay(scope, Listener::Outbound, flow, stream, upstream).await,
-            Err(e) => {
+        Route::Passthrough => {
+            flow.set_route("passthrough");
+            match dial(scope, dst, None).await {
+                Ok(upstream) => relay(scope, Listener::Outbound, flow, stream, upstream).await,
+                Err(e) => {
+                    flow.fail(e);
+                    count_failure(scope, Listener::Outbound);
+                }
+            }
+        }
+        Route::Hbone {
+            peer: via,
+            identity,
+        } => {
+            flow.set_route("hbone");
+            flow.set_peer_identity(identity.to_string());
+            if let Err(e) = tunnel(scope, &flow, stream, peer, dst, via, &identity).await {
                 flow.fail(e);
                 count_failure(scope, Listener::Outbound);
             }
-        },
+        }
     }
+}
+
+/// Opens a CONNECT stream to `dst` through `via` and copies the client connection through it.
+async fn tunnel(
+    scope: &PodScope,
+    flow: &Flow,
+    client: TcpStream,
+    client_addr: SocketAddr,
+    dst: SocketAddr,
+    via: SocketAddr,
+    identity: &Identity,
+) -> Result<(), String> {
+    let lease = scope
+        .security
+        .pool
+        .checkout(via, identity)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = hbone::build_request(&TunnelRequest {
+        target: dst,
+        client: client_addr,
+        baggage: vec![
+            ("k8s.namespace.name".into(), scope.pod.namespace.clone()),
+            ("k8s.pod.name".into(), scope.pod.name.clone()),
+        ],
+    })
+    .map_err(|e| format!("building CONNECT: {e}"))?;
+    let opened = async {
+        let mut send = lease.send.clone().ready().await?;
+        let (response, stream) = send.send_request(request, false)?;
+        Ok::<_, h2::Error>((response.await?, stream))
+    };
+    let (response, send_stream) = tokio::time::timeout(hbone::DIAL_TIMEOUT, opened)
+        .await
+        .map_err(|_| format!("HBONE CONNECT to {dst} via {via}: no response"))?
+        .map_err(|e| format!("HBONE CONNECT to {dst} via {via}: {e}"))?;
+    if response.status() != http::StatusCode::OK {
+        return Err(format!(
+            "HBONE CONNECT to {dst} via {via}: peer answered {}",
+            response.status()
+        ));
+    }
+    let recv = response.into_body();
+    let result =
+        hbone::stream::bidirectional(client, send_stream, recv, flow.sent(), flow.received()).await;
+    drop(lease);
+    account_bytes(scope, Listener::Outbound, flow);
+    result.map(|_| ()).map_err(|e| format!("copy: {e}"))
 }

@@ -1,0 +1,191 @@
+//! HBONE: TCP tunnelled in HTTP/2 CONNECT over mutual TLS, wire-compatible with Istio's
+//! ztunnel (see `docs/hbone.md` for the wire format and the facts it relies on).
+//!
+//! - [`pool`]: the client side; pooled, multiplexed connections from one pod to peers;
+//! - [`server`]: the 15008 side; terminates tunnels and connects to the app;
+//! - [`stream`]: copying between TCP and tunnel streams with half-close.
+
+pub mod pool;
+pub mod server;
+pub mod stream;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use http::{HeaderValue, Method, Request};
+
+/// Port of the HBONE listener in every pod.
+pub const PORT: u16 = 15008;
+/// ALPN protocol of HBONE connections.
+pub const ALPN: &[u8] = b"h2";
+/// Per-stream flow-control window: large enough for a fast single stream across nodes.
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// Per-connection window: several streams' worth, so one slow stream cannot stall the rest.
+pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Largest DATA frame we accept.
+pub const MAX_FRAME: u32 = 1024 * 1024;
+/// Streams opened on one pooled connection before another connection is dialled.
+pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
+/// Streams a server accepts concurrently on one connection.
+pub const SERVER_MAX_STREAMS: u32 = 200;
+/// Deadline for TCP connect plus TLS and HTTP/2 handshakes to a peer.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a CONNECT request carries besides its target.
+#[derive(Clone, Debug)]
+pub struct TunnelRequest {
+    /// Original destination (the `:authority`).
+    pub target: SocketAddr,
+    /// The app client's address, sent as `forwarded: for="…"`.
+    pub client: SocketAddr,
+    /// `baggage` entries (`k8s.namespace.name=…` etc.).
+    pub baggage: Vec<(String, String)>,
+}
+
+/// `ip:port`, with brackets for IPv6, as HBONE's `:authority` spells a socket address.
+pub fn authority(addr: SocketAddr) -> String {
+    addr.to_string()
+}
+
+/// Builds the CONNECT request for a tunnel.
+pub fn build_request(t: &TunnelRequest) -> Result<Request<()>, http::Error> {
+    let baggage = t
+        .baggage
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(authority(t.target))
+        .header("forwarded", format!("for=\"{}\"", t.client))
+        .header("traceparent", traceparent());
+    if !baggage.is_empty() {
+        req = req.header("baggage", baggage);
+    }
+    req.body(())
+}
+
+/// Why a CONNECT request is refused, with the HTTP status it maps to.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// Not a CONNECT.
+    #[error("method {0} is not CONNECT")]
+    NotConnect(String),
+    /// No authority, or not `ip:port`.
+    #[error("authority {0:?} is not ip:port")]
+    BadAuthority(String),
+}
+
+/// The target `ip:port` of a CONNECT request.
+pub fn parse_target<B>(req: &Request<B>) -> Result<SocketAddr, RequestError> {
+    if req.method() != Method::CONNECT {
+        return Err(RequestError::NotConnect(req.method().to_string()));
+    }
+    let authority = req.uri().authority().map(|a| a.as_str()).unwrap_or("");
+    authority
+        .parse::<SocketAddr>()
+        .map(crate::proxy::socket::canonical)
+        .map_err(|_| RequestError::BadAuthority(authority.to_string()))
+}
+
+/// The client address of a `forwarded: for="ip:port"` header, if present and well-formed.
+pub fn forwarded_for(value: Option<&HeaderValue>) -> Option<SocketAddr> {
+    let text = value?.to_str().ok()?;
+    text.split([';', ','])
+        .filter_map(|part| part.trim().strip_prefix("for="))
+        .map(|v| v.trim_matches('"'))
+        .find_map(|v| {
+            v.parse::<SocketAddr>()
+                .ok()
+                .or_else(|| v.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 0)))
+        })
+}
+
+/// A W3C `traceparent` with a random trace id and span id, sampled flag off.
+fn traceparent() -> String {
+    let mut bytes = [0u8; 24];
+    fill_random(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("00-{}-{}-00", &hex[..32], &hex[32..])
+}
+
+/// Fills `buf` from the kernel's CSPRNG. Trace ids need uniqueness, not secrecy; on the
+/// (practically impossible) failure the ids are merely less random.
+fn fill_random(buf: &mut [u8]) {
+    let _ = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> TunnelRequest {
+        TunnelRequest {
+            target: "[fd00::2]:8080".parse().unwrap(),
+            client: "[fd00::1]:4000".parse().unwrap(),
+            baggage: vec![
+                ("k8s.namespace.name".into(), "shop".into()),
+                ("k8s.pod.name".into(), "".into()),
+            ],
+        }
+    }
+
+    #[test]
+    fn request_has_the_hbone_shape() {
+        let r = build_request(&req()).unwrap();
+        assert_eq!(r.method(), Method::CONNECT);
+        assert_eq!(r.uri().authority().unwrap().as_str(), "[fd00::2]:8080");
+        assert_eq!(r.headers()["forwarded"], "for=\"[fd00::1]:4000\"");
+        assert_eq!(r.headers()["baggage"], "k8s.namespace.name=shop");
+        let tp = r.headers()["traceparent"].to_str().unwrap();
+        let parts: Vec<_> = tp.split('-').collect();
+        assert_eq!(
+            (parts[0], parts[1].len(), parts[2].len(), parts[3]),
+            ("00", 32, 16, "00")
+        );
+        assert_eq!(parse_target(&r).unwrap(), "[fd00::2]:8080".parse().unwrap());
+        assert_eq!(
+            forwarded_for(r.headers().get("forwarded")),
+            Some("[fd00::1]:4000".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn bad_requests_are_named() {
+        let r = Request::builder()
+            .method(Method::GET)
+            .uri("http://x/")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            parse_target(&r),
+            Err(RequestError::NotConnect("GET".into()))
+        );
+        let r = Request::builder()
+            .method(Method::CONNECT)
+            .uri("example.com:80")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            parse_target(&r),
+            Err(RequestError::BadAuthority("example.com:80".into()))
+        );
+    }
+
+    #[test]
+    fn forwarded_variants() {
+        let v = |s: &str| HeaderValue::from_str(s).unwrap();
+        assert_eq!(
+            forwarded_for(Some(&v("for=10.0.0.1"))),
+            Some("10.0.0.1:0".parse().unwrap())
+        );
+        assert_eq!(
+            forwarded_for(Some(&v("host=a;for=\"10.0.0.1:5\""))),
+            Some("10.0.0.1:5".parse().unwrap())
+        );
+        assert_eq!(forwarded_for(Some(&v("for=unknown"))), None);
+        assert_eq!(forwarded_for(None), None);
+    }
+}

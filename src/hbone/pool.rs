@@ -1,0 +1,247 @@
+//! The HBONE client: one pool per source pod, of mutual-TLS HTTP/2 connections to peers.
+//!
+//! Connections are keyed by (peer address, expected peer identity); the source identity is the
+//! pod's own. Each connection carries up to [`MAX_STREAMS_PER_CONNECTION`] tunnels at once;
+//! beyond that another connection to the same key is dialled. Concurrent first requests for a
+//! key wait on the same dial instead of each opening a connection. A connection idle for longer
+//! than the idle timeout is dropped from the pool, which closes it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use rustls::pki_types::ServerName;
+
+use super::{
+    CONNECTION_WINDOW, DIAL_TIMEOUT, MAX_FRAME, MAX_STREAMS_PER_CONNECTION, STREAM_WINDOW,
+};
+use crate::identity::Identity;
+use crate::netns::NetNs;
+
+/// Errors of the HBONE client.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// TCP connect to the peer's 15008 failed.
+    #[error("HBONE connect to {peer}: {reason}")]
+    Connect {
+        /// Peer address.
+        peer: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The TLS handshake failed (includes identity mismatches).
+    #[error("HBONE TLS handshake with {peer} (expecting {expected}): {reason}")]
+    Tls {
+        /// Peer address.
+        peer: SocketAddr,
+        /// Identity the peer had to present.
+        expected: Identity,
+        /// Why.
+        reason: String,
+    },
+    /// No certificate or TLS configuration for the source pod.
+    #[error("HBONE client credentials: {0}")]
+    Credentials(String),
+    /// HTTP/2 failed on the connection.
+    #[error("HBONE HTTP/2 with {peer}: {reason}")]
+    Http2 {
+        /// Peer address.
+        peer: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The whole dial took too long.
+    #[error("HBONE dial to {0} timed out")]
+    Timeout(SocketAddr),
+}
+
+/// Supplies the client TLS configuration for a tunnel from this pod to a peer that must
+/// present `expected`. Called for every new connection, so rotated certificates are used.
+pub type ClientTls =
+    Arc<dyn Fn(&Identity) -> Result<Arc<rustls::ClientConfig>, String> + Send + Sync>;
+
+#[derive(Clone, Hash, PartialEq, Eq)]
+struct Key {
+    peer: SocketAddr,
+    expected: Identity,
+}
+
+/// One pooled HTTP/2 connection.
+#[derive(Clone)]
+struct Conn {
+    send: SendRequest<Bytes>,
+    streams: Arc<AtomicUsize>,
+    closed: Arc<AtomicBool>,
+    idle_since: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Conn {
+    fn usable(&self) -> bool {
+        !self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// A checked-out connection: a handle to open one stream on. Dropping it marks the stream slot
+/// free again.
+pub struct Lease {
+    /// Request sender on the connection.
+    pub send: SendRequest<Bytes>,
+    conn: Conn,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.conn.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *lock(&self.conn.idle_since) = Some(Instant::now());
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The pool of one source pod.
+pub struct Pool {
+    netns: NetNs,
+    tls: ClientTls,
+    idle_timeout: Duration,
+    slots: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Vec<Conn>>>>>,
+    dials: prometheus_client::metrics::counter::Counter,
+}
+
+impl Pool {
+    /// A pool dialling from inside `netns` with credentials from `tls`.
+    /// `dials` counts every connection dialled.
+    pub fn new(
+        netns: NetNs,
+        tls: ClientTls,
+        idle_timeout: Duration,
+        dials: prometheus_client::metrics::counter::Counter,
+    ) -> Arc<Pool> {
+        Arc::new(Pool {
+            netns,
+            tls,
+            idle_timeout,
+            slots: Mutex::new(HashMap::new()),
+            dials,
+        })
+    }
+
+    /// A connection to `peer` (which must present `expected`) with room for one more stream.
+    pub async fn checkout(
+        &self,
+        peer: SocketAddr,
+        expected: &Identity,
+    ) -> Result<Lease, DialError> {
+        let key = Key {
+            peer,
+            expected: expected.clone(),
+        };
+        let slot = lock(&self.slots).entry(key).or_default().clone();
+        // Holding the per-key lock across the dial is what makes concurrent first requests
+        // share one connection: they wait here and then find it.
+        let mut conns = slot.lock().await;
+        conns.retain(Conn::usable);
+        let found = conns
+            .iter()
+            .find(|c| c.streams.load(Ordering::Acquire) < MAX_STREAMS_PER_CONNECTION)
+            .cloned();
+        let conn = match found {
+            Some(c) => c,
+            None => {
+                let c = self.dial(peer, expected).await?;
+                conns.push(c.clone());
+                c
+            }
+        };
+        conn.streams.fetch_add(1, Ordering::AcqRel);
+        *lock(&conn.idle_since) = None;
+        Ok(Lease {
+            send: conn.send.clone(),
+            conn,
+        })
+    }
+
+    /// Drops connections idle for longer than the idle timeout. Called periodically.
+    pub fn evict_idle(&self) {
+        let now = Instant::now();
+        for slot in lock(&self.slots).values() {
+            // A slot being dialled is busy, not idle.
+            let Ok(mut conns) = slot.try_lock() else {
+                continue;
+            };
+            conns.retain(|c| {
+                let idle = lock(&c.idle_since).is_some_and(|t| now - t >= self.idle_timeout);
+                c.usable() && !idle
+            });
+        }
+    }
+
+    /// Connections currently pooled (for the admin page).
+    pub fn open_connections(&self) -> usize {
+        lock(&self.slots)
+            .values()
+            .filter_map(|s| s.try_lock().ok().map(|v| v.len()))
+            .sum()
+    }
+
+    async fn dial(&self, peer: SocketAddr, expected: &Identity) -> Result<Conn, DialError> {
+        tokio::time::timeout(DIAL_TIMEOUT, self.dial_inner(peer, expected))
+            .await
+            .map_err(|_| DialError::Timeout(peer))?
+    }
+
+    async fn dial_inner(&self, peer: SocketAddr, expected: &Identity) -> Result<Conn, DialError> {
+        let config = (self.tls)(expected).map_err(DialError::Credentials)?;
+        let tcp = crate::proxy::socket::connect_in(&self.netns, peer, None)
+            .await
+            .map_err(|e| DialError::Connect {
+                peer,
+                reason: e.to_string(),
+            })?;
+        // No SNI is sent and the name is not used for verification: the peer is checked by
+        // its SPIFFE identity.
+        let name = ServerName::IpAddress(peer.ip().into());
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| DialError::Tls {
+                peer,
+                expected: expected.clone(),
+                reason: e.to_string(),
+            })?;
+        let (send, connection) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .max_send_buffer_size(STREAM_WINDOW as usize)
+            .initial_max_send_streams(MAX_STREAMS_PER_CONNECTION)
+            .enable_push(false)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(|e| DialError::Http2 {
+                peer,
+                reason: e.to_string(),
+            })?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let flag = closed.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "HBONE connection ended");
+            }
+            flag.store(true, Ordering::Release);
+        });
+        self.dials.inc();
+        Ok(Conn {
+            send,
+            streams: Arc::new(AtomicUsize::new(0)),
+            closed,
+            idle_since: Arc::new(Mutex::new(Some(Instant::now()))),
+        })
+    }
+}

@@ -1,0 +1,116 @@
+//! Moving bytes between a TCP stream and an HTTP/2 CONNECT stream, with half-close.
+//!
+//! TCP EOF becomes an empty DATA frame with END_STREAM; END_STREAM (or a RST_STREAM with
+//! NO_ERROR/CANCEL, which peers use to end a tunnel) becomes a TCP write shutdown (FIN).
+//! Received DATA is given back to the flow-control window as soon as it is written out, so a
+//! slow reader throttles the sender through HTTP/2 flow control, not through memory.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use h2::{RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// First read size; grows for bulk transfers like the TCP copy does.
+const INITIAL_READ: usize = 4 * 1024;
+/// Bulk read size: a few TLS records' worth per DATA frame batch.
+const BULK_READ: usize = 64 * 1024;
+/// Bytes after which a direction counts as bulk.
+const BULK_AFTER: u64 = 256 * 1024;
+
+fn h2_io(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        return e
+            .into_io()
+            .unwrap_or_else(|| io::Error::other("h2 I/O error"));
+    }
+    io::Error::new(io::ErrorKind::BrokenPipe, e)
+}
+
+/// Whether an h2 error on a receiving stream is just the peer ending the tunnel.
+fn is_graceful_reset(e: &h2::Error) -> bool {
+    matches!(
+        e.reason(),
+        Some(h2::Reason::NO_ERROR) | Some(h2::Reason::CANCEL)
+    )
+}
+
+/// Copies `reader` into the HTTP/2 stream until EOF, then ends the stream (half-close).
+pub async fn tcp_to_h2<R: AsyncRead + Unpin>(
+    mut reader: R,
+    mut send: SendStream<Bytes>,
+    counter: &AtomicU64,
+) -> io::Result<u64> {
+    let mut total = 0u64;
+    let mut buf = BytesMut::new();
+    loop {
+        let want = if total >= BULK_AFTER {
+            BULK_READ
+        } else {
+            INITIAL_READ
+        };
+        buf.reserve(want);
+        let n = reader.read_buf(&mut buf).await?;
+        if n == 0 {
+            send.send_data(Bytes::new(), true).map_err(h2_io)?;
+            return Ok(total);
+        }
+        let mut chunk = buf.split().freeze();
+        while !chunk.is_empty() {
+            send.reserve_capacity(chunk.len());
+            let granted = std::future::poll_fn(|cx| send.poll_capacity(cx))
+                .await
+                .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "HBONE stream closed"))?
+                .map_err(h2_io)?;
+            let part = chunk.split_to(granted.min(chunk.len()));
+            send.send_data(part, false).map_err(h2_io)?;
+        }
+        total += n as u64;
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Copies the HTTP/2 stream into `writer` until END_STREAM, then shuts `writer` down.
+pub async fn h2_to_tcp<W: AsyncWrite + Unpin>(
+    mut recv: RecvStream,
+    mut writer: W,
+    counter: &AtomicU64,
+) -> io::Result<u64> {
+    let mut total = 0u64;
+    while let Some(frame) = recv.data().await {
+        let data = match frame {
+            Ok(d) => d,
+            Err(e) if is_graceful_reset(&e) => break,
+            Err(e) => return Err(h2_io(e)),
+        };
+        writer.write_all(&data).await?;
+        let n = data.len();
+        // Give the window back only once the bytes are out: flow control follows the reader.
+        let _ = recv.flow_control().release_capacity(n);
+        total += n as u64;
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    writer.shutdown().await?;
+    Ok(total)
+}
+
+/// Bytes moved by [`bidirectional`].
+pub use crate::proxy::copy::Transferred;
+
+/// Runs both directions between a TCP stream and an HTTP/2 stream until both ended. An error
+/// on either side ends both (dropping the h2 stream resets it).
+pub async fn bidirectional(
+    tcp: tokio::net::TcpStream,
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    tcp_to_tunnel: &AtomicU64,
+    tunnel_to_tcp: &AtomicU64,
+) -> io::Result<Transferred> {
+    let (r, w) = tcp.into_split();
+    let (sent, received) = tokio::try_join!(
+        tcp_to_h2(r, send, tcp_to_tunnel),
+        h2_to_tcp(recv, w, tunnel_to_tcp),
+    )?;
+    Ok(Transferred { sent, received })
+}
