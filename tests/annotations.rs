@@ -2,6 +2,8 @@
 //! backends; the rules present in the pod's netns reflect them.
 //!
 //! Lab: 2 nodes × 4 pods. Client pods on n1 and server pods on n2 carry one annotation each.
+//! Inbound annotations govern plaintext arriving from outside the mesh, so those clients sit
+//! in the fabric namespace (like a Prometheus scraper or kubelet outside the mesh).
 
 mod support;
 
@@ -20,7 +22,11 @@ fn setup(c: &Cluster) -> (IpAddr, IpAddr) {
 
 async fn send(c: &Cluster, from: &str, dst: SocketAddr) -> SocketAddr {
     let payload = pattern(10_000);
-    let ns = c.lab.pod_netns(from).unwrap();
+    let ns = if from == "fabric" {
+        c.lab.fabric_netns().unwrap()
+    } else {
+        c.lab.pod_netns(from).unwrap()
+    };
     let ex = exchange(&ns, dst, &payload, DEADLINE).await.unwrap();
     assert!(ex.reply == payload, "{from} -> {dst}: echo differs");
     ex.local
@@ -102,15 +108,16 @@ async fn scenario(backend: &'static str) {
         c.wait_state(&pod.name, "enrolled");
     }
 
+    let scraper: IpAddr = c.lab.fabric_ipv4().into();
     // excludeInboundPorts: a metrics scrape of n2-p1 on 15020 bypasses its 15006; 8080 does not.
     let dst = at("n2-p1", METRICS_PORT);
-    send(&c, "n1-p1", dst).await;
+    send(&c, "fabric", dst).await;
     assert!(
-        !inbound_captured(&c, "n2", dst, ip("n1-p1")),
+        !inbound_captured(&c, "n2", dst, scraper),
         "excluded inbound port was captured"
     );
     let dst = at("n2-p1", APP_PORT);
-    send(&c, "n1-p1", dst).await;
+    send(&c, "fabric", dst).await;
     c.wait_flow("n2", |f| is(f, "inbound") && f["dst"] == dst.to_string());
 
     // excludeOutboundPorts: n1-p2 to port 9000 leaves uncaptured, to 8080 captured.
@@ -156,25 +163,25 @@ async fn scenario(backend: &'static str) {
     );
     assert_eq!(fabric.accepted().len(), 1);
 
-    // bypass-inbound-capture: nothing inbound to n2-p3 is captured.
+    // bypass-inbound-capture: no plaintext inbound to n2-p3 is captured.
     let dst = at("n2-p3", APP_PORT);
-    send(&c, "n1-p1", dst).await;
+    send(&c, "fabric", dst).await;
     assert!(
-        !inbound_captured(&c, "n2", dst, ip("n1-p1")),
+        !inbound_captured(&c, "n2", dst, scraper),
         "bypassed pod captured inbound"
     );
 
     // includeInboundPorts: n2-p4 captures 9000 only.
     let dst = at("n2-p4", APP_PORT);
-    send(&c, "n1-p1", dst).await;
+    send(&c, "fabric", dst).await;
     assert!(
-        !inbound_captured(&c, "n2", dst, ip("n1-p1")),
+        !inbound_captured(&c, "n2", dst, scraper),
         "port outside includeInboundPorts captured"
     );
     let dst = at("n2-p4", OTHER_PORT);
-    send(&c, "n1-p1", dst).await;
+    send(&c, "fabric", dst).await;
     assert!(
-        inbound_captured(&c, "n2", dst, ip("n1-p1")),
+        inbound_captured(&c, "n2", dst, scraper),
         "included inbound port not captured"
     );
 

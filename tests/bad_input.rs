@@ -96,9 +96,20 @@ async fn bad_pods_fail_alone_and_loudly() {
             "{pod}: a listener is open"
         );
     }
-    // The healthy pod is captured, also when talking to a failed one.
-    let local = send(&c, "n1-p1", c.v4("n1-p2")).await;
-    c.wait_flow("n1", |f| f["src"] == local.to_string() && is(f, "outbound"));
+    // A mesh pod whose capture failed is not reachable through the mesh: the tunnel to it is
+    // refused and the client's connection closed (fail closed, never plaintext).
+    let ns = c.lab.pod_netns("n1-p1").unwrap();
+    let ex = exchange(&ns, c.v4("n1-p2"), &pattern(1000), DEADLINE).await;
+    assert!(ex.as_ref().map_or(true, |e| e.reply.is_empty()), "{ex:?}");
+    let f = c.wait_flow("n1", |f| {
+        is(f, "outbound") && f["dst"] == c.v4("n1-p2").to_string() && f["finished"] == true
+    });
+    assert!(
+        f["error"].as_str().unwrap_or_default().contains("HBONE"),
+        "{f:#}"
+    );
+    // The failed pod's own traffic is not captured on its side; the healthy pod still
+    // captures it inbound.
     let local = send(&c, "n1-p2", c.v4("n1-p1")).await;
     assert!(
         !c.flows_from("n1", local).iter().any(|f| is(f, "outbound")),

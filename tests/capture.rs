@@ -1,6 +1,7 @@
 //! Capture paths through the real daemon in a lab cluster, for both rule backends: which
 //! listener accepted each connection (the daemons' `/flows`), what the server saw as the
-//! client's address, and that bytes arrive intact.
+//! client's address, and that bytes arrive intact. Mesh-to-mesh traffic is carried by HBONE
+//! (15001 → 15008); plaintext from outside the mesh arrives on 15006.
 //!
 //! Lab: 2 nodes × 3 pods in an ambient namespace; `n2-p3` is labelled out of the mesh.
 
@@ -99,8 +100,9 @@ impl World {
     }
 }
 
-/// a + f: across nodes, captured by the client's 15001 and the server's 15006, exactly once
-/// each (no loop, d); the server sees the client pod's IP.
+/// a + f: across nodes, captured by the client's 15001, carried through HBONE, delivered by
+/// the server pod's 15008 — exactly once each (no loop, d); the server sees the client pod's IP
+/// and the server side knows the client's SPIFFE identity.
 async fn across_nodes(w: &World, v6: bool) {
     let dst = SocketAddr::new(w.ip("n2-p1", v6), APP_PORT);
     let local = w
@@ -110,6 +112,8 @@ async fn across_nodes(w: &World, v6: bool) {
     assert!(is(&out, "outbound"), "{out:#}");
     assert_eq!(out["dst"], dst.to_string());
     assert_eq!(out["pod"], "lab/n1-p1");
+    assert_eq!(out["route"], "hbone");
+    assert_eq!(out["peer_identity"], identity_of("n2-p1"));
     w.c.wait_flow("n2", |f| {
         f["dst"] == dst.to_string() && f["finished"] == true
     });
@@ -119,14 +123,14 @@ async fn across_nodes(w: &World, v6: bool) {
         1,
         "exactly one inbound capture: {inbound:#?}"
     );
-    assert!(is(&inbound[0], "inbound"));
+    assert!(is(&inbound[0], "hbone"), "{:#}", inbound[0]);
     assert_eq!(inbound[0]["pod"], "lab/n2-p1");
-    let src: SocketAddr = inbound[0]["src"].as_str().unwrap().parse().unwrap();
     assert_eq!(
-        src.ip(),
-        w.ip("n1-p1", v6),
-        "inbound listener saw the client pod"
+        inbound[0]["src"],
+        local.to_string(),
+        "forwarded client address"
     );
+    assert_eq!(inbound[0]["peer_identity"], identity_of("n1-p1"));
     assert_eq!(
         w.flows_to("n1", dst).len(),
         1,
@@ -140,11 +144,11 @@ async fn same_node(w: &World, v6: bool) {
     let local = w
         .send_seen("n1-p1", dst, w.server("n1-p2"), w.ip("n1-p1", v6))
         .await;
-    let out = w.c.wait_flow("n1", |f| f["src"] == local.to_string());
-    assert!(is(&out, "outbound"));
+    w.c.wait_flow("n1", |f| f["src"] == local.to_string() && is(f, "outbound"));
     let inbound =
-        w.c.wait_flow("n1", |f| f["dst"] == dst.to_string() && is(f, "inbound"));
+        w.c.wait_flow("n1", |f| f["dst"] == dst.to_string() && is(f, "hbone"));
     assert_eq!(inbound["pod"], "lab/n1-p2");
+    assert_eq!(inbound["peer_identity"], identity_of("n1-p1"));
 
     // To its own pod IP: leaves through lo, not captured.
     let own = SocketAddr::new(w.ip("n1-p3", v6), APP_PORT);
@@ -194,6 +198,25 @@ async fn passthrough(w: &World) {
     assert_eq!(out["route"], "passthrough");
 }
 
+/// Plaintext from outside the mesh (a pod that is not enrolled) is captured by the
+/// destination's 15006 and handed to the app with the client's IP (permissive mode).
+async fn plaintext_inbound(w: &World, v6: bool) {
+    let dst = SocketAddr::new(w.ip("n1-p3", v6), APP_PORT);
+    let local = w
+        .send_seen("n2-p3", dst, w.server("n1-p3"), w.ip("n2-p3", v6))
+        .await;
+    let f = w.c.wait_flow("n1", |f| f["src"] == local.to_string());
+    assert!(is(&f, "inbound"), "{f:#}");
+    assert_eq!(f["dst"], dst.to_string());
+    assert!(f["peer_identity"].is_null(), "plaintext has no identity");
+    assert!(
+        w.c.flows("n2")
+            .iter()
+            .all(|f| f["src"] != local.to_string()),
+        "non-enrolled pod captured"
+    );
+}
+
 /// d: connecting straight to a proxy port is refused, promptly, instead of looping.
 async fn self_calls_refused(w: &World) {
     for (pod, dst) in [
@@ -225,6 +248,8 @@ async fn scenario(backend: &'static str) {
     same_node(&w, true).await;
     loopback_not_captured(&w).await;
     passthrough(&w).await;
+    plaintext_inbound(&w, false).await;
+    plaintext_inbound(&w, true).await;
     self_calls_refused(&w).await;
 }
 

@@ -95,7 +95,7 @@ fn demo_shows_captured_flows_and_cleans_up() {
         assert!(out.contains(line), "missing {line:?} in:\n{out}");
     }
     assert!(!out.contains("CORRUPTED"), "{out}");
-    let listeners = ["outbound", "inbound"];
+    let listeners = ["outbound", "hbone"];
     for l in listeners {
         assert!(
             out.lines().any(|x| x.trim_start().starts_with(l)),

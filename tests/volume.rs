@@ -1,5 +1,6 @@
-//! i: volume through the real daemons — 64 MiB each way byte-exact (with half-close carried
-//! through both proxies), and 200 concurrent connections through one pod.
+//! i: volume through the real daemons — 64 MiB each way byte-exact over HBONE, IPv4 and IPv6
+//! (with half-close carried through the tunnel), and 200 concurrent connections through one
+//! pod.
 
 mod support;
 
@@ -76,6 +77,6 @@ async fn two_hundred_concurrent_connections_through_one_pod() {
         locals.is_subset(&captured),
         "not every connection went through 15001"
     );
-    let inbound = c.flows("n2").iter().filter(|f| is(f, "inbound")).count();
+    let inbound = c.flows("n2").iter().filter(|f| is(f, "hbone")).count();
     assert_eq!(inbound, 200);
 }

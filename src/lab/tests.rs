@@ -119,8 +119,16 @@ fn lab_json_and_workload_file_round_trip() {
     assert_eq!(lab.workloads().unwrap(), written);
     assert_eq!(written.namespaces[0].labels[key], value);
     // No temporary files left next to the workload file.
-    let leftovers = std::fs::read_dir(lab.dir()).unwrap().count();
-    assert_eq!(leftovers, 2, "only lab.json and workloads.json expected");
+    let mut entries: Vec<String> = std::fs::read_dir(lab.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    assert_eq!(
+        entries,
+        ["ca", "lab.json", "workloads.json"],
+        "no temporary files expected"
+    );
 }
 
 #[test]

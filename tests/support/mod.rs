@@ -33,6 +33,17 @@ impl Cluster {
         backend: &'static str,
         edit: impl FnOnce(&mut Snapshot),
     ) -> Cluster {
+        Self::start_with(nodes, pods, backend, edit, |_| Vec::new())
+    }
+
+    /// Like [`Cluster::start`], with extra `ambit run` arguments per node (by node name).
+    pub fn start_with(
+        nodes: usize,
+        pods: usize,
+        backend: &'static str,
+        edit: impl FnOnce(&mut Snapshot),
+        node_args: impl Fn(&str) -> Vec<String>,
+    ) -> Cluster {
         let lab = Lab::up(&LabSpec {
             nodes,
             pods_per_node: pods,
@@ -42,13 +53,11 @@ impl Cluster {
         lab.update_workloads(edit).expect("edit workloads");
         let cluster = Cluster { lab, backend };
         for node in cluster.lab.nodes() {
+            let mut args = vec![format!("--rules={backend}"), "--verify-secs=1".into()];
+            args.extend(node_args(&node.name));
             cluster
                 .lab
-                .start_daemon(
-                    &node.name,
-                    Path::new(env!("CARGO_BIN_EXE_ambit")),
-                    &[format!("--rules={backend}"), "--verify-secs=1".into()],
-                )
+                .start_daemon(&node.name, Path::new(env!("CARGO_BIN_EXE_ambit")), &args)
                 .expect("start daemon");
         }
         for node in cluster.lab.nodes() {
@@ -173,6 +182,11 @@ pub fn label(s: &mut Snapshot, name: &str, key: &str, value: &str) {
         .find(|p| p.name == name)
         .expect("pod in snapshot");
     pod.labels.insert(key.into(), value.into());
+}
+
+/// The SPIFFE identity the lab gives pod `name`.
+pub fn identity_of(name: &str) -> String {
+    format!("spiffe://cluster.local/ns/lab/sa/sa-{name}")
 }
 
 /// True if a flow record was accepted by `listener`.
