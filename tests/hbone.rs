@@ -418,6 +418,7 @@ async fn cross_node_traffic_is_encrypted_on_the_wire() {
         locals.push((v6, local));
     }
     let (raw, text) = capture.stop();
+    std::fs::write("/tmp/hbone-a.pcap", &raw).unwrap();
     eprintln!(
         "DBG a: {} bytes, {} lines\n{}",
         raw.len(),
