@@ -148,23 +148,6 @@ impl NetNs {
             })
         }
     }
-
-    /// Same as [`NetNs::prepare_command`] for a tokio command.
-    pub fn prepare_tokio_command<'a>(
-        &self,
-        cmd: &'a mut tokio::process::Command,
-    ) -> &'a mut tokio::process::Command {
-        let fd: RawFd = self.file.as_raw_fd();
-        // See prepare_command.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            })
-        }
-    }
 }
 
 impl PartialEq for NetNs {

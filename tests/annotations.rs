@@ -9,7 +9,7 @@ mod support;
 
 use std::net::{IpAddr, SocketAddr};
 
-use ambit::lab::traffic::{exchange, pattern, Server};
+use ambit::lab::traffic::Server;
 use support::*;
 
 const OTHER_PORT: u16 = 9000;
@@ -18,18 +18,6 @@ const METRICS_PORT: u16 = 15020;
 fn setup(c: &Cluster) -> (IpAddr, IpAddr) {
     let p = c.lab.pod("n2-p2").unwrap();
     (p.ipv4.into(), p.ipv6.into())
-}
-
-async fn send(c: &Cluster, from: &str, dst: SocketAddr) -> SocketAddr {
-    let payload = pattern(10_000);
-    let ns = if from == "fabric" {
-        c.lab.fabric_netns().unwrap()
-    } else {
-        c.lab.pod_netns(from).unwrap()
-    };
-    let ex = exchange(&ns, dst, &payload, DEADLINE).await.unwrap();
-    assert!(ex.reply == payload, "{from} -> {dst}: echo differs");
-    ex.local
 }
 
 /// Whether `node` captured the client-side connection from `local` on 15001.

@@ -11,14 +11,6 @@ use ambit::lab::traffic::{connect, exchange, pattern, Server};
 use ambit::rules::{self, Backend};
 use support::*;
 
-async fn send(c: &Cluster, from: &str, dst: SocketAddr) -> SocketAddr {
-    let payload = pattern(10_000);
-    let ns = c.lab.pod_netns(from).unwrap();
-    let ex = exchange(&ns, dst, &payload, DEADLINE).await.unwrap();
-    assert!(ex.reply == payload, "{from} -> {dst}: echo differs");
-    ex.local
-}
-
 fn error_of(c: &Cluster, pod: &str) -> String {
     let status = c.wait_state(pod, "failed");
     status["error"].as_str().unwrap_or_default().to_string()

@@ -7,17 +7,9 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ambit::lab::traffic::{connect, exchange, pattern, Server};
+use ambit::lab::traffic::{connect, Server};
 use ambit::rules::{self, Backend};
 use support::*;
-
-async fn send(c: &Cluster, from: &str, dst: SocketAddr) -> SocketAddr {
-    let payload = pattern(10_000);
-    let ns = c.lab.pod_netns(from).unwrap();
-    let ex = exchange(&ns, dst, &payload, DEADLINE).await.unwrap();
-    assert!(ex.reply == payload, "{from} -> {dst}: echo differs");
-    ex.local
-}
 
 /// Connections to `dst` delivered by `node`'s daemon (through HBONE or plaintext capture).
 fn inbound_count(c: &Cluster, node: &str, dst: SocketAddr) -> usize {

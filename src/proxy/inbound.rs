@@ -9,23 +9,14 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
 
-use super::{count_failure, dial, relay, socket, PodScope, Refusal, PROXY_PORTS};
+use super::{count_failure, dial, open_flow, relay, PodScope, Refusal, PROXY_PORTS};
 use crate::flows::Listener;
 
 /// Handles one accepted inbound plaintext connection.
 pub(crate) async fn serve(scope: &PodScope, stream: TcpStream, peer: SocketAddr) {
-    let dst = match socket::original_dst(&stream) {
-        Ok(dst) => dst,
-        Err(e) => {
-            tracing::warn!(pod = %scope.key, %peer, error = %e, "no original destination");
-            count_failure(scope, Listener::Inbound);
-            return;
-        }
+    let Some((dst, flow)) = open_flow(scope, Listener::Inbound, &stream, peer) else {
+        return;
     };
-    let flow = scope
-        .ctx
-        .flows
-        .start(&scope.key, Listener::Inbound, peer, dst);
     let refusal = if scope.security.strict {
         Some(Refusal::Strict)
     } else if PROXY_PORTS.contains(&dst.port()) {

@@ -199,6 +199,24 @@ async fn accept_loop(scope: Arc<PodScope>, kind: Listener, listener: TcpListener
     }
 }
 
+/// Recovers the original destination of a redirected connection and opens its flow; `None`
+/// (already counted and logged) when the kernel has no destination for it.
+pub(crate) fn open_flow(
+    scope: &PodScope,
+    kind: Listener,
+    stream: &tokio::net::TcpStream,
+    peer: SocketAddr,
+) -> Option<(SocketAddr, Flow)> {
+    match socket::original_dst(stream) {
+        Ok(dst) => Some((dst, scope.ctx.flows.start(&scope.key, kind, peer, dst))),
+        Err(e) => {
+            tracing::warn!(pod = %scope.key, %peer, error = %e, "no original destination");
+            count_failure(scope, kind);
+            None
+        }
+    }
+}
+
 /// Why a connection was refused before reaching any upstream.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Refusal {

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
 
-use super::{account_bytes, count_failure, dial, relay, socket, PodScope, Refusal, PROXY_PORTS};
+use super::{account_bytes, count_failure, dial, open_flow, relay, PodScope, Refusal, PROXY_PORTS};
 use crate::flows::{Flow, Listener};
 use crate::hbone::{self, TunnelRequest};
 use crate::identity::Identity;
@@ -51,18 +51,9 @@ pub(crate) fn decide(scope: &PodScope, dst: SocketAddr) -> Result<Route, Refusal
 
 /// Handles one accepted outbound connection.
 pub(crate) async fn serve(scope: &PodScope, stream: TcpStream, peer: SocketAddr) {
-    let dst = match socket::original_dst(&stream) {
-        Ok(dst) => dst,
-        Err(e) => {
-            tracing::warn!(pod = %scope.key, %peer, error = %e, "no original destination");
-            count_failure(scope, Listener::Outbound);
-            return;
-        }
+    let Some((dst, flow)) = open_flow(scope, Listener::Outbound, &stream, peer) else {
+        return;
     };
-    let flow = scope
-        .ctx
-        .flows
-        .start(&scope.key, Listener::Outbound, peer, dst);
     let route = match decide(scope, dst) {
         Ok(r) => r,
         Err(refusal) => {

@@ -164,6 +164,22 @@ impl Cluster {
     }
 }
 
+/// Sends 10 kB from pod `from` (or `"fabric"`, outside the mesh) to the echo server at `dst`,
+/// asserts the echo is intact, and returns the client's own address.
+pub async fn send(c: &Cluster, from: &str, dst: SocketAddr) -> SocketAddr {
+    let payload = ambit::lab::traffic::pattern(10_000);
+    let ns = if from == "fabric" {
+        c.lab.fabric_netns().expect("fabric netns")
+    } else {
+        c.lab.pod_netns(from).expect("pod netns")
+    };
+    let ex = ambit::lab::traffic::exchange(&ns, dst, &payload, DEADLINE)
+        .await
+        .unwrap_or_else(|e| panic!("{from} -> {dst}: {e}"));
+    assert!(ex.reply == payload, "{from} -> {dst}: echo differs");
+    ex.local
+}
+
 /// Sets an annotation on pod `name` in a snapshot.
 pub fn annotate(s: &mut Snapshot, name: &str, key: &str, value: &str) {
     let pod = s
