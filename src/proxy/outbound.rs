@@ -78,7 +78,6 @@ pub(crate) async fn serve(scope: &PodScope, stream: TcpStream, peer: SocketAddr)
             identity,
         } => {
             flow.set_route("hbone");
-            flow.set_peer_identity(identity.to_string());
             if let Err(e) = tunnel(scope, &flow, stream, peer, dst, via, &identity).await {
                 flow.fail(e);
                 count_failure(scope, Listener::Outbound);
@@ -127,6 +126,8 @@ async fn tunnel(
             response.status()
         ));
     }
+    // The TLS verifier accepted the server only if it presented this identity.
+    flow.set_peer_identity(identity.to_string());
     let recv = response.into_body();
     let result =
         hbone::stream::bidirectional(client, send_stream, recv, flow.sent(), flow.received()).await;
