@@ -1,47 +1,114 @@
-//! Throughput and latency of a pod-to-pod TCP connection across nodes, direct and through ambit.
+//! Pod-to-pod performance across nodes, without a daemon and through ambit in both of its
+//! outbound routes: plaintext passthrough and HBONE (mutual-TLS HTTP/2 CONNECT tunnels).
 //!
-//! Run as root: `cargo bench --bench throughput` (about a minute), or
-//! `cargo bench --bench throughput -- --quick` (shorter windows, one round, ~20 s).
+//! Run as root: `cargo bench --bench throughput` (about 75 s on 2 CPUs), or
+//! `cargo bench --bench throughput -- --quick` (shorter windows, one round, about 25 s).
 //!
-//! # What is measured
+//! # The lab and the three modes
 //!
-//! One lab is built (2 nodes × 1 pod: `n1-p1`, `n2-p1`, pods in an ambient namespace) and the
-//! same two measurements are taken from pod `n1-p1` to pod `n2-p1` over IPv4, twice in one run:
+//! One lab is built: 2 nodes × 34 pods, pods in an ambient namespace. Before the daemons start,
+//! the workload file labels `istio.io/dataplane-mode=none` on `n2-p2` (the destination of the
+//! passthrough mode) and on every pod of `n1` except `n1-p1` (unused; this keeps the client
+//! node's daemon down to the one enrolled pod whose memory is measured). `n2-p3`..`n2-p34`
+//! stay enrolled: they are the destinations of the memory test. All traffic is IPv4.
 //!
-//! - **direct**: before any daemon runs, so no redirect rules and no proxy: the path is
-//!   pod veth → node n1 → fabric bridge → node n2 → pod veth;
-//! - **ambit**: after `ambit run --rules=iptables` is started on both nodes and `/pods` on each
-//!   node shows its pod `enrolled`. The same connection now goes client → 15001 (ambit on n1,
-//!   outbound passthrough) → network → 15006 (ambit on n2, inbound, client IP kept) → server,
-//!   i.e. two user-space proxies and two extra TCP connections. After the measurements the
-//!   bench checks on `/flows` that both daemons really carried the connections (outbound on n1,
-//!   inbound on n2); otherwise it fails instead of reporting a meaningless number.
+//! Order: direct; start the daemons; memory; passthrough; hbone; handshakes.
 //!
-//! All sockets of the client and the servers are created inside the pods' network namespaces
-//! (`NetNs::run`) and driven by one tokio multi-thread runtime in this process; the daemons are
-//! separate processes. Everything shares the machine's CPUs.
+//! - **direct**: `n1-p1` → `n2-p1` before any daemon runs: no redirect rules, no proxy; the path
+//!   is pod veth → node n1 → fabric bridge → node n2 → pod veth.
+//! - **passthrough**: daemons running (`ambit run --rules=iptables --pool-idle-secs=1` on both
+//!   nodes, every enrolled pod shown `enrolled` on `/pods`), `n1-p1` (enrolled) → `n2-p2`
+//!   (out of the mesh). The connection is redirected to 15001 in `n1-p1`'s netns and ambit on
+//!   n1 dials the destination itself from that netns: one user-space proxy, two TCP
+//!   connections, nothing on n2.
+//! - **hbone**: `n1-p1` → `n2-p1`, both enrolled. ambit on n1 carries the connection as one
+//!   HTTP/2 CONNECT stream in a pooled mutual-TLS connection to `n2-p1`'s 15008; ambit on n2
+//!   terminates it and dials the app. Two user-space proxies, TLS both ways.
 //!
-//! **Single-stream throughput**: a sink server in `n2-p1` reads and discards. The client opens
-//! one connection and writes 256 KiB buffers back to back. After a warm-up (1 s; `--quick`
-//! 0.5 s) the bench samples the sink's received-byte counter, waits the measurement window (3 s;
-//! `--quick` 1 s) and samples it again: Gbit/s = 8 × bytes received by the sink in the window /
-//! window length (10^9 bits). Bytes still in socket buffers or in a proxy do not count. This is
-//! repeated for 3 rounds (`--quick`: 1), each on a fresh connection; the table shows the median
-//! and the range. During each window the CPU time (user + system, from `/proc/<pid>/stat`) of
-//! this process and of each daemon is sampled, as a percentage of one CPU, to show where the
-//! cycles go; kernel work done in softirq context is charged to whichever process was running,
-//! so treat it as indicative.
+//! After each mode's data-path tests and again after its connection-rate test, the bench reads
+//! `/flows` and fails unless the traffic took the intended route: for passthrough, outbound
+//! flows on n1 with route `passthrough` to the passthrough servers and no flow at all on n2 for
+//! `n2-p2`; for hbone, outbound flows on n1 with route `hbone` and `hbone` flows on n2 to the
+//! same destinations. A flow on the wrong route fails the run too.
 //!
-//! **1 KiB request/response latency**: the client opens one connection to an echo server in
-//! `n2-p1` (`ambit::lab::traffic::Server`), then repeatedly writes 1024 bytes and reads the
-//! 1024-byte echo (checking it is intact). After 0.5 s of warm-up (`--quick`: 0.2 s), every
-//! round trip in a 3 s window (`--quick`: 1 s) is timed; p50 and p99 (nearest rank) are in
-//! microseconds, and req/s is completed round trips / window. One request is outstanding at a
-//! time, so req/s ≈ 1 / mean latency: it is a latency figure, not a capacity figure.
+//! All client and server sockets are created inside the pods' (or the fabric's) network
+//! namespaces (`NetNs::run`) and driven by one tokio multi-thread runtime in this process; the
+//! daemons are separate processes. Everything shares the machine's CPUs, so during each timed
+//! window the CPU time (user + system, from `/proc/<pid>/stat`) of this process and of each
+//! daemon is sampled, as a percentage of one CPU. Kernel work done in softirq context is charged
+//! to whichever process was running, so treat the split as indicative.
+//!
+//! # Data path (per mode)
+//!
+//! **Single-stream throughput**: a sink server in the destination pod reads and discards. The
+//! client opens one connection and writes 256 KiB buffers back to back. After a warm-up (1 s;
+//! `--quick` 0.5 s) the sink's received-byte counter is sampled, the bench waits the window
+//! (3 s; `--quick` 1 s) and samples it again: Gbit/s = 8 × bytes received in the window / window
+//! (10^9 bits). Bytes still in socket buffers or a proxy do not count. 3 rounds (`--quick`: 1),
+//! each on a fresh connection; the table shows the median and the range.
+//!
+//! **1 KiB request/response latency**: one connection to an echo server in the destination pod
+//! (`ambit::lab::traffic::Server`); write 1024 bytes, read the 1024-byte echo (checked), repeat.
+//! After 0.5 s of warm-up (`--quick`: 0.2 s) every round trip in a 3 s window (`--quick`: 1 s) is
+//! timed: p50 and p99 (nearest rank) in microseconds; req/s = round trips / window. One request
+//! is outstanding at a time, so req/s ≈ 1 / mean latency.
+//!
+//! # Connection setup
+//!
+//! **New connections per second (per mode)**: sequentially, from `n1-p1`: create a socket,
+//! connect to a "ping" server in the destination pod, send 1 byte, read the 1-byte reply, read
+//! end-of-stream, drop the socket. The ping server reads 1 byte, writes it back and closes at
+//! once, so the *server* side closes first and the TIME_WAIT state stays at the servers. Every
+//! attempt after a warm-up (0.5 s; `--quick` 0.2 s) in a window (3 s; `--quick` 1 s) is timed
+//! from socket creation to end-of-stream: conn/s = completed / window, plus p50/p99. For hbone
+//! this opens a new CONNECT stream on the pooled tunnel (no TLS handshake per connection). Each
+//! mode binds its client sockets to its own range of source ports below the ephemeral range
+//! (direct 16000-23999, passthrough 24000-28399, hbone 28400-32767) and talks to its own server
+//! port: the proxy's accepted sockets in `n1-p1` end in TIME_WAIT, and a later mode reusing one
+//! of those client ports with another destination (hence another TCP timestamp offset) could
+//! otherwise hit a stale TIME_WAIT and stall for a SYN retransmission (1 s).
+//!
+//! **New HBONE handshakes per second**: from the fabric namespace (which no pod captures), a
+//! client in this process presenting a certificate issued once by the lab CA
+//! (`spiffe://cluster.local/ns/lab/sa/bench`, via `identity::ca::Ca::issue`) does, per iteration
+//! and sequentially: TCP connect to `n2-p1:15008`, TLS 1.3 handshake with mutual authentication
+//! (`identity::tls::client_config`, no session resumption, so always a full handshake and
+//! `n2-p1`'s identity verified), HTTP/2 handshake, `CONNECT n2-p1:<ping port>`
+//! (`hbone::build_request`), 1 byte each way through the tunnel, end of stream, then close (all
+//! handles dropped, so h2 sends GOAWAY and closes; if it has not within 1 s it is aborted and
+//! counted). Windows as for connections. The flows on n2 are checked to carry the bench
+//! identity.
+//!
+//! # Memory per idle connection
+//!
+//! Measured right after the daemons have enrolled their pods, before any other mesh traffic
+//! (memory freed by earlier traffic would be reused by the allocator and hide growth). One
+//! warm-up connection through a tunnel is opened and closed and the pool left to evict it; then
+//! the RSS of the client node's daemon (`VmRSS`, and `RssAnon`, from `/proc/<pid>/status`, pid
+//! from `Lab::daemon_pid("n1")`; n2's is read too) is read before and 0.5 s after each batch of
+//! idle connections from `n1-p1`. Every connection first exchanges 1 byte with an echo server,
+//! so its tunnel is known to be up; batches stay open, each is measured on top of the previous:
+//!
+//! - **own pooled TLS connection each**: one connection to each of 16 enrolled pods. A pool key
+//!   is (destination pod, identity), so each needs its own pooled mutual-TLS + HTTP/2
+//!   connection; the n1 `hbone_dials` metric confirms 16 dials.
+//! - **sharing pooled connections**: 200 connections to `n2-p1`; at 100 streams per pooled
+//!   connection they share 2 pooled connections (2 dials).
+//!
+//! Batches: own, shared (`--quick`), then own to 16 other pods and shared again (full run).
+//! KiB per connection = ΔVmRSS / connections of the batch; the difference between the two kinds
+//! estimates what one pooled TLS connection costs beyond a tunnelled stream. Finally everything
+//! is closed and, after the pool idle timeout (`--pool-idle-secs=1`) and the pool's eviction
+//! tick, RSS is read again to show how much the daemon handed back.
+//!
+//! The method is noisy and biased both ways, and the output says so: RSS counts touched 4 KiB
+//! pages, not bytes; glibc malloc reuses memory freed earlier (a batch looks cheaper) and grows
+//! heaps or creates per-thread arenas in steps (the batch that triggers it looks dearer); kernel
+//! socket buffers are not in RSS at all.
 //!
 //! # Output
 //!
-//! A markdown table on stdout (progress goes to stderr), also written with the machine
+//! Markdown tables on stdout (progress goes to stderr), also written with the machine
 //! description (CPUs, CPU model, kernel) and the command to `<target>/bench/throughput.md`,
 //! and everything as JSON to `<target>/bench/throughput.json`, where `<target>` is
 //! `$CARGO_TARGET_DIR` or `target` under the package root.
@@ -50,9 +117,9 @@
 //!
 //! Cargo passes `--bench` to a `harness = false` bench under `cargo bench`; without it (as under
 //! `cargo test --benches` / `--all-targets`) the binary prints a note and exits 0 without
-//! building a lab, so test runs are not slowed by a minute of benchmarking. Running the binary
-//! by hand, pass `--bench`. `--quick` shortens everything; `--help` prints usage; any other
-//! argument (cargo's filters, `--nocapture`, ...) is ignored with a note on stderr.
+//! building a lab, so test runs are not slowed by benchmarking. Running the binary by hand,
+//! pass `--bench`. `--quick` shortens everything; `--help` prints usage; any other argument
+//! (cargo's filters, `--nocapture`, ...) is ignored with a note on stderr.
 //!
 //! **Not root**: the bench prints why it needs root and exits with status 1 (an error, not a
 //! silent skip: a bench run that measured nothing must not look like success).
@@ -60,36 +127,111 @@
 //! The lab is removed at the end, and also on error or panic. If the process is killed
 //! (Ctrl-C) the lab stays: remove it with `ambit lab down <name>` (the name is printed first).
 
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use ambit::hbone::{build_request, TunnelRequest, PORT as HBONE_PORT};
+use ambit::identity::{tls, Ca, Identity, DEFAULT_TRUST_DOMAIN};
 use ambit::lab::traffic::{self, Server};
-use ambit::lab::{Lab, LabSpec};
+use ambit::lab::{Lab, LabSpec, CA_DIR};
 use ambit::netns::NetNs;
-use anyhow::{bail, Context};
+use ambit::workload::enroll::DATAPLANE_MODE_LABEL;
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
-/// Client pod and server pod.
+/// The client pod, on n1.
 const CLIENT_POD: &str = "n1-p1";
-const SERVER_POD: &str = "n2-p1";
-/// Ports of the sink and the echo server inside the server pod (outside ambit's 15xxx range).
+/// Enrolled destination on n2 (hbone mode, direct mode, handshakes, shared idle connections).
+const MESH_POD: &str = "n2-p1";
+/// Destination on n2 labelled out of the mesh (passthrough mode).
+const PLAIN_POD: &str = "n2-p2";
+/// Idle connections to distinct pods per "own pooled TLS connection" batch of the memory test.
+const IDLE_BATCH: usize = 16;
+/// Enrolled pods on n2 that each get one idle connection in the memory test (`n2-p3`..): enough
+/// for two batches.
+const IDLE_PODS: usize = 2 * IDLE_BATCH;
+/// Pods per node: the two above plus the idle-connection targets.
+const PODS_PER_NODE: usize = 2 + IDLE_PODS;
+/// Idle connections sharing pooled tunnels to one pod in the memory test.
+const SHARED_CONNS: usize = 200;
+/// Servers inside the destination pods (outside ambit's 15xxx range).
 const SINK_PORT: u16 = 9000;
 const ECHO_PORT: u16 = 9001;
+/// Ping server for the connection-rate tests of direct (in `n2-p1`) and passthrough (`n2-p2`).
+const PING_PORT: u16 = 9002;
+/// Ping server for the hbone connection-rate test (in `n2-p1`).
+const HBONE_PING_PORT: u16 = 9003;
+/// Ping server the handshake test tunnels to (in `n2-p1`).
+const HANDSHAKE_PING_PORT: u16 = 9004;
 /// Write and read buffer of the throughput test.
 const STREAM_BUFFER: usize = 256 * 1024;
 /// Request (and response) size of the latency test.
 const REQUEST_SIZE: usize = 1024;
 /// Rule backend the daemons use.
 const RULES: &str = "iptables";
-/// How long the daemons get to become ready and to enroll their pod.
+/// `--pool-idle-secs` of the daemons: short, so the memory test can empty the pool.
+const POOL_IDLE_SECS: u64 = 1;
+/// Pool idle timeout + the pool's 1 s eviction tick + margin.
+const EVICTION_WAIT: Duration = Duration::from_millis(2500);
+/// Wait between opening idle connections and reading RSS.
+const SETTLE: Duration = Duration::from_millis(500);
+/// Service account of the handshake test's client certificate.
+const BENCH_SA: &str = "bench";
+/// How long the daemons get to become ready and to enroll their pods.
 const DAEMON_DEADLINE: Duration = Duration::from_secs(30);
 /// Slack beyond the planned duration before a measurement is declared stuck.
 const STUCK_SLACK: Duration = Duration::from_secs(15);
+/// Longest a single connection or handshake attempt may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a handshake iteration waits for its HTTP/2 connection to close gracefully.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// The byte exchanged by the connection tests.
+const PING: u8 = 0x5a;
+
+/// One way of reaching the destination.
+#[derive(Clone, Copy, Debug)]
+struct ModeSpec {
+    name: &'static str,
+    /// Route the n1 daemon must record on `/flows`; `None`: no daemon runs.
+    route: Option<&'static str>,
+    /// Destination pod.
+    server_pod: &'static str,
+    /// Ping server port for the connection-rate test.
+    ping_port: u16,
+    /// Source ports the connection-rate client binds, `[start, end)`.
+    client_ports: (u16, u16),
+}
+
+const DIRECT: ModeSpec = ModeSpec {
+    name: "direct",
+    route: None,
+    server_pod: MESH_POD,
+    ping_port: PING_PORT,
+    client_ports: (16000, 24000),
+};
+const PASSTHROUGH: ModeSpec = ModeSpec {
+    name: "passthrough",
+    route: Some("passthrough"),
+    server_pod: PLAIN_POD,
+    ping_port: PING_PORT,
+    client_ports: (24000, 28400),
+};
+const HBONE: ModeSpec = ModeSpec {
+    name: "hbone",
+    route: Some("hbone"),
+    server_pod: MESH_POD,
+    ping_port: HBONE_PING_PORT,
+    client_ports: (28400, 32768),
+};
 
 /// Durations and repetitions of one run.
 #[derive(Clone, Copy, Debug)]
@@ -100,6 +242,9 @@ struct Plan {
     stream_rounds: usize,
     rr_warmup: Duration,
     rr_window: Duration,
+    conn_warmup: Duration,
+    conn_window: Duration,
+    mem_rounds: usize,
 }
 
 impl Plan {
@@ -112,6 +257,9 @@ impl Plan {
                 stream_rounds: 1,
                 rr_warmup: Duration::from_millis(200),
                 rr_window: Duration::from_secs(1),
+                conn_warmup: Duration::from_millis(200),
+                conn_window: Duration::from_secs(1),
+                mem_rounds: 1,
             }
         } else {
             Plan {
@@ -121,6 +269,9 @@ impl Plan {
                 stream_rounds: 3,
                 rr_warmup: Duration::from_millis(500),
                 rr_window: Duration::from_secs(3),
+                conn_warmup: Duration::from_millis(500),
+                conn_window: Duration::from_secs(3),
+                mem_rounds: 2,
             }
         }
     }
@@ -145,10 +296,12 @@ fn main() {
             "-h" | "--help" => {
                 println!(
                     "usage: cargo bench --bench throughput [-- --quick]\n\n\
-                     Measures pod n1-p1 -> pod n2-p1 (IPv4, across nodes) in a lab cluster,\n\
-                     direct and through ambit: single-stream throughput and 1 KiB\n\
-                     request/response latency. Needs root. Results: <target>/bench/throughput.{{md,json}}.\n\
-                     --quick   shorter windows and one throughput round"
+                     Measures pod n1-p1 -> pods on n2 (IPv4, across nodes) in a lab cluster:\n\
+                     direct, through ambit as plaintext passthrough, and through ambit as HBONE.\n\
+                     Single-stream throughput, 1 KiB request/response latency, new connections/s,\n\
+                     new HBONE handshakes/s, daemon memory per idle connection. Needs root.\n\
+                     Results: <target>/bench/throughput.{{md,json}}.\n\
+                     --quick   shorter windows and one round of each"
                 );
                 return;
             }
@@ -171,18 +324,29 @@ fn main() {
         std::process::exit(1);
     }
     let plan = Plan::new(quick);
+    let started = Instant::now();
     if let Err(e) = run(plan, &args) {
         eprintln!("throughput bench failed: {e:#}");
         std::process::exit(1);
     }
+    eprintln!(
+        "throughput bench done in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Results.
 
 /// Results of one mode.
 #[derive(Clone, Debug)]
 struct ModeResult {
-    mode: String,
+    spec: ModeSpec,
     stream: Vec<StreamRound>,
     rr: RrResult,
+    conn: RateResult,
+    /// Flows the daemons recorded for the connection-rate test (`None` without daemons).
+    conn_flows: Option<FlowCount>,
 }
 
 #[derive(Clone, Debug)]
@@ -215,12 +379,138 @@ impl RrResult {
     }
 }
 
+/// A sequential rate test (connections or handshakes).
+#[derive(Clone, Debug)]
+struct RateResult {
+    count: usize,
+    seconds: f64,
+    p50_us: f64,
+    p99_us: f64,
+    mean_us: f64,
+    max_us: f64,
+    cpu: Vec<(String, f64)>,
+    /// Client ports skipped because they were still in use.
+    skipped_ports: u64,
+    /// Handshakes whose HTTP/2 connection did not close within [`CLOSE_GRACE`] and were aborted.
+    forced_closes: u64,
+}
+
+impl RateResult {
+    fn per_second(&self) -> f64 {
+        self.count as f64 / self.seconds
+    }
+}
+
+/// What `/flows` showed for a connection-rate test.
+#[derive(Clone, Copy, Debug, Default)]
+struct FlowCount {
+    /// Outbound flows on n1 to the ping server (among the most recent 4096).
+    n1: usize,
+    /// Of those, how many ended in an error.
+    n1_errors: usize,
+    /// `hbone` flows on n2 to the ping server (hbone only).
+    n2: usize,
+}
+
+/// One batch of idle connections opened on top of the previous ones.
+#[derive(Clone, Debug)]
+struct MemBatch {
+    kind: MemKind,
+    /// 1-based position in the sequence of batches.
+    batch: usize,
+    conns: usize,
+    /// Increase of n1's `hbone_dials` counter while opening.
+    dials: Option<u64>,
+    /// n1 RSS before opening the batch and with it open.
+    n1: [Rss; 2],
+    /// The same for n2.
+    n2: [Rss; 2],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MemKind {
+    /// One connection per destination pod: each has its own pooled TLS connection.
+    OwnTunnel,
+    /// Many connections to one pod, sharing pooled TLS connections.
+    Shared,
+}
+
+impl MemKind {
+    fn label(self) -> &'static str {
+        match self {
+            MemKind::OwnTunnel => "own pooled TLS conn each",
+            MemKind::Shared => "sharing pooled TLS conns",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            MemKind::OwnTunnel => "own_pooled_connection_each",
+            MemKind::Shared => "shared_pooled_connections",
+        }
+    }
+}
+
+impl MemBatch {
+    /// Growth of VmRSS per connection, KiB.
+    fn kib_per_conn(&self, rss: &[Rss; 2]) -> f64 {
+        (rss[1].vm_kib as f64 - rss[0].vm_kib as f64) / self.conns as f64
+    }
+
+    /// Growth of RssAnon per connection, KiB.
+    fn anon_kib_per_conn(&self, rss: &[Rss; 2]) -> f64 {
+        (rss[1].anon_kib as f64 - rss[0].anon_kib as f64) / self.conns as f64
+    }
+}
+
+/// The memory test: batches, and RSS before the first and after closing everything.
+#[derive(Clone, Debug)]
+struct Memory {
+    batches: Vec<MemBatch>,
+    /// n1, n2 before the first batch (after the warm-up connection was closed and evicted).
+    baseline: [Rss; 2],
+    /// n1, n2 with every batch open.
+    peak: [Rss; 2],
+    /// n1, n2 after closing every connection and waiting for pool eviction.
+    after_close: [Rss; 2],
+}
+
+impl Memory {
+    /// Share of n1's total growth handed back after closing, percent.
+    fn returned_percent(&self, node: usize) -> f64 {
+        let grown = self.peak[node].vm_kib as f64 - self.baseline[node].vm_kib as f64;
+        if grown <= 0.0 {
+            return f64::NAN;
+        }
+        (self.peak[node].vm_kib as f64 - self.after_close[node].vm_kib as f64) / grown * 100.0
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Rss {
+    vm_kib: u64,
+    anon_kib: u64,
+}
+
+/// Everything one run measured.
+struct Report {
+    modes: Vec<ModeResult>,
+    handshakes: RateResult,
+    memory: Memory,
+    /// n1 and n2 daemon RSS once all pods were enrolled, before any mesh traffic.
+    daemon_rss_at_start: Vec<(String, Rss)>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run.
+
 fn run(plan: Plan, args: &[String]) -> anyhow::Result<()> {
+    raise_fd_limit();
     let machine = Machine::describe();
     let lab = Lab::up(&LabSpec {
         name: None,
         nodes: 2,
-        pods_per_node: 1,
+        pods_per_node: PODS_PER_NODE,
         namespace_ambient: true,
     })
     .context("building the lab")?;
@@ -229,68 +519,108 @@ fn run(plan: Plan, args: &[String]) -> anyhow::Result<()> {
         lab.name(),
         lab.name()
     );
-    let client_ns = lab.pod_netns(CLIENT_POD)?;
-    let server_ns = lab.pod_netns(SERVER_POD)?;
-    let server_ip = lab.pod(SERVER_POD)?.ipv4;
+    // Out of the mesh: n2-p2 (the passthrough destination) and n1's unused pods.
+    let opted_out: Vec<String> = lab
+        .pods_on("n1")
+        .filter(|p| p.name != CLIENT_POD)
+        .map(|p| p.name.clone())
+        .chain([PLAIN_POD.to_string()])
+        .collect();
+    lab.update_workloads(|s| {
+        for pod in s.pods.iter_mut().filter(|p| opted_out.contains(&p.name)) {
+            pod.labels
+                .insert(DATAPLANE_MODE_LABEL.to_string(), "none".to_string());
+        }
+    })
+    .context("labelling pods out of the mesh")?;
+    let idle_pods: Vec<String> = lab
+        .pods_on("n2")
+        .filter(|p| p.name != MESH_POD && p.name != PLAIN_POD)
+        .map(|p| p.name.clone())
+        .collect();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("building the tokio runtime")?;
-    let (sink, echo) = runtime.block_on(async {
-        let sink = Sink::start(&server_ns, (Ipv4Addr::UNSPECIFIED, SINK_PORT).into())
-            .context("starting the sink server in n2-p1")?;
-        let echo = Server::start(&server_ns, (Ipv4Addr::UNSPECIFIED, ECHO_PORT).into())
-            .await
-            .context("starting the echo server in n2-p1")?;
-        anyhow::Ok((sink, echo))
-    })?;
-    let sink_addr = SocketAddr::from((server_ip, SINK_PORT));
-    let echo_addr = SocketAddr::from((server_ip, ECHO_PORT));
-
-    let mut results = Vec::new();
-    eprintln!("direct (no daemon):");
-    results.push(runtime.block_on(measure(
-        "direct",
+    let servers = runtime.block_on(Servers::start(&lab, &idle_pods))?;
+    let mut bench = Bench {
         plan,
-        &client_ns,
-        &sink,
-        sink_addr,
-        echo_addr,
-        &[],
-    ))?);
+        lab: &lab,
+        runtime: &runtime,
+        client_ns: lab.pod_netns(CLIENT_POD)?,
+        servers,
+        pids: vec![("bench".to_string(), std::process::id())],
+    };
+
+    let mut modes = Vec::new();
+    eprintln!("direct (no daemon):");
+    modes.push(bench.mode(DIRECT)?);
 
     let binary = PathBuf::from(env!("CARGO_BIN_EXE_ambit"));
-    let daemon_args = [format!("--rules={RULES}")];
+    let daemon_args = [
+        format!("--rules={RULES}"),
+        format!("--pool-idle-secs={POOL_IDLE_SECS}"),
+    ];
     for node in ["n1", "n2"] {
         lab.start_daemon(node, &binary, &daemon_args)
             .with_context(|| format!("starting ambit on {node}"))?;
     }
     let started = Instant::now();
-    for (node, pod) in [("n1", CLIENT_POD), ("n2", SERVER_POD)] {
-        lab.wait_ready(node, DAEMON_DEADLINE)
-            .with_context(|| format!("waiting for ambit on {node} to be ready"))?;
-        wait_enrolled(&lab, node, pod, started + DAEMON_DEADLINE)?;
+    let enrolled: Vec<(&str, &str)> = [("n1", CLIENT_POD), ("n2", MESH_POD)]
+        .into_iter()
+        .chain(idle_pods.iter().map(|p| ("n2", p.as_str())))
+        .collect();
+    lab.wait_ready("n1", DAEMON_DEADLINE)
+        .context("waiting for ambit on n1 to be ready")?;
+    lab.wait_ready("n2", DAEMON_DEADLINE)
+        .context("waiting for ambit on n2 to be ready")?;
+    for (node, pod) in &enrolled {
+        wait_state(&lab, node, pod, true, started + DAEMON_DEADLINE)?;
     }
+    wait_state(&lab, "n2", PLAIN_POD, false, started + DAEMON_DEADLINE)?;
     eprintln!(
-        "ambit ({RULES}) running on n1 and n2, pods enrolled after {:.1} s",
+        "ambit ({RULES}) running on n1 and n2; {} pods enrolled, {PLAIN_POD} out of the mesh, \
+         after {:.1} s",
+        enrolled.len(),
         started.elapsed().as_secs_f64()
     );
     let daemons: Vec<(String, u32)> = ["n1", "n2"]
         .iter()
-        .filter_map(|n| lab.daemon_pid(n).map(|pid| (format!("ambit {n}"), pid)))
-        .collect();
-    let mode = format!("ambit ({RULES})");
-    results.push(runtime.block_on(measure(
-        &mode, plan, &client_ns, &sink, sink_addr, echo_addr, &daemons,
-    ))?);
-    check_flows(&lab, sink_addr, echo_addr)?;
+        .map(|n| {
+            lab.daemon_pid(n)
+                .map(|pid| (format!("ambit {n}"), pid))
+                .ok_or_else(|| anyhow!("no daemon pid for {n}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let daemon_rss_at_start = daemons
+        .iter()
+        .map(|(who, pid)| Ok((who.clone(), read_rss(*pid)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    bench.pids.extend(daemons.iter().cloned());
 
-    drop((sink, echo));
+    // First, while the daemons have carried no traffic: freed memory they would reuse hides
+    // growth.
+    eprintln!("memory per idle connection (daemon RSS):");
+    let memory = bench.memory(&idle_pods)?;
+    eprintln!("passthrough ({CLIENT_POD} -> {PLAIN_POD}, out of the mesh):");
+    modes.push(bench.mode(PASSTHROUGH)?);
+    eprintln!("hbone ({CLIENT_POD} -> {MESH_POD}, both enrolled):");
+    modes.push(bench.mode(HBONE)?);
+    eprintln!("HBONE handshakes (fabric -> {MESH_POD}:{HBONE_PORT}):");
+    let handshakes = bench.handshakes()?;
+
+    drop(bench);
     runtime.shutdown_timeout(Duration::from_secs(2));
 
-    let markdown = render_markdown(&plan, &machine, &results);
-    let json = render_json(&plan, args, &machine, &results);
+    let report = Report {
+        modes,
+        handshakes,
+        memory,
+        daemon_rss_at_start,
+    };
+    let markdown = render_markdown(&plan, &machine, &report);
+    let json = render_json(&plan, args, &machine, &report);
     println!("\n{markdown}");
     let dir = target_dir().join("bench");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -306,42 +636,431 @@ fn run(plan: Plan, args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Both measurements for one mode.
+/// Raises the soft open-files limit to the hard one: the memory test holds a few hundred
+/// sockets on each side in this process (the daemons inherit the limit).
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// What the measurements share.
+struct Bench<'a> {
+    plan: Plan,
+    lab: &'a Lab,
+    runtime: &'a Runtime,
+    client_ns: NetNs,
+    servers: Servers,
+    /// Processes whose CPU time is sampled: this one, then the daemons once they run.
+    pids: Vec<(String, u32)>,
+}
+
+impl Bench<'_> {
+    /// Runs `work` on the runtime, giving up after `limit`.
+    fn block_on_timeout<F: Future>(
+        &self,
+        limit: Duration,
+        work: F,
+    ) -> Result<F::Output, tokio::time::error::Elapsed> {
+        self.runtime
+            .block_on(async { tokio::time::timeout(limit, work).await })
+    }
+
+    fn addr(&self, pod: &str, port: u16) -> anyhow::Result<SocketAddr> {
+        Ok(SocketAddr::from((self.lab.pod(pod)?.ipv4, port)))
+    }
+
+    /// Data path, route check, connection rate, route check.
+    fn mode(&self, spec: ModeSpec) -> anyhow::Result<ModeResult> {
+        let plan = self.plan;
+        let sink_addr = self.addr(spec.server_pod, SINK_PORT)?;
+        let echo_addr = self.addr(spec.server_pod, ECHO_PORT)?;
+        let ping_addr = self.addr(spec.server_pod, spec.ping_port)?;
+        let sink = self.servers.sink(spec.server_pod)?;
+        let (stream, rr) = self.runtime.block_on(measure(
+            spec.name,
+            plan,
+            &self.client_ns,
+            sink,
+            (sink_addr, echo_addr),
+            &self.pids,
+        ))?;
+        if let Some(route) = spec.route {
+            settled(|| check_data_flows(self.lab, spec, route, &[sink_addr, echo_addr]))?;
+            eprintln!("  /flows: carried on route {route:?}");
+        }
+        let planned = plan.conn_warmup + plan.conn_window + STUCK_SLACK;
+        let conn = self
+            .block_on_timeout(
+                planned,
+                connection_rate(
+                    plan,
+                    &self.client_ns,
+                    ping_addr,
+                    spec.client_ports,
+                    &self.pids,
+                ),
+            )
+            .map_err(|_| anyhow!("connection-rate test did not finish within {planned:?}"))?
+            .with_context(|| format!("{}: new connections to {ping_addr}", spec.name))?;
+        eprintln!(
+            "  new connections: {:.0}/s, p50 {:.1} µs, p99 {:.1} µs (CPU: {})",
+            conn.per_second(),
+            conn.p50_us,
+            conn.p99_us,
+            cpu_text(&conn.cpu)
+        );
+        let conn_flows = match spec.route {
+            Some(route) => Some(settled(|| {
+                check_conn_flows(self.lab, spec, route, ping_addr)
+            })?),
+            None => None,
+        };
+        Ok(ModeResult {
+            spec,
+            stream,
+            rr,
+            conn,
+            conn_flows,
+        })
+    }
+
+    /// Fresh HBONE handshakes from the fabric to `n2-p1:15008`, one after another.
+    fn handshakes(&self) -> anyhow::Result<RateResult> {
+        let plan = self.plan;
+        let ca = Ca::load(&self.lab.dir().join(CA_DIR)).context("loading the lab CA")?;
+        let me = Identity::new(DEFAULT_TRUST_DOMAIN, self.lab.namespace(), BENCH_SA)?;
+        let cert = ca
+            .issue(&me, Duration::from_secs(3600), SystemTime::now())
+            .context("issuing the bench client certificate")?;
+        let server = self.lab.pod(MESH_POD)?;
+        let expected = Identity::new(
+            DEFAULT_TRUST_DOMAIN,
+            &server.namespace,
+            &server.service_account,
+        )?;
+        let config = tls::client_config(&cert, ca.roots(), vec![expected])?;
+        let fabric = self.lab.fabric_netns()?;
+        let peer = SocketAddr::from((server.ipv4, HBONE_PORT));
+        let target = SocketAddr::from((server.ipv4, HANDSHAKE_PING_PORT));
+        let namespace = self.lab.namespace().to_string();
+        let forced = AtomicU64::new(0);
+        let planned = plan.conn_warmup + plan.conn_window + STUCK_SLACK;
+        let work = rate_loop(plan, &self.pids, || {
+            one_handshake(&fabric, peer, target, config.clone(), &namespace, &forced)
+        });
+        let mut result = self
+            .block_on_timeout(planned, work)
+            .map_err(|_| anyhow!("handshake test did not finish within {planned:?}"))?
+            .with_context(|| format!("HBONE handshakes to {peer}, CONNECT {target}"))?;
+        result.forced_closes = forced.load(Ordering::Relaxed);
+        eprintln!(
+            "  handshakes: {:.0}/s, p50 {:.0} µs, p99 {:.0} µs (CPU: {}){}",
+            result.per_second(),
+            result.p50_us,
+            result.p99_us,
+            cpu_text(&result.cpu),
+            if result.forced_closes > 0 {
+                format!(
+                    ", {} connections aborted after {CLOSE_GRACE:?}",
+                    result.forced_closes
+                )
+            } else {
+                String::new()
+            }
+        );
+        let carried = flows(self.lab, "n2")?
+            .iter()
+            .filter(|f| f["listener"] == "hbone" && flow_dst(f) == Some(target))
+            .filter(|f| f["peer_identity"] == me.to_string().as_str())
+            .count();
+        if carried == 0 {
+            bail!("ambit on n2 recorded no hbone flow to {target} from {me}");
+        }
+        eprintln!("  /flows on n2: {carried} hbone flows to {target} with peer identity {me}");
+        Ok(result)
+    }
+
+    /// Daemon RSS before and after opening batches of idle connections, each batch on top of
+    /// the previous ones (see the module documentation).
+    fn memory(&self, idle_pods: &[String]) -> anyhow::Result<Memory> {
+        let pid = |node: &str| {
+            self.lab
+                .daemon_pid(node)
+                .ok_or_else(|| anyhow!("no daemon on {node}"))
+        };
+        let (n1, n2) = (pid("n1")?, pid("n2")?);
+        let rss = || -> anyhow::Result<[Rss; 2]> { Ok([read_rss(n1)?, read_rss(n2)?]) };
+        let mesh_echo = self.addr(MESH_POD, ECHO_PORT)?;
+        let mut batches: Vec<(MemKind, Vec<SocketAddr>)> = Vec::new();
+        for round in 0..self.plan.mem_rounds {
+            let own = idle_pods
+                .iter()
+                .skip(round * IDLE_BATCH)
+                .take(IDLE_BATCH)
+                .map(|p| self.addr(p, ECHO_PORT))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if own.len() < IDLE_BATCH {
+                bail!("not enough idle pods for {} batches", self.plan.mem_rounds);
+            }
+            batches.push((MemKind::OwnTunnel, own));
+            batches.push((MemKind::Shared, vec![mesh_echo; SHARED_CONNS]));
+        }
+
+        // Warm-up: one tunnelled connection through every code path, closed, pool evicted.
+        let warm = self
+            .block_on_timeout(STUCK_SLACK, open_idle(&self.client_ns, &[mesh_echo]))
+            .map_err(|_| anyhow!("warm-up connection hung"))?
+            .context("warm-up connection")?;
+        self.runtime.block_on(async move { drop(warm) });
+        std::thread::sleep(EVICTION_WAIT);
+
+        let baseline = rss()?;
+        let mut before = baseline;
+        let mut open: Vec<TcpStream> = Vec::new();
+        let mut done = Vec::new();
+        for (i, (kind, targets)) in batches.iter().enumerate() {
+            let dials_before = hbone_dials(self.lab, "n1");
+            let conns = self
+                .block_on_timeout(STUCK_SLACK, open_idle(&self.client_ns, targets))
+                .map_err(|_| anyhow!("opening {} idle connections hung", targets.len()))?
+                .with_context(|| format!("opening idle connections ({})", kind.label()))?;
+            open.extend(conns);
+            std::thread::sleep(SETTLE);
+            let loaded = rss()?;
+            let dials = hbone_dials(self.lab, "n1")
+                .zip(dials_before)
+                .map(|(a, b)| a.saturating_sub(b));
+            let b = MemBatch {
+                kind: *kind,
+                batch: i + 1,
+                conns: targets.len(),
+                dials,
+                n1: [before[0], loaded[0]],
+                n2: [before[1], loaded[1]],
+            };
+            eprintln!(
+                "  batch {}: {} idle connections ({}), {} pooled TLS connections dialled: \
+                 n1 {:+} KiB ({:.1} KiB/conn), n2 {:+} KiB ({:.1} KiB/conn)",
+                b.batch,
+                b.conns,
+                kind.label(),
+                dials.map_or("?".to_string(), |d| d.to_string()),
+                b.n1[1].vm_kib as i64 - b.n1[0].vm_kib as i64,
+                b.kib_per_conn(&b.n1),
+                b.n2[1].vm_kib as i64 - b.n2[0].vm_kib as i64,
+                b.kib_per_conn(&b.n2),
+            );
+            done.push(b);
+            before = loaded;
+        }
+        let peak = before;
+        self.runtime.block_on(async move { drop(open) });
+        std::thread::sleep(EVICTION_WAIT);
+        let after_close = rss()?;
+        let memory = Memory {
+            batches: done,
+            baseline,
+            peak,
+            after_close,
+        };
+        eprintln!(
+            "  after closing all and pool eviction: n1 handed back {:.0}% of its growth, n2 {:.0}%",
+            memory.returned_percent(0),
+            memory.returned_percent(1)
+        );
+        Ok(memory)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Servers.
+
+/// Every server of the run, in the n2 pods.
+struct Servers {
+    sinks: Vec<(String, Sink)>,
+    _echoes: Vec<Server>,
+    _pings: Vec<PingServer>,
+}
+
+impl Servers {
+    async fn start(lab: &Lab, idle_pods: &[String]) -> anyhow::Result<Servers> {
+        let any = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+        let mut sinks = Vec::new();
+        let mut echoes = Vec::new();
+        let mut pings = Vec::new();
+        for pod in [MESH_POD, PLAIN_POD] {
+            let ns = lab.pod_netns(pod)?;
+            let sink =
+                Sink::start(&ns, any(SINK_PORT)).with_context(|| format!("sink in {pod}"))?;
+            sinks.push((pod.to_string(), sink));
+            pings.push(
+                PingServer::start(&ns, any(PING_PORT))
+                    .with_context(|| format!("ping server in {pod}"))?,
+            );
+        }
+        let mesh_ns = lab.pod_netns(MESH_POD)?;
+        for port in [HBONE_PING_PORT, HANDSHAKE_PING_PORT] {
+            pings.push(
+                PingServer::start(&mesh_ns, any(port))
+                    .with_context(|| format!("ping server on {port} in {MESH_POD}"))?,
+            );
+        }
+        for pod in [MESH_POD, PLAIN_POD]
+            .into_iter()
+            .chain(idle_pods.iter().map(String::as_str))
+        {
+            let ns = lab.pod_netns(pod)?;
+            let echo = Server::start(&ns, any(ECHO_PORT))
+                .await
+                .with_context(|| format!("echo server in {pod}"))?;
+            echoes.push(echo);
+        }
+        Ok(Servers {
+            sinks,
+            _echoes: echoes,
+            _pings: pings,
+        })
+    }
+
+    fn sink(&self, pod: &str) -> anyhow::Result<&Sink> {
+        self.sinks
+            .iter()
+            .find(|(p, _)| p == pod)
+            .map(|(_, s)| s)
+            .ok_or_else(|| anyhow!("no sink in {pod}"))
+    }
+}
+
+/// A listener created inside `ns` and registered with the current runtime.
+fn listen_in(ns: &NetNs, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let std_listener = ns
+        .run(|| -> std::io::Result<std::net::TcpListener> {
+            let domain = socket2::Domain::for_address(addr);
+            let s = socket2::Socket::new(domain, socket2::Type::STREAM.cloexec(), None)?;
+            s.set_reuse_address(true)?;
+            s.bind(&addr.into())?;
+            s.listen(1024)?;
+            s.set_nonblocking(true)?;
+            Ok(s.into())
+        })
+        .context("entering the pod's network namespace")?
+        .with_context(|| format!("listening on {addr}"))?;
+    TcpListener::from_std(std_listener).context("registering the listener")
+}
+
+/// A server that reads and discards, counting every byte received on any connection.
+struct Sink {
+    received: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Sink {
+    /// Listens on `addr` inside `ns`; must be called within the runtime.
+    fn start(ns: &NetNs, addr: SocketAddr) -> anyhow::Result<Sink> {
+        let listener = listen_in(ns, addr)?;
+        let received = Arc::new(AtomicU64::new(0));
+        let counter = received.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(discard(stream, counter.clone()));
+            }
+        });
+        Ok(Sink { received, task })
+    }
+
+    /// Bytes received so far over all connections.
+    fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+}
+
+async fn discard(mut stream: TcpStream, counter: Arc<AtomicU64>) {
+    let mut buf = vec![0u8; STREAM_BUFFER];
+    // A reset connection just ends; the client reports its own error.
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Reads one byte, writes it back and closes: the server side closes first.
+struct PingServer {
+    task: JoinHandle<()>,
+}
+
+impl Drop for PingServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl PingServer {
+    fn start(ns: &NetNs, addr: SocketAddr) -> anyhow::Result<PingServer> {
+        let listener = listen_in(ns, addr)?;
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut b = [0u8; 1];
+                    if stream.read_exact(&mut b).await.is_ok() {
+                        let _ = stream.write_all(&b).await;
+                    }
+                });
+            }
+        });
+        Ok(PingServer { task })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Data path.
+
+/// Throughput rounds and the latency test for one mode.
 async fn measure(
     mode: &str,
     plan: Plan,
     client_ns: &NetNs,
     sink: &Sink,
-    sink_addr: SocketAddr,
-    echo_addr: SocketAddr,
-    daemons: &[(String, u32)],
-) -> anyhow::Result<ModeResult> {
+    (sink_addr, echo_addr): (SocketAddr, SocketAddr),
+    pids: &[(String, u32)],
+) -> anyhow::Result<(Vec<StreamRound>, RrResult)> {
     let mut stream = Vec::new();
     for round in 1..=plan.stream_rounds {
         let planned = plan.stream_warmup + plan.stream_window + STUCK_SLACK;
         let r = tokio::time::timeout(
             planned,
-            stream_round(plan, client_ns, sink, sink_addr, daemons),
+            stream_round(plan, client_ns, sink, sink_addr, pids),
         )
         .await
-        .map_err(|_| anyhow::anyhow!("throughput round did not finish within {planned:?}"))?
+        .map_err(|_| anyhow!("throughput round did not finish within {planned:?}"))?
         .with_context(|| format!("{mode}: throughput round {round} to {sink_addr}"))?;
-        let cpu: Vec<String> = r
-            .cpu
-            .iter()
-            .map(|(who, pct)| format!("{who} {pct:.0}%"))
-            .collect();
         eprintln!(
             "  stream round {round}: {:.2} Gbit/s (CPU: {})",
             r.gbit_per_s(),
-            cpu.join(", ")
+            cpu_text(&r.cpu)
         );
         stream.push(r);
     }
     let planned = plan.rr_warmup + plan.rr_window + STUCK_SLACK;
     let rr = tokio::time::timeout(planned, request_response(plan, client_ns, echo_addr))
         .await
-        .map_err(|_| anyhow::anyhow!("latency test did not finish within {planned:?}"))?
+        .map_err(|_| anyhow!("latency test did not finish within {planned:?}"))?
         .with_context(|| format!("{mode}: 1 KiB request/response to {echo_addr}"))?;
     eprintln!(
         "  1 KiB request/response: p50 {:.1} µs, p99 {:.1} µs, {:.0} req/s",
@@ -349,11 +1068,7 @@ async fn measure(
         rr.p99_us,
         rr.per_second()
     );
-    Ok(ModeResult {
-        mode: mode.to_string(),
-        stream,
-        rr,
-    })
+    Ok((stream, rr))
 }
 
 /// One connection, write for warm-up + window, count what the sink received in the window.
@@ -362,7 +1077,7 @@ async fn stream_round(
     client_ns: &NetNs,
     sink: &Sink,
     dst: SocketAddr,
-    daemons: &[(String, u32)],
+    pids: &[(String, u32)],
 ) -> anyhow::Result<StreamRound> {
     let stream = traffic::connect(client_ns, dst)
         .await
@@ -387,29 +1102,17 @@ async fn stream_round(
         let written = writer.await.context("writer task")?.context("writing")?;
         bail!("the writer stopped during warm-up after {written} bytes");
     }
-    let mut pids = vec![("bench".to_string(), std::process::id())];
-    pids.extend(daemons.iter().cloned());
-    let cpu_before: Vec<Option<u64>> = pids.iter().map(|(_, pid)| cpu_ticks(*pid)).collect();
+    let cpu = CpuMeter::start(pids);
     let (t0, b0) = (Instant::now(), sink.received());
     tokio::time::sleep(plan.stream_window).await;
     let (t1, b1) = (Instant::now(), sink.received());
-    let cpu_after: Vec<Option<u64>> = pids.iter().map(|(_, pid)| cpu_ticks(*pid)).collect();
+    let seconds = (t1 - t0).as_secs_f64();
+    let cpu = cpu.stop(seconds);
     stop.store(true, Ordering::Relaxed);
     writer
         .await
         .context("writer task")?
         .context("writing to the sink")?;
-    let seconds = (t1 - t0).as_secs_f64();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let cpu = pids
-        .iter()
-        .zip(cpu_before.iter().zip(&cpu_after))
-        .filter_map(|((who, _), (b, a))| {
-            let used = a.as_ref()?.checked_sub(*b.as_ref()?)?;
-            Some((who.clone(), used as f64 / hz / seconds * 100.0))
-        })
-        .collect();
     if b1 == b0 {
         bail!("the sink received nothing during the {seconds:.1} s window");
     }
@@ -457,77 +1160,469 @@ async fn request_response(
         }
     };
     stream.shutdown().await.context("closing")?;
-    samples.sort_unstable();
-    let us = |ns: u64| ns as f64 / 1000.0;
-    let mean = samples.iter().sum::<u64>() as f64 / samples.len() as f64;
+    let s = Summary::of(samples);
     Ok(RrResult {
-        count: samples.len(),
+        count: s.count,
         seconds,
-        p50_us: us(percentile(&samples, 50.0)),
-        p99_us: us(percentile(&samples, 99.0)),
-        mean_us: mean / 1000.0,
-        max_us: us(*samples.last().unwrap_or(&0)),
+        p50_us: s.p50_us,
+        p99_us: s.p99_us,
+        mean_us: s.mean_us,
+        max_us: s.max_us,
     })
 }
 
-/// Nearest-rank percentile of sorted, non-empty `samples`.
-fn percentile(samples: &[u64], p: f64) -> u64 {
-    let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
-    samples[rank.clamp(1, samples.len()) - 1]
+// ---------------------------------------------------------------------------------------------
+// Connection setup.
+
+/// Outcome of one attempt of a rate test.
+enum Attempt {
+    /// Completed: counts.
+    Done,
+    /// The client port was busy; nothing was sent.
+    Skipped,
 }
 
-/// A server that reads and discards, counting every byte received on any connection.
-struct Sink {
-    received: Arc<AtomicU64>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Sink {
-    /// Listens on `addr` inside `ns`; must be called within the runtime.
-    fn start(ns: &NetNs, addr: SocketAddr) -> anyhow::Result<Sink> {
-        let std_listener = ns
-            .run(|| -> std::io::Result<std::net::TcpListener> {
-                let domain = socket2::Domain::for_address(addr);
-                let s = socket2::Socket::new(domain, socket2::Type::STREAM.cloexec(), None)?;
-                s.set_reuse_address(true)?;
-                s.bind(&addr.into())?;
-                s.listen(128)?;
-                s.set_nonblocking(true)?;
-                Ok(s.into())
-            })
-            .context("entering the pod's network namespace")?
-            .with_context(|| format!("listening on {addr}"))?;
-        let listener = TcpListener::from_std(std_listener).context("registering the listener")?;
-        let received = Arc::new(AtomicU64::new(0));
-        let counter = received.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(discard(stream, counter.clone()));
+/// Runs `once` back to back: warm-up, then a timed window; every completed attempt in the
+/// window is a sample.
+async fn rate_loop<F, Fut>(
+    plan: Plan,
+    pids: &[(String, u32)],
+    mut once: F,
+) -> anyhow::Result<RateResult>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Attempt>>,
+{
+    let mut samples: Vec<u64> = Vec::with_capacity(100_000);
+    let warmup_end = Instant::now() + plan.conn_warmup;
+    let mut window: Option<(Instant, Instant, CpuMeter)> = None;
+    let mut skipped = 0u64;
+    let mut attempts = 0u64;
+    let seconds = loop {
+        let start = Instant::now();
+        attempts += 1;
+        let outcome = tokio::time::timeout(ATTEMPT_TIMEOUT, once())
+            .await
+            .map_err(|_| anyhow!("attempt {attempts} took longer than {ATTEMPT_TIMEOUT:?}"))?
+            .with_context(|| format!("attempt {attempts}"))?;
+        let end = Instant::now();
+        if let Attempt::Skipped = outcome {
+            skipped += 1;
+            if skipped > 100_000 {
+                bail!("{skipped} client ports in a row were busy");
             }
-        });
-        Ok(Sink { received, task })
-    }
+            continue;
+        }
+        match &window {
+            None if end >= warmup_end => {
+                window = Some((end, end + plan.conn_window, CpuMeter::start(pids)))
+            }
+            None => {}
+            Some((from, until, _)) => {
+                samples.push((end - start).as_nanos() as u64);
+                if end >= *until {
+                    break (end - *from).as_secs_f64();
+                }
+            }
+        }
+    };
+    let (_, _, cpu) = window.expect("the loop ends only inside the window");
+    let cpu = cpu.stop(seconds);
+    let s = Summary::of(samples);
+    Ok(RateResult {
+        count: s.count,
+        seconds,
+        p50_us: s.p50_us,
+        p99_us: s.p99_us,
+        mean_us: s.mean_us,
+        max_us: s.max_us,
+        cpu,
+        skipped_ports: skipped,
+        forced_closes: 0,
+    })
+}
 
-    /// Bytes received so far over all connections.
-    fn received(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
+/// New connections from `client_ns` to the ping server at `dst`, source ports cycling through
+/// `ports`.
+async fn connection_rate(
+    plan: Plan,
+    client_ns: &NetNs,
+    dst: SocketAddr,
+    ports: (u16, u16),
+    pids: &[(String, u32)],
+) -> anyhow::Result<RateResult> {
+    let mut next = ports.0;
+    rate_loop(plan, pids, || {
+        let port = next;
+        next = if next + 1 >= ports.1 {
+            ports.0
+        } else {
+            next + 1
+        };
+        one_connection(client_ns, dst, port)
+    })
+    .await
+}
+
+/// Socket bound to `port` in `ns`, connect to `dst`, 1 byte each way, wait for the server's
+/// close, drop.
+async fn one_connection(ns: &NetNs, dst: SocketAddr, port: u16) -> anyhow::Result<Attempt> {
+    let bound = ns
+        .run(|| -> std::io::Result<TcpSocket> {
+            let s = TcpSocket::new_v4()?;
+            s.set_nodelay(true)?;
+            s.bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;
+            Ok(s)
+        })
+        .context("entering the client pod's network namespace")?;
+    let socket = match bound {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return Ok(Attempt::Skipped),
+        Err(e) => return Err(e).with_context(|| format!("binding source port {port}")),
+    };
+    let mut stream = socket
+        .connect(dst)
+        .await
+        .with_context(|| format!("connecting to {dst} from port {port}"))?;
+    stream.write_all(&[PING]).await.context("sending")?;
+    let mut b = [0u8; 1];
+    stream.read_exact(&mut b).await.context("reading")?;
+    if b[0] != PING {
+        bail!("got {:#x} back instead of {PING:#x}", b[0]);
+    }
+    let n = stream.read(&mut b).await.context("waiting for the close")?;
+    if n != 0 {
+        bail!("the server sent more than one byte");
+    }
+    Ok(Attempt::Done)
+}
+
+/// One fresh HBONE connection: TCP, TLS 1.3 (mutual), HTTP/2, CONNECT `target`, 1 byte each
+/// way, end of stream, close.
+async fn one_handshake(
+    fabric: &NetNs,
+    peer: SocketAddr,
+    target: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    namespace: &str,
+    forced_closes: &AtomicU64,
+) -> anyhow::Result<Attempt> {
+    let tcp = traffic::connect(fabric, peer)
+        .await
+        .with_context(|| format!("TCP connect to {peer}"))?;
+    let local = tcp.local_addr()?;
+    let tls_stream = tokio_rustls::TlsConnector::from(config)
+        .connect(tls::dummy_server_name(), tcp)
+        .await
+        .context("TLS handshake")?;
+    let (send, connection) = h2::client::handshake(tls_stream)
+        .await
+        .context("HTTP/2 handshake")?;
+    let driver = tokio::spawn(connection);
+    let request = build_request(&TunnelRequest {
+        target,
+        client: local,
+        baggage: vec![
+            ("k8s.namespace.name".into(), namespace.into()),
+            ("k8s.pod.name".into(), BENCH_SA.into()),
+        ],
+    })
+    .context("building CONNECT")?;
+    let mut send = send.ready().await.context("HTTP/2 connection")?;
+    let (response, mut tx) = send.send_request(request, false).context("CONNECT")?;
+    let response = response.await.context("CONNECT response")?;
+    if response.status() != http::StatusCode::OK {
+        bail!("CONNECT {target}: status {}", response.status());
+    }
+    tx.send_data(Bytes::from_static(&[PING]), false)
+        .context("sending")?;
+    let mut rx = response.into_body();
+    let mut got = Vec::with_capacity(1);
+    while let Some(chunk) = rx.data().await {
+        let chunk = chunk.context("reading the tunnel")?;
+        let _ = rx.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    if got != [PING] {
+        bail!("got {got:?} back through the tunnel instead of [{PING:#x}]");
+    }
+    tx.send_data(Bytes::new(), true)
+        .context("ending the stream")?;
+    // With every handle gone, h2 sends GOAWAY and closes the connection (close_notify, FIN).
+    drop((tx, rx, send));
+    let abort = driver.abort_handle();
+    if tokio::time::timeout(CLOSE_GRACE, driver).await.is_err() {
+        abort.abort();
+        forced_closes.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(Attempt::Done)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory.
+
+/// Opens one connection from `ns` to each of `targets` (echo servers), one after another, and
+/// exchanges one byte on each so the whole path is known to be up.
+async fn open_idle(ns: &NetNs, targets: &[SocketAddr]) -> anyhow::Result<Vec<TcpStream>> {
+    let mut conns = Vec::with_capacity(targets.len());
+    for (i, dst) in targets.iter().enumerate() {
+        let mut s = traffic::connect(ns, *dst)
+            .await
+            .with_context(|| format!("connection {} to {dst}", i + 1))?;
+        s.write_all(&[PING]).await?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b)
+            .await
+            .with_context(|| format!("echo on connection {} to {dst}", i + 1))?;
+        conns.push(s);
+    }
+    Ok(conns)
+}
+
+/// `VmRSS` and `RssAnon` of `pid`, KiB.
+fn read_rss(pid: u32) -> anyhow::Result<Rss> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| anyhow!("no {name} in /proc/{pid}/status"))
+    };
+    Ok(Rss {
+        vm_kib: field("VmRSS:")?,
+        anon_kib: field("RssAnon:")?,
+    })
+}
+
+/// The `hbone_dials` counter on `node`'s admin `/metrics`.
+fn hbone_dials(lab: &Lab, node: &str) -> Option<u64> {
+    let body = lab.admin_get(node, "/metrics").ok()?;
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|name| name.contains("hbone_dials"))
+        })
+        .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks on the daemons.
+
+/// Polls `/pods` on `node` until `pod` is `enrolled` (or, with `enrolled` false, listed in
+/// any other state); fails at `deadline` with what it saw.
+fn wait_state(
+    lab: &Lab,
+    node: &str,
+    pod: &str,
+    enrolled: bool,
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    let uid = lab.pod(pod)?.uid.clone();
+    let mut last;
+    loop {
+        match lab.admin_get(node, "/pods") {
+            Ok(body) => {
+                let pods: Vec<Value> = serde_json::from_str(&body)
+                    .with_context(|| format!("parsing /pods of {node}: {body}"))?;
+                match pods.iter().find(|p| p["uid"] == uid.as_str()) {
+                    Some(p) if (p["state"] == "enrolled") == enrolled => return Ok(()),
+                    Some(p) => last = p.to_string(),
+                    None => last = format!("{pod} not listed: {body}"),
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        if Instant::now() >= deadline {
+            let want = if enrolled {
+                "enrolled"
+            } else {
+                "listed as not enrolled"
+            };
+            bail!(
+                "pod {pod} not {want} by ambit on {node} in time; last /pods: {last}\n\
+                 --- daemon log ---\n{}",
+                tail(&lab.daemon_log(node), 20)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-async fn discard(mut stream: TcpStream, counter: Arc<AtomicU64>) {
-    let mut buf = vec![0u8; STREAM_BUFFER];
-    // A reset connection just ends; the client reports its own error.
-    while let Ok(n) = stream.read(&mut buf).await {
-        if n == 0 {
-            break;
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Retries `check` for up to a second: a flow that just ended can be missing from `/flows`
+/// for a moment (the daemon moves it from the live to the recent list under two locks).
+fn settled<T>(mut check: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match check() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
-        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// `/flows` of the daemon on `node`.
+fn flows(lab: &Lab, node: &str) -> anyhow::Result<Vec<Value>> {
+    let body = lab
+        .admin_get(node, "/flows")
+        .with_context(|| format!("reading /flows of ambit on {node}"))?;
+    serde_json::from_str(&body).with_context(|| format!("parsing /flows of {node}"))
+}
+
+fn flow_dst(f: &Value) -> Option<SocketAddr> {
+    f["dst"]
+        .as_str()
+        .and_then(|s| s.parse::<SocketAddr>().ok())
+        .map(canonical)
+}
+
+/// Fails unless n1's outbound flows to every one of `dsts` took `route` (and none another),
+/// and n2 agrees: hbone flows to them for `hbone`, nothing at all for the passthrough pod.
+fn check_data_flows(
+    lab: &Lab,
+    spec: ModeSpec,
+    route: &str,
+    dsts: &[SocketAddr],
+) -> anyhow::Result<()> {
+    let n1 = flows(lab, "n1")?;
+    let n2 = flows(lab, "n2")?;
+    for dst in dsts {
+        let outbound: Vec<&Value> = n1
+            .iter()
+            .filter(|f| f["listener"] == "outbound" && flow_dst(f) == Some(*dst))
+            .collect();
+        if outbound.is_empty() {
+            let same_ip: Vec<&Value> = n1
+                .iter()
+                .filter(|f| flow_dst(f).is_some_and(|a| a.ip() == dst.ip()))
+                .collect();
+            bail!(
+                "{}: ambit on n1 recorded no outbound flow to {dst}: the numbers would not be \
+                 through the proxy ({} flows on n1; those to {}: {same_ip:?})",
+                spec.name,
+                n1.len(),
+                dst.ip()
+            );
+        }
+        if let Some(f) = outbound.iter().find(|f| f["route"] != route) {
+            bail!(
+                "{}: a flow to {dst} took route {} instead of {route:?}: {f}",
+                spec.name,
+                f["route"]
+            );
+        }
+        let on_n2 = n2.iter().filter(|f| flow_dst(f) == Some(*dst)).count();
+        let hbone_on_n2 = n2
+            .iter()
+            .filter(|f| f["listener"] == "hbone" && flow_dst(f) == Some(*dst))
+            .count();
+        match route {
+            "hbone" if hbone_on_n2 == 0 => {
+                bail!("hbone: ambit on n2 recorded no hbone flow to {dst}")
+            }
+            "passthrough" if on_n2 > 0 => bail!(
+                "passthrough: ambit on n2 recorded {on_n2} flows to {dst}, a pod out of the mesh"
+            ),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Counts the flows of a connection-rate test and fails if none took `route` or any took
+/// another.
+fn check_conn_flows(
+    lab: &Lab,
+    spec: ModeSpec,
+    route: &str,
+    dst: SocketAddr,
+) -> anyhow::Result<FlowCount> {
+    let n1 = flows(lab, "n1")?;
+    let outbound: Vec<&Value> = n1
+        .iter()
+        .filter(|f| f["listener"] == "outbound" && flow_dst(f) == Some(dst))
+        .collect();
+    if outbound.is_empty() {
+        bail!(
+            "{}: ambit on n1 recorded no outbound flow to {dst}",
+            spec.name
+        );
+    }
+    if let Some(f) = outbound.iter().find(|f| f["route"] != route) {
+        bail!(
+            "{}: a flow to {dst} took route {} instead of {route:?}: {f}",
+            spec.name,
+            f["route"]
+        );
+    }
+    let n1_errors = outbound.iter().filter(|f| !f["error"].is_null()).count();
+    let n2 = flows(lab, "n2")?
+        .iter()
+        .filter(|f| f["listener"] == "hbone" && flow_dst(f) == Some(dst))
+        .count();
+    if route == "hbone" && n2 == 0 {
+        bail!("hbone: ambit on n2 recorded no hbone flow to {dst}");
+    }
+    eprintln!(
+        "  /flows: {} recent outbound flows on n1 on route {route:?} ({n1_errors} with an \
+         error){}",
+        outbound.len(),
+        if route == "hbone" {
+            format!(", {n2} hbone flows on n2")
+        } else {
+            String::new()
+        }
+    );
+    Ok(FlowCount {
+        n1: outbound.len(),
+        n1_errors,
+        n2,
+    })
+}
+
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurement helpers.
+
+/// CPU time of a set of processes over a window.
+struct CpuMeter {
+    pids: Vec<(String, u32)>,
+    before: Vec<Option<u64>>,
+}
+
+impl CpuMeter {
+    fn start(pids: &[(String, u32)]) -> CpuMeter {
+        CpuMeter {
+            pids: pids.to_vec(),
+            before: pids.iter().map(|(_, pid)| cpu_ticks(*pid)).collect(),
+        }
+    }
+
+    /// Percent of one CPU used by each process over `seconds`.
+    fn stop(self, seconds: f64) -> Vec<(String, f64)> {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        self.pids
+            .iter()
+            .zip(&self.before)
+            .filter_map(|((who, pid), before)| {
+                let used = cpu_ticks(*pid)?.checked_sub((*before)?)?;
+                Some((who.clone(), used as f64 / hz / seconds * 100.0))
+            })
+            .collect()
     }
 }
 
@@ -542,69 +1637,54 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(utime + stime)
 }
 
-/// Polls `/pods` on `node` until `pod` is `enrolled`, or fails at `deadline` with what it saw.
-fn wait_enrolled(lab: &Lab, node: &str, pod: &str, deadline: Instant) -> anyhow::Result<()> {
-    let uid = lab.pod(pod)?.uid.clone();
-    let mut last;
-    loop {
-        match lab.admin_get(node, "/pods") {
-            Ok(body) => {
-                let pods: Vec<serde_json::Value> = serde_json::from_str(&body)
-                    .with_context(|| format!("parsing /pods of {node}: {body}"))?;
-                match pods.iter().find(|p| p["uid"] == uid.as_str()) {
-                    Some(p) if p["state"] == "enrolled" => return Ok(()),
-                    Some(p) => last = p.to_string(),
-                    None => last = format!("{pod} not listed: {body}"),
-                }
-            }
-            Err(e) => last = e.to_string(),
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "pod {pod} not enrolled by ambit on {node} in time; last /pods: {last}\n\
-                 --- daemon log ---\n{}",
-                tail(&lab.daemon_log(node), 20)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn cpu_text(cpu: &[(String, f64)]) -> String {
+    cpu.iter()
+        .map(|(who, pct)| format!("{who} {pct:.0}%"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+/// Percentiles of latency samples (nanoseconds), in microseconds.
+struct Summary {
+    count: usize,
+    p50_us: f64,
+    p99_us: f64,
+    mean_us: f64,
+    max_us: f64,
 }
 
-/// Fails unless ambit on n1 (outbound) and on n2 (inbound) recorded flows to both servers.
-fn check_flows(lab: &Lab, sink: SocketAddr, echo: SocketAddr) -> anyhow::Result<()> {
-    for (node, listener) in [("n1", "outbound"), ("n2", "inbound")] {
-        let body = lab
-            .admin_get(node, "/flows")
-            .with_context(|| format!("reading /flows of ambit on {node}"))?;
-        let flows: Vec<serde_json::Value> =
-            serde_json::from_str(&body).with_context(|| format!("parsing /flows of {node}"))?;
-        for dst in [sink, echo] {
-            let carried = flows.iter().any(|f| {
-                f["listener"] == listener
-                    && f["dst"]
-                        .as_str()
-                        .and_then(|s| s.parse::<SocketAddr>().ok())
-                        .is_some_and(|a| canonical(a) == dst)
-            });
-            if !carried {
-                bail!(
-                    "ambit on {node} recorded no {listener} flow to {dst}: the 'ambit' numbers \
-                     would not be through the proxy (flows: {body})"
-                );
-            }
+impl Summary {
+    fn of(mut samples: Vec<u64>) -> Summary {
+        samples.sort_unstable();
+        let us = |ns: u64| ns as f64 / 1000.0;
+        if samples.is_empty() {
+            return Summary {
+                count: 0,
+                p50_us: f64::NAN,
+                p99_us: f64::NAN,
+                mean_us: f64::NAN,
+                max_us: f64::NAN,
+            };
+        }
+        let mean = samples.iter().sum::<u64>() as f64 / samples.len() as f64;
+        Summary {
+            count: samples.len(),
+            p50_us: us(percentile(&samples, 50.0)),
+            p99_us: us(percentile(&samples, 99.0)),
+            mean_us: mean / 1000.0,
+            max_us: us(*samples.last().unwrap_or(&0)),
         }
     }
-    Ok(())
 }
 
-fn canonical(a: SocketAddr) -> SocketAddr {
-    SocketAddr::new(a.ip().to_canonical(), a.port())
+/// Nearest-rank percentile of sorted, non-empty `samples`.
+fn percentile(samples: &[u64], p: f64) -> u64 {
+    let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
+    samples[rank.clamp(1, samples.len()) - 1]
 }
+
+// ---------------------------------------------------------------------------------------------
+// Machine description and output.
 
 /// What the numbers were measured on.
 #[derive(Clone, Debug)]
@@ -670,10 +1750,15 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
+fn min_max(values: &[f64]) -> (f64, f64) {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (min, max)
+}
+
 fn stream_summary(r: &ModeResult) -> (f64, f64, f64) {
     let g: Vec<f64> = r.stream.iter().map(StreamRound::gbit_per_s).collect();
-    let min = g.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = g.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let (min, max) = min_max(&g);
     (median(&g), min, max)
 }
 
@@ -697,10 +1782,41 @@ fn cpu_summary(r: &ModeResult) -> String {
         .join(", ")
 }
 
-fn render_markdown(plan: &Plan, machine: &Machine, results: &[ModeResult]) -> String {
-    let rounds = plan.stream_rounds;
+fn mode_path(spec: &ModeSpec) -> String {
+    match spec.route {
+        None => format!("{CLIENT_POD} → {}, no daemon", spec.server_pod),
+        Some(route) => format!("{CLIENT_POD} → {}, route `{route}`", spec.server_pod),
+    }
+}
+
+/// (median, min, max).
+type Spread = (f64, f64, f64);
+
+/// Per-connection VmRSS growth of the rounds of `kind`, for n1 and n2.
+fn mem_summary(batches: &[MemBatch], kind: MemKind) -> Option<(Spread, Spread)> {
+    let of = |pick: fn(&MemBatch) -> &[Rss; 2]| {
+        let v: Vec<f64> = batches
+            .iter()
+            .filter(|r| r.kind == kind)
+            .map(|r| r.kib_per_conn(pick(r)))
+            .collect();
+        let (min, max) = min_max(&v);
+        (!v.is_empty()).then(|| (median(&v), min, max))
+    };
+    Some((of(|r| &r.n1)?, of(|r| &r.n2)?))
+}
+
+fn range_text((med, min, max): Spread, decimals: usize) -> String {
+    if (max - min).abs() < f64::EPSILON {
+        format!("{med:.decimals$}")
+    } else {
+        format!("{med:.decimals$} ({min:.decimals$}–{max:.decimals$})")
+    }
+}
+
+fn render_markdown(plan: &Plan, machine: &Machine, report: &Report) -> String {
     let mut md = String::new();
-    md.push_str("## ambit throughput bench: pod n1-p1 → pod n2-p1 (across nodes, IPv4)\n\n");
+    md.push_str("## ambit throughput bench: pod n1-p1 → pods on n2 (across nodes, IPv4)\n\n");
     md.push_str(&format!(
         "- machine: {} CPUs, {}, {}\n- ambit: {}\n- command: `{}` (as root)\n",
         machine.cpus,
@@ -710,22 +1826,25 @@ fn render_markdown(plan: &Plan, machine: &Machine, results: &[ModeResult]) -> St
         plan.command()
     ));
     md.push_str(&format!(
-        "- stream: one connection, {:.1} s warm-up, {:.1} s window, {rounds} round(s); \
-         median (min–max) of bytes received by the sink\n",
-        plan.stream_warmup.as_secs_f64(),
-        plan.stream_window.as_secs_f64()
-    ));
-    md.push_str(&format!(
-        "- latency: one connection, 1 KiB request + 1 KiB echo, one at a time, {:.1} s warm-up, \
+        "- daemons: `ambit run --rules={RULES} --pool-idle-secs={POOL_IDLE_SECS}` on n1 and n2; \
+         routes checked on `/flows` for every mode\n\
+         - stream: one connection, {:.1} s warm-up, {:.1} s window, {} round(s); median \
+         (min–max) of bytes received by the sink\n\
+         - latency: one connection, 1 KiB request + 1 KiB echo, one at a time, {:.1} s warm-up, \
          {:.1} s window\n\n",
+        plan.stream_warmup.as_secs_f64(),
+        plan.stream_window.as_secs_f64(),
+        plan.stream_rounds,
         plan.rr_warmup.as_secs_f64(),
         plan.rr_window.as_secs_f64()
     ));
+
+    md.push_str("### Data path\n\n");
     md.push_str(
-        "| mode | stream Gbit/s | 1 KiB RTT p50 µs | p99 µs | req/s | CPU during stream (% of one CPU) |\n\
-         |---|---:|---:|---:|---:|---|\n",
+        "| mode | path | stream Gbit/s | 1 KiB RTT p50 µs | p99 µs | req/s | CPU during stream (% of one CPU) |\n\
+         |---|---|---:|---:|---:|---:|---|\n",
     );
-    for r in results {
+    for r in &report.modes {
         let (med, min, max) = stream_summary(r);
         let range = if r.stream.len() > 1 {
             format!(" ({min:.2}–{max:.2})")
@@ -733,51 +1852,197 @@ fn render_markdown(plan: &Plan, machine: &Machine, results: &[ModeResult]) -> St
             String::new()
         };
         md.push_str(&format!(
-            "| {} | {med:.2}{range} | {:.1} | {:.1} | {:.0} | {} |\n",
-            r.mode,
+            "| {} | {} | {med:.2}{range} | {:.1} | {:.1} | {:.0} | {} |\n",
+            r.spec.name,
+            mode_path(&r.spec),
             r.rr.p50_us,
             r.rr.p99_us,
             r.rr.per_second(),
             cpu_summary(r)
         ));
     }
-    if let [direct, ambit] = results {
+    if let Some(direct) = report.modes.iter().find(|r| r.spec.route.is_none()) {
         let (d, _, _) = stream_summary(direct);
-        let (a, _, _) = stream_summary(ambit);
+        for r in report.modes.iter().filter(|r| r.spec.route.is_some()) {
+            let (a, _, _) = stream_summary(r);
+            md.push_str(&format!(
+                "| {} / direct | | {:.2}× | {:.2}× | {:.2}× | {:.2}× | |\n",
+                r.spec.name,
+                a / d,
+                r.rr.p50_us / direct.rr.p50_us,
+                r.rr.p99_us / direct.rr.p99_us,
+                r.rr.per_second() / direct.rr.per_second()
+            ));
+        }
+    }
+
+    md.push_str(&format!(
+        "\n### Connection setup (sequential, {:.1} s warm-up, {:.1} s window)\n\n",
+        plan.conn_warmup.as_secs_f64(),
+        plan.conn_window.as_secs_f64()
+    ));
+    md.push_str(
+        "| test | per second | p50 µs | p99 µs | CPU during window (% of one CPU) |\n\
+         |---|---:|---:|---:|---|\n",
+    );
+    for r in &report.modes {
+        let what = match r.spec.route {
+            None => "new TCP connection, direct",
+            Some("hbone") => "new TCP connection, hbone (new CONNECT stream on a pooled tunnel)",
+            Some(_) => "new TCP connection, passthrough",
+        };
         md.push_str(&format!(
-            "| ambit / direct | {:.2}× | {:.2}× | {:.2}× | {:.2}× | |\n",
-            a / d,
-            ambit.rr.p50_us / direct.rr.p50_us,
-            ambit.rr.p99_us / direct.rr.p99_us,
-            ambit.rr.per_second() / direct.rr.per_second()
+            "| {what} | {:.0} | {:.1} | {:.1} | {} |\n",
+            r.conn.per_second(),
+            r.conn.p50_us,
+            r.conn.p99_us,
+            cpu_text(&r.conn.cpu)
         ));
     }
+    let h = &report.handshakes;
+    md.push_str(&format!(
+        "| new HBONE handshake from the fabric (TCP + mutual TLS 1.3 + HTTP/2 + CONNECT) | {:.0} | \
+         {:.1} | {:.1} | {} |\n",
+        h.per_second(),
+        h.p50_us,
+        h.p99_us,
+        cpu_text(&h.cpu)
+    ));
+    md.push_str(
+        "\nEach connection: socket, connect, 1 byte each way, the server closes, the client \
+         sees end-of-stream and closes. Each handshake: the same through a fresh HBONE \
+         connection to n2-p1:15008 with a lab-CA client certificate, closed after the exchange.\n",
+    );
+    if h.forced_closes > 0 {
+        md.push_str(&format!(
+            "{} handshake connections did not close within {CLOSE_GRACE:?} and were aborted.\n",
+            h.forced_closes
+        ));
+    }
+
+    let m = &report.memory;
+    md.push_str("\n### Daemon memory per idle connection (RSS growth, KiB)\n\n");
+    for (who, rss) in &report.daemon_rss_at_start {
+        md.push_str(&format!(
+            "- {who} RSS once enrolled, before mesh traffic: {:.1} MiB ({:.1} MiB anonymous)\n",
+            rss.vm_kib as f64 / 1024.0,
+            rss.anon_kib as f64 / 1024.0
+        ));
+    }
+    md.push_str(&format!(
+        "- measured right after enrollment, before the passthrough and hbone tests; batches are \
+         opened one after another and kept open; n1 VmRSS {} → {} KiB with all {} connections \
+         open, {} KiB after closing them and pool eviction ({} of the growth handed back; n2: {})\n\n",
+        m.baseline[0].vm_kib,
+        m.peak[0].vm_kib,
+        m.batches.iter().map(|b| b.conns).sum::<usize>(),
+        m.after_close[0].vm_kib,
+        percent_text(m.returned_percent(0)),
+        percent_text(m.returned_percent(1)),
+    ));
+    md.push_str(
+        "| batch | idle connections from n1-p1 | app conns | TLS conns dialled by n1 | n1 ΔVmRSS KiB | n1 KiB/conn | n1 RssAnon KiB/conn | n2 ΔVmRSS KiB | n2 KiB/conn |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for b in &m.batches {
+        let target = match b.kind {
+            MemKind::OwnTunnel => format!("to {} pods, {}", b.conns, b.kind.label()),
+            MemKind::Shared => format!("to {MESH_POD}, {}", b.kind.label()),
+        };
+        md.push_str(&format!(
+            "| {} | {target} | {} | {} | {:+} | {:.1} | {:.1} | {:+} | {:.1} |\n",
+            b.batch,
+            b.conns,
+            b.dials.map_or("?".to_string(), |d| d.to_string()),
+            b.n1[1].vm_kib as i64 - b.n1[0].vm_kib as i64,
+            b.kib_per_conn(&b.n1),
+            b.anon_kib_per_conn(&b.n1),
+            b.n2[1].vm_kib as i64 - b.n2[0].vm_kib as i64,
+            b.kib_per_conn(&b.n2),
+        ));
+    }
+    if let (Some((own1, own2)), Some((sh1, sh2))) = (
+        mem_summary(&m.batches, MemKind::OwnTunnel),
+        mem_summary(&m.batches, MemKind::Shared),
+    ) {
+        md.push_str(&format!(
+            "\nSummary (VmRSS, median (min–max) over batches): an idle app connection with its \
+             own pooled TLS connection costs n1 {} KiB (n2 {} KiB); one sharing pooled \
+             connections costs n1 {} KiB (n2 {} KiB); so one pooled TLS + HTTP/2 connection ≈ \
+             n1 {:.1} KiB (n2 {:.1} KiB) beyond a tunnelled stream.\n",
+            range_text(own1, 1),
+            range_text(own2, 1),
+            range_text(sh1, 1),
+            range_text(sh2, 1),
+            own1.0 - sh1.0,
+            own2.0 - sh2.0,
+        ));
+    }
+    md.push_str(&format!(
+        "\nMethod and noise: VmRSS (and RssAnon) from /proc/<pid>/status before and {:.1} s after \
+         opening each batch; every connection first exchanges 1 byte, so its tunnel is up; one \
+         warm-up connection was opened and closed before the baseline. RSS counts touched \
+         4 KiB pages, not allocated bytes: glibc malloc serves new allocations from memory freed \
+         earlier (under-counts) and grows heaps or creates per-thread arenas in steps \
+         (over-counts the batch that triggers it), so batches of the same kind can differ by \
+         several KiB per connection, and little is handed back on close. Kernel socket buffers \
+         are not in RSS. Read these as an order of magnitude.\n",
+        SETTLE.as_secs_f64()
+    ));
     md
 }
 
-fn render_json(
-    plan: &Plan,
-    args: &[String],
-    machine: &Machine,
-    results: &[ModeResult],
-) -> serde_json::Value {
-    let modes: Vec<serde_json::Value> = results
+fn percent_text(p: f64) -> String {
+    if p.is_nan() {
+        "-".to_string()
+    } else {
+        format!("{p:.0}%")
+    }
+}
+
+fn rate_json(r: &RateResult) -> Value {
+    json!({
+        "completed": r.count,
+        "seconds": r.seconds,
+        "per_second": r.per_second(),
+        "p50_us": r.p50_us,
+        "p99_us": r.p99_us,
+        "mean_us": r.mean_us,
+        "max_us": r.max_us,
+        "cpu_percent": cpu_json(&r.cpu),
+        "skipped_busy_ports": r.skipped_ports,
+        "forced_closes": r.forced_closes,
+    })
+}
+
+fn cpu_json(cpu: &[(String, f64)]) -> Value {
+    Value::Object(cpu.iter().map(|(who, p)| (who.clone(), json!(p))).collect())
+}
+
+fn rss_json(rss: &Rss) -> Value {
+    json!({ "vm_rss_kib": rss.vm_kib, "rss_anon_kib": rss.anon_kib })
+}
+
+fn render_json(plan: &Plan, args: &[String], machine: &Machine, report: &Report) -> Value {
+    let modes: Vec<Value> = report
+        .modes
         .iter()
         .map(|r| {
             let (med, min, max) = stream_summary(r);
-            serde_json::json!({
-                "mode": r.mode,
+            json!({
+                "mode": r.spec.name,
+                "route": r.spec.route,
+                "client_pod": CLIENT_POD,
+                "server_pod": r.spec.server_pod,
                 "stream": {
                     "gbit_per_s_median": med,
                     "gbit_per_s_min": min,
                     "gbit_per_s_max": max,
-                    "rounds": r.stream.iter().map(|s| serde_json::json!({
+                    "rounds": r.stream.iter().map(|s| json!({
                         "bytes_received": s.bytes,
                         "seconds": s.seconds,
                         "gbit_per_s": s.gbit_per_s(),
-                        "cpu_percent": s.cpu.iter()
-                            .map(|(who, p)| (who.clone(), serde_json::json!(p)))
-                            .collect::<serde_json::Map<_, _>>(),
+                        "cpu_percent": cpu_json(&s.cpu),
                     })).collect::<Vec<_>>(),
                 },
                 "request_response_1k": {
@@ -789,16 +2054,60 @@ fn render_json(
                     "mean_us": r.rr.mean_us,
                     "max_us": r.rr.max_us,
                 },
+                "new_connections": {
+                    "server_port": r.spec.ping_port,
+                    "client_ports": [r.spec.client_ports.0, r.spec.client_ports.1 - 1],
+                    "result": rate_json(&r.conn),
+                    "flows": r.conn_flows.map(|f| json!({
+                        "n1_outbound_recent": f.n1,
+                        "n1_outbound_with_error": f.n1_errors,
+                        "n2_hbone_recent": f.n2,
+                    })),
+                },
             })
         })
         .collect();
-    serde_json::json!({
+    let m = &report.memory;
+    let batches: Vec<Value> = m
+        .batches
+        .iter()
+        .map(|b| {
+            json!({
+                "batch": b.batch,
+                "scenario": b.kind.key(),
+                "app_connections": b.conns,
+                "pooled_tls_connections_dialled_n1": b.dials,
+                "n1": {
+                    "before": rss_json(&b.n1[0]),
+                    "open": rss_json(&b.n1[1]),
+                    "vm_rss_kib_per_connection": b.kib_per_conn(&b.n1),
+                    "rss_anon_kib_per_connection": b.anon_kib_per_conn(&b.n1),
+                },
+                "n2": {
+                    "before": rss_json(&b.n2[0]),
+                    "open": rss_json(&b.n2[1]),
+                    "vm_rss_kib_per_connection": b.kib_per_conn(&b.n2),
+                    "rss_anon_kib_per_connection": b.anon_kib_per_conn(&b.n2),
+                },
+            })
+        })
+        .collect();
+    let summary = |kind| {
+        mem_summary(&m.batches, kind).map(|(n1, n2)| {
+            json!({
+                "n1_vm_rss_kib_per_connection": {"median": n1.0, "min": n1.1, "max": n1.2},
+                "n2_vm_rss_kib_per_connection": {"median": n2.0, "min": n2.1, "max": n2.2},
+            })
+        })
+    };
+    json!({
         "bench": "throughput",
-        "path": format!("pod {CLIENT_POD} -> pod {SERVER_POD}, across nodes, IPv4"),
+        "path": format!("pod {CLIENT_POD} -> pods on n2, across nodes, IPv4"),
         "command": plan.command(),
         "argv": args,
         "quick": plan.quick,
         "rules": RULES,
+        "pool_idle_secs": POOL_IDLE_SECS,
         "machine": {
             "cpus": machine.cpus,
             "cpu_model": machine.cpu_model,
@@ -813,7 +2122,40 @@ fn render_json(
             "rr_warmup_s": plan.rr_warmup.as_secs_f64(),
             "rr_window_s": plan.rr_window.as_secs_f64(),
             "request_bytes": REQUEST_SIZE,
+            "conn_warmup_s": plan.conn_warmup.as_secs_f64(),
+            "conn_window_s": plan.conn_window.as_secs_f64(),
+            "memory_batches_per_kind": plan.mem_rounds,
+            "memory_settle_s": SETTLE.as_secs_f64(),
+            "memory_eviction_wait_s": EVICTION_WAIT.as_secs_f64(),
         },
         "modes": modes,
+        "hbone_handshakes": {
+            "from": "fabric namespace (not captured)",
+            "to": format!("{MESH_POD}:{HBONE_PORT}, CONNECT {MESH_POD}:{HANDSHAKE_PING_PORT}"),
+            "client_identity": format!("spiffe://{DEFAULT_TRUST_DOMAIN}/ns/<lab namespace>/sa/{BENCH_SA}"),
+            "result": rate_json(&report.handshakes),
+        },
+        "memory": {
+            "daemon_rss_at_start": report.daemon_rss_at_start.iter()
+                .map(|(who, rss)| (who.clone(), rss_json(rss)))
+                .collect::<serde_json::Map<_, _>>(),
+            "when": "after enrollment, before the passthrough and hbone tests; batches kept open",
+            "own_batch_connections": IDLE_BATCH,
+            "shared_batch_connections": SHARED_CONNS,
+            "baseline": {"n1": rss_json(&m.baseline[0]), "n2": rss_json(&m.baseline[1])},
+            "all_open": {"n1": rss_json(&m.peak[0]), "n2": rss_json(&m.peak[1])},
+            "after_close_and_eviction": {
+                "n1": rss_json(&m.after_close[0]),
+                "n2": rss_json(&m.after_close[1]),
+            },
+            "returned_percent": {"n1": m.returned_percent(0), "n2": m.returned_percent(1)},
+            "batches": batches,
+            "summary": {
+                "own_pooled_connection_each": summary(MemKind::OwnTunnel),
+                "shared_pooled_connections": summary(MemKind::Shared),
+            },
+            "noise": "RSS counts touched pages; glibc malloc reuses freed memory and grows \
+                      heaps/arenas in steps, so batches differ; kernel socket buffers are not in RSS",
+        },
     })
 }

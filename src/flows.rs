@@ -194,7 +194,6 @@ impl FlowTable {
     }
 
     fn retire(&self, flow: &LiveFlow) {
-        lock(&self.live).remove(&flow.id);
         let record = flow.record(true);
         tracing::info!(
             target: "access",
@@ -210,18 +209,25 @@ impl FlowTable {
             error = record.error.as_deref().unwrap_or(""),
             "connection complete"
         );
+        // Into the recent list before leaving the live one, so a reader never misses it.
         let mut recent = lock(&self.recent);
         if recent.len() == RECENT_CAPACITY {
             recent.pop_front();
         }
         recent.push_back(record);
+        drop(recent);
+        lock(&self.live).remove(&flow.id);
     }
 
     /// Live flows first (oldest first), then finished ones (oldest first).
     pub fn snapshot(&self) -> Vec<FlowRecord> {
         let mut out: Vec<FlowRecord> = lock(&self.live).values().map(|f| f.record(false)).collect();
+        let recent: Vec<FlowRecord> = lock(&self.recent).iter().cloned().collect();
+        // A flow retired between the two reads is in both; its finished record wins.
+        let retired: std::collections::HashSet<u64> = recent.iter().map(|f| f.id).collect();
+        out.retain(|f| !retired.contains(&f.id));
         out.sort_by_key(|f| f.id);
-        out.extend(lock(&self.recent).iter().cloned());
+        out.extend(recent);
         out
     }
 }

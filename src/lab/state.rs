@@ -186,7 +186,7 @@ impl LabState {
                 labels,
             }],
             pods: self.pods.iter().map(LabPod::to_pod).collect(),
-            rejected: Vec::new(),
+            ..Snapshot::default()
         }
     }
 

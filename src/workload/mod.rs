@@ -8,7 +8,7 @@ pub mod enroll;
 pub mod file;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -92,9 +92,80 @@ pub struct Snapshot {
     /// All pods (of every node).
     #[serde(default)]
     pub pods: Vec<Pod>,
+    /// Services with their endpoints.
+    #[serde(default)]
+    pub services: Vec<Service>,
     /// Pod entries the source could not understand; reported, never captured.
     #[serde(skip)]
     pub rejected: Vec<RejectedPod>,
+}
+
+/// A Service: virtual IPs and ports in front of a set of endpoints.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Service {
+    /// Service name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// ClusterIPs (IPv4 and/or IPv6); empty for headless services.
+    #[serde(default)]
+    pub cluster_ips: Vec<IpAddr>,
+    /// Service ports.
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+    /// Endpoints (from the Service's EndpointSlices).
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One port of a Service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePort {
+    /// Port name; matches the endpoint port of the same name (empty for a single unnamed port).
+    #[serde(default)]
+    pub name: String,
+    /// The port clients connect to on the ClusterIP.
+    pub port: u16,
+}
+
+/// One endpoint of a Service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Endpoint {
+    /// Endpoint address (usually a pod IP).
+    pub ip: IpAddr,
+    /// Whether the endpoint is ready to receive traffic.
+    #[serde(default = "default_true")]
+    pub ready: bool,
+    /// Target ports by service-port name.
+    #[serde(default)]
+    pub ports: BTreeMap<String, u16>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Service {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Ready endpoints for service port `port`, as socket addresses of the same IP family as
+    /// `family_of` (a ClusterIP of one family is served by endpoints of that family).
+    pub fn ready_targets(&self, port: u16, family_of: IpAddr) -> Vec<SocketAddr> {
+        let Some(sp) = self.ports.iter().find(|p| p.port == port) else {
+            return Vec::new();
+        };
+        self.endpoints
+            .iter()
+            .filter(|e| e.ready && e.ip.is_ipv4() == family_of.is_ipv4())
+            .filter_map(|e| e.ports.get(&sp.name).map(|p| SocketAddr::new(e.ip, *p)))
+            .collect()
+    }
 }
 
 /// A pod entry the source rejected, with the reason.
@@ -125,10 +196,14 @@ impl Snapshot {
     }
 }
 
-/// A snapshot indexed for the data path: which pod owns an IP, and whether it is in the mesh.
+/// A snapshot indexed for the data path: which pod owns an IP and whether it is in the mesh,
+/// and which Service owns a virtual IP.
 #[derive(Debug, Default)]
 pub struct Directory {
     by_ip: HashMap<IpAddr, (Arc<Pod>, bool)>,
+    by_vip: HashMap<IpAddr, Arc<Service>>,
+    /// Spreads connections to a Service over its endpoints.
+    next_endpoint: std::sync::atomic::AtomicUsize,
 }
 
 impl Directory {
@@ -142,7 +217,36 @@ impl Directory {
                 by_ip.insert(*ip, (pod.clone(), in_mesh));
             }
         }
-        Directory { by_ip }
+        let mut by_vip = HashMap::new();
+        for svc in &snapshot.services {
+            let svc = Arc::new(svc.clone());
+            for ip in &svc.cluster_ips {
+                by_vip.insert(*ip, svc.clone());
+            }
+        }
+        Directory {
+            by_ip,
+            by_vip,
+            next_endpoint: Default::default(),
+        }
+    }
+
+    /// The Service whose ClusterIP is `ip`.
+    pub fn service(&self, ip: IpAddr) -> Option<&Arc<Service>> {
+        self.by_vip.get(&ip)
+    }
+
+    /// Picks the next ready endpoint of `svc` for `vip:port` (round robin across connections),
+    /// or `None` when none is ready.
+    pub fn pick_endpoint(&self, svc: &Service, vip: SocketAddr) -> Option<SocketAddr> {
+        let targets = svc.ready_targets(vip.port(), vip.ip());
+        if targets.is_empty() {
+            return None;
+        }
+        let n = self
+            .next_endpoint
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(targets[n % targets.len()])
     }
 
     /// The pod that owns `ip`, and whether it is enrolled in the mesh.
