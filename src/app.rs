@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::admin::{self, Reply, Router};
 use crate::flows::FlowTable;
 use crate::identity::manager::CertManager;
+use crate::k8s::status::{CaptureObserver, KubeReporter, LogOnly};
 use crate::metrics::Metrics;
 use crate::proxy::ProxyContext;
 use crate::reconcile::{ReconcileConfig, Reconciler, StatusBoard};
@@ -27,8 +28,8 @@ use crate::workload::{file, Directory};
 pub struct RunConfig {
     /// Reconciler settings (node, backend, ...).
     pub reconcile: ReconcileConfig,
-    /// The local workload file.
-    pub workloads: PathBuf,
+    /// Where pods, namespaces and services come from.
+    pub source: Source,
     /// How often the workload file is checked for changes.
     pub poll_interval: Duration,
     /// Admin endpoint; must be a loopback address.
@@ -43,6 +44,30 @@ pub struct RunConfig {
     pub ca_dir: PathBuf,
     /// Lifetime of issued workload certificates.
     pub cert_validity: Duration,
+}
+
+/// The workload source.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A local JSON file, watched for changes (the lab's and the demo's default).
+    File(PathBuf),
+    /// The Kubernetes API, through a kubeconfig or the in-cluster service account.
+    Kube {
+        /// Kubeconfig path; `None` for in-cluster configuration.
+        kubeconfig: Option<PathBuf>,
+    },
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "file {}", p.display()),
+            Source::Kube {
+                kubeconfig: Some(p),
+            } => write!(f, "kubernetes ({})", p.display()),
+            Source::Kube { kubeconfig: None } => write!(f, "kubernetes (in-cluster)"),
+        }
+    }
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -103,9 +128,22 @@ async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Resul
     admin::serve(config.readiness_addr, "readiness", readiness_router).await?;
     admin::serve(config.admin_addr, "admin", admin_router).await?;
 
-    let source = file::watch_file(config.workloads.clone(), config.poll_interval);
-    let reconciler = Reconciler::new(config.reconcile.clone(), ctx, data, board, certs);
-    tracing::info!(node = %config.reconcile.node, workloads = %config.workloads.display(),
+    let (source, observer): (_, Arc<dyn CaptureObserver>) = match &config.source {
+        Source::File(path) => (
+            file::watch_file(path.clone(), config.poll_interval),
+            Arc::new(LogOnly),
+        ),
+        Source::Kube { kubeconfig } => {
+            let client = crate::k8s::client(kubeconfig.as_deref()).await?;
+            let node = &config.reconcile.node;
+            (
+                crate::k8s::source::watch_cluster(client.clone(), node),
+                Arc::new(KubeReporter::start(client, node)),
+            )
+        }
+    };
+    let reconciler = Reconciler::new(config.reconcile.clone(), ctx, data, board, certs, observer);
+    tracing::info!(node = %config.reconcile.node, source = %config.source,
         backend = %config.reconcile.backend, "ambit running");
     tokio::select! {
         _ = reconciler.run(source, directory_tx) => {}
@@ -128,7 +166,7 @@ fn admin_routes(
         "/status" => Reply::json(&serde_json::json!({
             "node": config.reconcile.node,
             "backend": config.reconcile.backend.to_string(),
-            "workloads": config.workloads,
+            "source": config.source.to_string(),
             "ready": board.is_ready(),
             "source_error": board.source_error(),
         })),

@@ -48,9 +48,26 @@ struct RunArgs {
     /// Name of this node; only pods scheduled here are captured.
     #[arg(long, env = "AMBIT_NODE")]
     node: String,
-    /// Local workload file (JSON: namespaces and pods).
-    #[arg(long, env = "AMBIT_WORKLOADS")]
-    workloads: PathBuf,
+    /// Local workload file (JSON: namespaces, pods, services). Either this or --kube.
+    #[arg(
+        long,
+        env = "AMBIT_WORKLOADS",
+        required_unless_present = "kube",
+        conflicts_with = "kube"
+    )]
+    workloads: Option<PathBuf>,
+    /// Learn pods, namespaces, Services and EndpointSlices from the Kubernetes API.
+    #[arg(long)]
+    kube: bool,
+    /// Kubeconfig for --kube (default: the in-cluster service account).
+    #[arg(long, env = "AMBIT_KUBECONFIG", requires = "kube")]
+    kubeconfig: Option<PathBuf>,
+    /// The host's /proc (mounted into the DaemonSet), scanned to find pod namespaces.
+    #[arg(long, default_value = "/proc")]
+    host_proc: PathBuf,
+    /// Directory of pinned network namespaces, scanned by pod IP when the cgroup scan fails.
+    #[arg(long, default_value = "/var/run/netns")]
+    netns_dir: PathBuf,
     /// Redirect-rule backend.
     #[arg(long, default_value = "iptables", value_parser = parse_backend)]
     rules: Backend,
@@ -132,10 +149,17 @@ fn run_config(a: RunArgs) -> RunConfig {
             trust_domain: a.trust_domain,
             strict_by_default: a.mtls_mode == "strict",
             pool_idle: Duration::from_secs(a.pool_idle_secs),
+            host_proc: a.host_proc,
+            netns_dir: a.netns_dir,
+        },
+        source: match a.workloads {
+            Some(path) => crate::app::Source::File(path),
+            None => crate::app::Source::Kube {
+                kubeconfig: a.kubeconfig,
+            },
         },
         ca_dir: a.ca_dir,
         cert_validity: Duration::from_secs(a.cert_validity_secs.max(2)),
-        workloads: a.workloads,
         poll_interval: Duration::from_millis(a.poll_ms.max(10)),
         admin_addr: a.admin,
         metrics_addr: a.metrics,

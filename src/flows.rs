@@ -51,6 +51,8 @@ pub struct FlowRecord {
     pub dst: SocketAddr,
     /// How the connection was carried on (e.g. "passthrough", "app").
     pub route: String,
+    /// Where it was carried to, when that differs from `dst` (a Service's chosen endpoint).
+    pub upstream: Option<SocketAddr>,
     /// Bytes client → server so far.
     pub bytes_sent: u64,
     /// Bytes server → client so far.
@@ -81,6 +83,7 @@ struct LiveFlow {
     src: SocketAddr,
     dst: SocketAddr,
     route: Mutex<String>,
+    upstream: Mutex<Option<SocketAddr>>,
     started: Instant,
     started_ms: u64,
     sent: AtomicU64,
@@ -98,6 +101,7 @@ impl LiveFlow {
             src: self.src,
             dst: self.dst,
             route: lock(&self.route).clone(),
+            upstream: *lock(&self.upstream),
             bytes_sent: self.sent.load(Ordering::Relaxed),
             bytes_received: self.received.load(Ordering::Relaxed),
             started_ms: self.started_ms,
@@ -134,6 +138,13 @@ impl Flow {
     /// Records the verified identity of the mesh peer.
     pub fn set_peer_identity(&self, identity: impl Into<String>) {
         *lock(&self.shared.peer_identity) = Some(identity.into());
+    }
+
+    /// Records where the connection was carried to, if not to its original destination.
+    pub fn set_upstream(&self, upstream: SocketAddr) {
+        if upstream != self.shared.dst {
+            *lock(&self.shared.upstream) = Some(upstream);
+        }
     }
 
     /// Records why the flow failed.
@@ -176,6 +187,7 @@ impl FlowTable {
             src,
             dst,
             route: Mutex::new(String::new()),
+            upstream: Mutex::new(None),
             started: Instant::now(),
             started_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)

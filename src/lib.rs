@@ -10,6 +10,7 @@ pub mod demo;
 pub mod flows;
 pub mod hbone;
 pub mod identity;
+pub mod k8s;
 pub mod lab;
 pub mod metrics;
 pub mod netns;

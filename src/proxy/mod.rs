@@ -229,6 +229,9 @@ pub(crate) enum Refusal {
     /// The destination's identity cannot be formed from its pod record.
     #[error("refused: {0}")]
     BadPeer(String),
+    /// A Service with no ready endpoint for the port.
+    #[error("refused: service {0} has no ready endpoint for {1}")]
+    NoEndpoints(String, SocketAddr),
     /// Plaintext to a pod in strict mTLS mode.
     #[error("refused: plaintext to a pod in strict mTLS mode (only HBONE is accepted)")]
     Strict,

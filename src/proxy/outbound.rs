@@ -17,10 +17,16 @@ use crate::identity::Identity;
 /// How an outbound connection is carried on.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Route {
-    /// Plain TCP to the original destination (not a mesh workload).
-    Passthrough,
-    /// HBONE to `peer` (the destination's 15008), which must present `identity`.
+    /// Plain TCP to `target` (not a mesh workload).
+    Passthrough {
+        /// The original destination, or the chosen endpoint of a Service.
+        target: SocketAddr,
+    },
+    /// HBONE to `peer` (the destination pod's 15008), which must present `identity`, asking
+    /// for `target`.
     Hbone {
+        /// The destination pod's address and port (the CONNECT authority).
+        target: SocketAddr,
         /// `<destination pod IP>:15008`.
         peer: SocketAddr,
         /// The destination pod's identity.
@@ -28,14 +34,21 @@ pub(crate) enum Route {
     },
 }
 
-/// The decision point: what to do with a connection to `dst`.
+/// The decision point: what to do with a connection to `dst`. A Service's ClusterIP is first
+/// resolved to one of its ready endpoints; the endpoint then decides like any destination.
 pub(crate) fn decide(scope: &PodScope, dst: SocketAddr) -> Result<Route, Refusal> {
     if PROXY_PORTS.contains(&dst.port()) && (dst.ip().is_loopback() || scope.owns(dst.ip())) {
         return Err(Refusal::SelfCall(dst));
     }
     let directory = scope.ctx.directory.borrow().clone();
-    let Some((pod, true)) = directory.lookup(dst.ip()) else {
-        return Ok(Route::Passthrough);
+    let target = match directory.service(dst.ip()) {
+        Some(svc) => directory
+            .pick_endpoint(svc, dst)
+            .ok_or_else(|| Refusal::NoEndpoints(svc.key(), dst))?,
+        None => dst,
+    };
+    let Some((pod, true)) = directory.lookup(target.ip()) else {
+        return Ok(Route::Passthrough { target });
     };
     let identity = Identity::new(
         &scope.ctx.trust_domain,
@@ -44,7 +57,8 @@ pub(crate) fn decide(scope: &PodScope, dst: SocketAddr) -> Result<Route, Refusal
     )
     .map_err(|e| Refusal::BadPeer(format!("destination {}: {e}", pod.key())))?;
     Ok(Route::Hbone {
-        peer: SocketAddr::new(dst.ip(), hbone::PORT),
+        target,
+        peer: SocketAddr::new(target.ip(), hbone::PORT),
         identity,
     })
 }
@@ -63,9 +77,10 @@ pub(crate) async fn serve(scope: &PodScope, stream: TcpStream, peer: SocketAddr)
         }
     };
     match route {
-        Route::Passthrough => {
+        Route::Passthrough { target } => {
             flow.set_route("passthrough");
-            match dial(scope, dst, None).await {
+            flow.set_upstream(target);
+            match dial(scope, target, None).await {
                 Ok(upstream) => relay(scope, Listener::Outbound, flow, stream, upstream).await,
                 Err(e) => {
                     flow.fail(e);
@@ -74,11 +89,13 @@ pub(crate) async fn serve(scope: &PodScope, stream: TcpStream, peer: SocketAddr)
             }
         }
         Route::Hbone {
+            target,
             peer: via,
             identity,
         } => {
             flow.set_route("hbone");
-            if let Err(e) = tunnel(scope, &flow, stream, peer, dst, via, &identity).await {
+            flow.set_upstream(target);
+            if let Err(e) = tunnel(scope, &flow, stream, peer, target, via, &identity).await {
                 flow.fail(e);
                 count_failure(scope, Listener::Outbound);
             }

@@ -25,7 +25,7 @@ pub enum SourceError {
         source: std::io::Error,
     },
     /// The file is not a valid workload document.
-    #[error("workload file {path} is not valid (expected JSON {{\"namespaces\": [...], \"pods\": [...]}}): {source}")]
+    #[error("workload file {path} is not valid (expected JSON {{\"namespaces\": [...], \"pods\": [...], \"services\": [...]}}): {source}")]
     Parse {
         /// The file.
         path: PathBuf,
@@ -55,6 +55,8 @@ struct RawDocument {
     namespaces: Vec<super::Namespace>,
     #[serde(default)]
     pods: Vec<serde_json::Value>,
+    #[serde(default)]
+    services: Vec<super::Service>,
 }
 
 /// Reads and parses the workload file once. Malformed pod entries land in
@@ -70,6 +72,7 @@ pub fn load(path: &Path) -> Result<Snapshot, SourceError> {
     })?;
     let mut snapshot = Snapshot {
         namespaces: raw.namespaces,
+        services: raw.services,
         ..Snapshot::default()
     };
     for (index, value) in raw.pods.into_iter().enumerate() {

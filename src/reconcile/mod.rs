@@ -8,23 +8,28 @@
 //! nothing of it is left half-installed. A pod that leaves is released: rules first, then
 //! listeners.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+mod board;
+mod pod;
 
-use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use tokio::sync::watch;
 
+use board::{not_enrolled, now_ms};
+pub use board::{PodStatus, StatusBoard};
+use pod::{blocking, capture_fingerprint, confirm_ips, outcome_label, Fingerprint, PodRules};
+
 use crate::capture::CaptureOptions;
-use crate::hbone::pool::{ClientTls, Pool};
 use crate::identity::manager::CertManager;
-use crate::identity::Identity;
+use crate::k8s::status::{CaptureEvent, CaptureObserver, ObjectKey};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::netns::NetNs;
-use crate::proxy::{PodProxy, PodSecurity, ProxyContext, ServerTls};
-use crate::rules::{self, ApplyOutcome, Backend, Families};
-use crate::workload::enroll::{decide, DaemonIdentity, Decision};
+use crate::proxy::{PodProxy, ProxyContext};
+use crate::rules::{ApplyOutcome, Backend};
+use crate::workload::enroll::{decide, DaemonIdentity, DATAPLANE_MODE_LABEL};
 use crate::workload::file::SourceState;
 use crate::workload::{Directory, Pod, Snapshot};
 
@@ -48,86 +53,15 @@ pub struct ReconcileConfig {
     pub strict_by_default: bool,
     /// How long an unused pooled HBONE connection stays open.
     pub pool_idle: Duration,
+    /// Where the host's /proc is (for finding pod namespaces by cgroup).
+    pub host_proc: PathBuf,
+    /// Where named network namespaces are pinned (fallback discovery by pod IP).
+    pub netns_dir: PathBuf,
 }
 
 /// Namespace label choosing the inbound mTLS mode of its pods: `strict` (only HBONE) or
 /// `permissive` (plaintext on 15006 also accepted).
 pub const MTLS_MODE_LABEL: &str = "ambit.io/mtls-mode";
-
-/// Capture state of one local pod, as reported on the admin endpoint.
-#[derive(Clone, Debug, Serialize)]
-pub struct PodStatus {
-    /// `namespace/name`.
-    pub pod: String,
-    /// Pod UID.
-    pub uid: String,
-    /// `enrolled`, `failed` or `not-enrolled`.
-    pub state: &'static str,
-    /// Why the pod is (not) selected by the enrollment rules.
-    pub reason: String,
-    /// Why capture failed.
-    pub error: Option<String>,
-    /// Pod IPs.
-    pub ips: Vec<IpAddr>,
-    /// Outcome of the last rule reconciliation (`installed`, `unchanged`, `repaired`).
-    pub rules: Option<&'static str>,
-    /// Last state change, milliseconds since the Unix epoch.
-    pub since_ms: u64,
-}
-
-/// What the admin and readiness endpoints read.
-#[derive(Default)]
-pub struct StatusBoard {
-    pods: RwLock<BTreeMap<String, PodStatus>>,
-    ready: std::sync::atomic::AtomicBool,
-    source_error: RwLock<Option<String>>,
-}
-
-impl StatusBoard {
-    /// All local pods' statuses, by `namespace/name`.
-    pub fn pods(&self) -> Vec<PodStatus> {
-        read(&self.pods).values().cloned().collect()
-    }
-
-    /// True once the workload source was read and every local pod was handled once.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// The workload source's current error, if any.
-    pub fn source_error(&self) -> Option<String> {
-        read(&self.source_error).clone()
-    }
-}
-
-fn read<T: Clone>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// What is needed to (re)apply or remove one pod's rules.
-#[derive(Clone)]
-struct PodRules {
-    netns: NetNs,
-    backend: Backend,
-    options: CaptureOptions,
-}
-
-impl PodRules {
-    fn apply(&self) -> Result<ApplyOutcome, rules::RulesError> {
-        rules::apply(&self.netns, self.backend, &self.options, Families::BOTH)
-    }
-
-    fn remove(&self) -> Result<(), rules::RulesError> {
-        rules::remove(&self.netns, self.backend)
-    }
-}
 
 struct Enrolled {
     pod: Pod,
@@ -162,6 +96,9 @@ pub struct Reconciler {
     board: Arc<StatusBoard>,
     metrics: Arc<Metrics>,
     certs: Arc<CertManager>,
+    observer: Arc<dyn CaptureObserver>,
+    /// Problems already reported through the observer, so each is reported once.
+    reported: HashSet<(String, String)>,
 }
 
 impl Reconciler {
@@ -172,6 +109,7 @@ impl Reconciler {
         data_runtime: tokio::runtime::Handle,
         board: Arc<StatusBoard>,
         certs: Arc<CertManager>,
+        observer: Arc<dyn CaptureObserver>,
     ) -> Self {
         let metrics = ctx.metrics.clone();
         Reconciler {
@@ -182,6 +120,8 @@ impl Reconciler {
             board,
             metrics,
             certs,
+            observer,
+            reported: HashSet::new(),
         }
     }
 
@@ -231,7 +171,7 @@ impl Reconciler {
         // Certificates are issued only for identities of pods this node captures.
         let identities = wanted
             .values()
-            .filter_map(|p| self.identity_of(p).ok())
+            .filter_map(|p| pod::identity_of(&self.config, p).ok())
             .collect();
         self.certs.set_allowed(identities);
         // Release first: a pod that left, or whose capture-relevant spec changed.
@@ -259,6 +199,7 @@ impl Reconciler {
             statuses.insert(pod.key(), self.status_of(&entry, snapshot));
             self.entries.insert(uid.to_string(), entry);
         }
+        self.report_bad_input(snapshot);
         for rejected in snapshot.rejected.iter() {
             statuses.insert(
                 rejected.pod.clone(),
@@ -320,6 +261,12 @@ impl Reconciler {
         match self.try_enroll(pod, snapshot).await {
             Ok(enrolled) => {
                 tracing::info!(pod = %pod.key(), rules = enrolled.last_outcome, "pod captured");
+                let key = pod.key();
+                self.reported.retain(|(k, _)| *k != key);
+                self.observer.notify(CaptureEvent::Captured(ObjectKey::pod(
+                    &pod.namespace,
+                    &pod.name,
+                )));
                 Entry::Enrolled(enrolled)
             }
             Err(error) => {
@@ -327,6 +274,7 @@ impl Reconciler {
                 let backoff = Duration::from_secs(1 << attempts.min(5)).min(MAX_BACKOFF);
                 tracing::error!(pod = %pod.key(), %error, retry_in = ?backoff, "pod capture failed");
                 self.count_rules("failed");
+                self.report(ObjectKey::pod(&pod.namespace, &pod.name), &error);
                 Entry::Failed(Failed {
                     pod: pod.clone(),
                     fingerprint: capture_fingerprint(pod, snapshot),
@@ -336,62 +284,6 @@ impl Reconciler {
                 })
             }
         }
-    }
-
-    fn identity_of(&self, pod: &Pod) -> Result<Identity, String> {
-        Identity::new(
-            &self.config.trust_domain,
-            &pod.namespace,
-            &pod.service_account,
-        )
-        .map_err(|e| e.to_string())
-    }
-
-    /// The pod's identity, HBONE pool, server credentials and inbound mode. The certificate
-    /// is issued here, so a pod whose identity cannot be served fails enrollment.
-    fn security_for(
-        &self,
-        pod: &Pod,
-        snapshot: &Snapshot,
-        netns: &NetNs,
-    ) -> Result<PodSecurity, String> {
-        let identity = self.identity_of(pod)?;
-        self.certs.get(&identity).map_err(|e| e.to_string())?;
-        let (certs, id) = (self.certs.clone(), identity.clone());
-        let client_tls: ClientTls = Arc::new(move |expected| {
-            certs
-                .client_config(&id, vec![expected.clone()])
-                .map_err(|e| e.to_string())
-        });
-        let (certs, id) = (self.certs.clone(), identity.clone());
-        let server_tls: ServerTls =
-            Arc::new(move || certs.server_config(&id).map_err(|e| e.to_string()));
-        let strict = match snapshot
-            .namespace_labels(&pod.namespace)
-            .and_then(|l| l.get(MTLS_MODE_LABEL))
-            .map(String::as_str)
-        {
-            Some("strict") => true,
-            Some("permissive") => false,
-            Some(other) => {
-                return Err(format!(
-                    "namespace {} label {MTLS_MODE_LABEL}={other:?} is not valid (expected strict or permissive)",
-                    pod.namespace
-                ))
-            }
-            None => self.config.strict_by_default,
-        };
-        Ok(PodSecurity {
-            identity,
-            pool: Pool::new(
-                netns.clone(),
-                client_tls,
-                self.config.pool_idle,
-                self.metrics.hbone_dials.clone(),
-            ),
-            server_tls,
-            strict,
-        })
     }
 
     async fn try_enroll(&self, pod: &Pod, snapshot: &Snapshot) -> Result<Enrolled, String> {
@@ -409,9 +301,15 @@ impl Reconciler {
             .ok_or_else(|| format!("pod {key} has no network namespace path (expected `netns`)"))?;
         let netns = NetNs::open(path).map_err(|e| format!("pod {key}: {e}"))?;
         confirm_ips(&netns, &pod.ips).map_err(|e| format!("pod {key}: {e}"))?;
-        let security = self
-            .security_for(pod, snapshot, &netns)
-            .map_err(|e| format!("pod {key}: {e}"))?;
+        let security = pod::security_for(
+            &self.config,
+            &self.certs,
+            &self.metrics,
+            pod,
+            snapshot,
+            &netns,
+        )
+        .map_err(|e| format!("pod {key}: {e}"))?;
         let proxy = PodProxy::start(
             self.ctx.clone(),
             Arc::new(pod.clone()),
@@ -480,7 +378,44 @@ impl Reconciler {
         e
     }
 
+    /// Reports a problem through the observer, once per object and message.
+    fn report(&mut self, object: ObjectKey, error: &str) {
+        let id = match object.namespace.as_str() {
+            "" => object.name.clone(),
+            ns => format!("{ns}/{}", object.name),
+        };
+        if self.reported.insert((id, error.to_string())) {
+            self.observer
+                .notify(CaptureEvent::Failed(object, error.to_string()));
+        }
+    }
+
+    /// Reports objects the source rejected and labels with values nobody understands.
+    fn report_bad_input(&mut self, snapshot: &Snapshot) {
+        for rejected in &snapshot.rejected {
+            let (ns, name) = rejected.pod.split_once('/').unwrap_or(("", &rejected.pod));
+            self.report(ObjectKey::pod(ns, name), &rejected.error);
+        }
+        for ns in &snapshot.namespaces {
+            if let Some(v) = ns.labels.get(DATAPLANE_MODE_LABEL) {
+                if v != "ambient" && v != "none" {
+                    let msg = format!(
+                        "namespace {} label {DATAPLANE_MODE_LABEL}={v:?} is not understood (expected ambient or none); its pods are not enrolled by it",
+                        ns.name
+                    );
+                    tracing::warn!("{msg}");
+                    self.report(ObjectKey::namespace(&ns.name), &msg);
+                }
+            }
+        }
+    }
+
     async fn release(&self, entry: Entry) {
+        let pod = entry_pod(&entry);
+        self.observer.notify(CaptureEvent::Released(ObjectKey::pod(
+            &pod.namespace,
+            &pod.name,
+        )));
         let Entry::Enrolled(e) = entry else { return };
         let key = e.pod.key();
         let Enrolled { rules, _proxy, .. } = e;
@@ -507,78 +442,9 @@ fn entry_pod(e: &Entry) -> &Pod {
     }
 }
 
-/// Everything that shapes a pod's capture; when it changes, the capture is re-done.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Fingerprint {
-    pod: Pod,
-    mtls_mode: Option<String>,
-}
-
-fn capture_fingerprint(pod: &Pod, snapshot: &Snapshot) -> Fingerprint {
-    // Labels only matter through enrollment, which is decided separately.
-    let pod = Pod {
-        labels: Default::default(),
-        ..pod.clone()
-    };
-    let mtls_mode = snapshot
-        .namespace_labels(&pod.namespace)
-        .and_then(|l| l.get(MTLS_MODE_LABEL))
-        .cloned();
-    Fingerprint { pod, mtls_mode }
-}
-
 fn entry_fingerprint(e: &Entry) -> &Fingerprint {
     match e {
         Entry::Enrolled(e) => &e.fingerprint,
         Entry::Failed(f) => &f.fingerprint,
     }
-}
-
-fn not_enrolled(pod: &Pod, decision: Decision) -> PodStatus {
-    PodStatus {
-        pod: pod.key(),
-        uid: pod.uid.clone(),
-        state: "not-enrolled",
-        reason: format!("{decision:?}"),
-        error: None,
-        ips: pod.ips.clone(),
-        rules: None,
-        since_ms: now_ms(),
-    }
-}
-
-fn outcome_label(o: ApplyOutcome) -> &'static str {
-    match o {
-        ApplyOutcome::Installed => "installed",
-        ApplyOutcome::Unchanged => "unchanged",
-        ApplyOutcome::Repaired => "repaired",
-    }
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| format!("background task failed: {e}"))
-}
-
-/// Checks that the pod's IPs are configured inside `netns`: binding to an address the
-/// namespace does not own fails with EADDRNOTAVAIL. This catches a netns path that points at
-/// the wrong namespace.
-fn confirm_ips(netns: &NetNs, ips: &[IpAddr]) -> Result<(), String> {
-    netns
-        .run(|| {
-            for ip in ips {
-                let domain = socket2::Domain::for_address(SocketAddr::new(*ip, 0));
-                let s = socket2::Socket::new(domain, socket2::Type::STREAM, None)
-                    .map_err(|e| format!("cannot check pod IP {ip}: {e}"))?;
-                if let Err(e) = s.bind(&SocketAddr::new(*ip, 0).into()) {
-                    return Err(format!(
-                        "pod IP {ip} is not configured in network namespace {}: {e}",
-                        netns.path().display()
-                    ));
-                }
-            }
-            Ok(())
-        })
-        .map_err(|e| e.to_string())?
 }

@@ -1,0 +1,82 @@
+//! What the reconciler shows: each local pod's capture state, readiness, and the source's
+//! error, read by the admin and readiness endpoints.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::RwLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::workload::enroll::Decision;
+use crate::workload::Pod;
+
+/// Capture state of one local pod, as reported on the admin endpoint.
+#[derive(Clone, Debug, Serialize)]
+pub struct PodStatus {
+    /// `namespace/name`.
+    pub pod: String,
+    /// Pod UID.
+    pub uid: String,
+    /// `enrolled`, `failed` or `not-enrolled`.
+    pub state: &'static str,
+    /// Why the pod is (not) selected by the enrollment rules.
+    pub reason: String,
+    /// Why capture failed.
+    pub error: Option<String>,
+    /// Pod IPs.
+    pub ips: Vec<IpAddr>,
+    /// Outcome of the last rule reconciliation (`installed`, `unchanged`, `repaired`).
+    pub rules: Option<&'static str>,
+    /// Last state change, milliseconds since the Unix epoch.
+    pub since_ms: u64,
+}
+
+/// What the admin and readiness endpoints read.
+#[derive(Default)]
+pub struct StatusBoard {
+    pub(super) pods: RwLock<BTreeMap<String, PodStatus>>,
+    pub(super) ready: std::sync::atomic::AtomicBool,
+    pub(super) source_error: RwLock<Option<String>>,
+}
+
+impl StatusBoard {
+    /// All local pods' statuses, by `namespace/name`.
+    pub fn pods(&self) -> Vec<PodStatus> {
+        read(&self.pods).values().cloned().collect()
+    }
+
+    /// True once the workload source was read and every local pod was handled once.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The workload source's current error, if any.
+    pub fn source_error(&self) -> Option<String> {
+        read(&self.source_error).clone()
+    }
+}
+
+pub(super) fn read<T: Clone>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(super) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub(super) fn not_enrolled(pod: &Pod, decision: Decision) -> PodStatus {
+    PodStatus {
+        pod: pod.key(),
+        uid: pod.uid.clone(),
+        state: "not-enrolled",
+        reason: format!("{decision:?}"),
+        error: None,
+        ips: pod.ips.clone(),
+        rules: None,
+        since_ms: now_ms(),
+    }
+}

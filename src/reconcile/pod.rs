@@ -1,0 +1,145 @@
+//! The parts of capturing one pod that do not depend on the reconciler's loop: its rules, its
+//! credentials and inbound mode, what makes two versions of it "the same capture", and the
+//! check that a netns really is the pod's.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use super::{ReconcileConfig, MTLS_MODE_LABEL};
+use crate::capture::CaptureOptions;
+use crate::hbone::pool::{ClientTls, Pool};
+use crate::identity::manager::CertManager;
+use crate::identity::Identity;
+use crate::metrics::Metrics;
+use crate::netns::NetNs;
+use crate::proxy::{PodSecurity, ServerTls};
+use crate::rules::{self, ApplyOutcome, Backend, Families};
+use crate::workload::{Pod, Snapshot};
+
+/// What is needed to (re)apply or remove one pod's rules.
+#[derive(Clone)]
+pub(super) struct PodRules {
+    pub netns: NetNs,
+    pub backend: Backend,
+    pub options: CaptureOptions,
+}
+
+impl PodRules {
+    pub fn apply(&self) -> Result<ApplyOutcome, rules::RulesError> {
+        rules::apply(&self.netns, self.backend, &self.options, Families::BOTH)
+    }
+
+    pub fn remove(&self) -> Result<(), rules::RulesError> {
+        rules::remove(&self.netns, self.backend)
+    }
+}
+
+pub(super) fn identity_of(config: &ReconcileConfig, pod: &Pod) -> Result<Identity, String> {
+    Identity::new(&config.trust_domain, &pod.namespace, &pod.service_account)
+        .map_err(|e| e.to_string())
+}
+
+/// The pod's identity, HBONE pool, server credentials and inbound mode. The certificate
+/// is issued here, so a pod whose identity cannot be served fails enrollment.
+pub(super) fn security_for(
+    config: &ReconcileConfig,
+    certs: &Arc<CertManager>,
+    metrics: &Metrics,
+    pod: &Pod,
+    snapshot: &Snapshot,
+    netns: &NetNs,
+) -> Result<PodSecurity, String> {
+    let identity = identity_of(config, pod)?;
+    certs.get(&identity).map_err(|e| e.to_string())?;
+    let (c, id) = (certs.clone(), identity.clone());
+    let client_tls: ClientTls = Arc::new(move |expected| {
+        c.client_config(&id, vec![expected.clone()])
+            .map_err(|e| e.to_string())
+    });
+    let (c, id) = (certs.clone(), identity.clone());
+    let server_tls: ServerTls = Arc::new(move || c.server_config(&id).map_err(|e| e.to_string()));
+    let strict = match snapshot
+        .namespace_labels(&pod.namespace)
+        .and_then(|l| l.get(MTLS_MODE_LABEL))
+        .map(String::as_str)
+    {
+        Some("strict") => true,
+        Some("permissive") => false,
+        Some(other) => {
+            return Err(format!(
+                "namespace {} label {MTLS_MODE_LABEL}={other:?} is not valid (expected strict or permissive)",
+                pod.namespace
+            ))
+        }
+        None => config.strict_by_default,
+    };
+    Ok(PodSecurity {
+        identity,
+        pool: Pool::new(
+            netns.clone(),
+            client_tls,
+            config.pool_idle,
+            metrics.hbone_dials.clone(),
+        ),
+        server_tls,
+        strict,
+    })
+}
+
+/// Everything that shapes a pod's capture; when it changes, the capture is re-done.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Fingerprint {
+    pod: Pod,
+    mtls_mode: Option<String>,
+}
+
+pub(super) fn capture_fingerprint(pod: &Pod, snapshot: &Snapshot) -> Fingerprint {
+    // Labels only matter through enrollment, which is decided separately.
+    let pod = Pod {
+        labels: Default::default(),
+        ..pod.clone()
+    };
+    let mtls_mode = snapshot
+        .namespace_labels(&pod.namespace)
+        .and_then(|l| l.get(MTLS_MODE_LABEL))
+        .cloned();
+    Fingerprint { pod, mtls_mode }
+}
+
+pub(super) fn outcome_label(o: ApplyOutcome) -> &'static str {
+    match o {
+        ApplyOutcome::Installed => "installed",
+        ApplyOutcome::Unchanged => "unchanged",
+        ApplyOutcome::Repaired => "repaired",
+    }
+}
+
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("background task failed: {e}"))
+}
+
+/// Checks that the pod's IPs are configured inside `netns`: binding to an address the
+/// namespace does not own fails with EADDRNOTAVAIL. This catches a netns path that points at
+/// the wrong namespace.
+pub(super) fn confirm_ips(netns: &NetNs, ips: &[IpAddr]) -> Result<(), String> {
+    netns
+        .run(|| {
+            for ip in ips {
+                let domain = socket2::Domain::for_address(SocketAddr::new(*ip, 0));
+                let s = socket2::Socket::new(domain, socket2::Type::STREAM, None)
+                    .map_err(|e| format!("cannot check pod IP {ip}: {e}"))?;
+                if let Err(e) = s.bind(&SocketAddr::new(*ip, 0).into()) {
+                    return Err(format!(
+                        "pod IP {ip} is not configured in network namespace {}: {e}",
+                        netns.path().display()
+                    ));
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?
+}
