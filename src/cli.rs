@@ -68,6 +68,14 @@ struct RunArgs {
     /// Directory of pinned network namespaces, scanned by pod IP when the cgroup scan fails.
     #[arg(long, default_value = "/var/run/netns")]
     netns_dir: PathBuf,
+    /// Only pinned namespaces whose names start with this are scanned (when several
+    /// independent clusters share one machine, as labs do).
+    #[arg(long)]
+    netns_prefix: Option<String>,
+    /// Directory where the daemon remembers what it captured, so that after a restart it can
+    /// remove the rules of pods that left meanwhile (node-local, e.g. /var/run/ambit).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
     /// Redirect-rule backend.
     #[arg(long, default_value = "iptables", value_parser = parse_backend)]
     rules: Backend,
@@ -151,6 +159,8 @@ fn run_config(a: RunArgs) -> RunConfig {
             pool_idle: Duration::from_secs(a.pool_idle_secs),
             host_proc: a.host_proc,
             netns_dir: a.netns_dir,
+            state_dir: a.state_dir,
+            netns_prefix: a.netns_prefix,
         },
         source: match a.workloads {
             Some(path) => crate::app::Source::File(path),

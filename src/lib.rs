@@ -14,6 +14,7 @@ pub mod k8s;
 pub mod lab;
 pub mod metrics;
 pub mod netns;
+pub mod podns;
 pub mod proxy;
 pub mod reconcile;
 pub mod rules;

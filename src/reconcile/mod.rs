@@ -9,6 +9,7 @@
 //! listeners.
 
 mod board;
+mod memory;
 mod pod;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -20,7 +21,7 @@ use tokio::sync::watch;
 
 use board::{not_enrolled, now_ms};
 pub use board::{PodStatus, StatusBoard};
-use pod::{blocking, capture_fingerprint, confirm_ips, outcome_label, Fingerprint, PodRules};
+use pod::{blocking, capture_fingerprint, outcome_label, Fingerprint, PodRules};
 
 use crate::capture::CaptureOptions;
 use crate::identity::manager::CertManager;
@@ -57,6 +58,10 @@ pub struct ReconcileConfig {
     pub host_proc: PathBuf,
     /// Where named network namespaces are pinned (fallback discovery by pod IP).
     pub netns_dir: PathBuf,
+    /// Only pinned namespaces whose names start with this are considered by the fallback.
+    pub netns_prefix: Option<String>,
+    /// Where the daemon remembers what it captured, across restarts (`None`: nowhere).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Namespace label choosing the inbound mTLS mode of its pods: `strict` (only HBONE) or
@@ -99,6 +104,8 @@ pub struct Reconciler {
     observer: Arc<dyn CaptureObserver>,
     /// Problems already reported through the observer, so each is reported once.
     reported: HashSet<(String, String)>,
+    /// What was last saved to the capture memory.
+    remembered: Option<BTreeMap<String, memory::Remembered>>,
 }
 
 impl Reconciler {
@@ -122,6 +129,7 @@ impl Reconciler {
             certs,
             observer,
             reported: HashSet::new(),
+            remembered: None,
         }
     }
 
@@ -132,6 +140,13 @@ impl Reconciler {
         mut source: watch::Receiver<SourceState>,
         directory: watch::Sender<Arc<Directory>>,
     ) {
+        let memory_path = self
+            .config
+            .state_dir
+            .as_ref()
+            .map(|d| d.join("captured.json"));
+        let mut previous = memory_path.as_deref().map(memory::load);
+        let mut last: Option<Arc<Snapshot>> = None;
         loop {
             let state = source.borrow_and_update().clone();
             *self
@@ -140,11 +155,25 @@ impl Reconciler {
                 .write()
                 .unwrap_or_else(|p| p.into_inner()) = state.error.clone();
             if state.synced {
-                directory.send_replace(Arc::new(Directory::new(
-                    &state.snapshot,
-                    &self.config.daemon,
-                )));
+                if !last
+                    .as_ref()
+                    .is_some_and(|l| Arc::ptr_eq(l, &state.snapshot))
+                {
+                    directory.send_replace(Arc::new(Directory::new(
+                        &state.snapshot,
+                        &self.config.daemon,
+                    )));
+                    last = Some(state.snapshot.clone());
+                }
                 self.pass(&state.snapshot).await;
+                // After the first pass, anything captured by a previous run that is not
+                // captured now belongs to a pod that left: take its rules back.
+                if let Some(prev) = previous.take() {
+                    self.forget_departed(prev).await;
+                }
+                if let Some(path) = &memory_path {
+                    self.remember(path);
+                }
                 self.board
                     .ready
                     .store(true, std::sync::atomic::Ordering::Release);
@@ -295,12 +324,10 @@ impl Reconciler {
         }
         let options = CaptureOptions::from_annotations(&pod.annotations)
             .map_err(|e| format!("pod {key}: {e}"))?;
-        let path = pod
-            .netns
-            .as_ref()
-            .ok_or_else(|| format!("pod {key} has no network namespace path (expected `netns`)"))?;
-        let netns = NetNs::open(path).map_err(|e| format!("pod {key}: {e}"))?;
-        confirm_ips(&netns, &pod.ips).map_err(|e| format!("pod {key}: {e}"))?;
+        let netns = self
+            .find_netns(pod)
+            .await
+            .map_err(|e| format!("pod {key}: {e}"))?;
         let security = pod::security_for(
             &self.config,
             &self.certs,
@@ -376,6 +403,68 @@ impl Reconciler {
             }
         }
         e
+    }
+
+    /// The pod's network namespace: the path the source gave, or else found on this node by
+    /// cgroup scan and then among pinned namespaces; in every case confirmed to hold the
+    /// pod's IPs (a wrong namespace must never be captured).
+    async fn find_netns(&self, pod: &Pod) -> Result<NetNs, String> {
+        let (path, uid, ips) = (pod.netns.clone(), pod.uid.clone(), pod.ips.clone());
+        let finder = crate::podns::Finder {
+            host_proc: self.config.host_proc.clone(),
+            netns_dir: Some(self.config.netns_dir.clone()),
+            netns_prefix: self.config.netns_prefix.clone(),
+        };
+        blocking(move || match path {
+            Some(path) => {
+                let netns = NetNs::open(&path).map_err(|e| e.to_string())?;
+                crate::podns::confirm_ips(&netns, &ips).map_err(|e| e.to_string())?;
+                Ok(netns)
+            }
+            None => finder.find(&uid, &ips).map_err(|e| e.to_string()),
+        })
+        .await?
+    }
+
+    /// Removes the rules a previous run installed for pods that are no longer captured.
+    async fn forget_departed(&self, previous: BTreeMap<String, memory::Remembered>) {
+        for (uid, was) in previous {
+            if matches!(self.entries.get(&uid), Some(Entry::Enrolled(_))) {
+                continue;
+            }
+            let Some(netns) = was.reopen() else { continue };
+            let backend = self.config.backend;
+            match blocking(move || crate::rules::remove(&netns, backend)).await {
+                Ok(Ok(())) => {
+                    tracing::info!(pod = %was.pod, "removed rules left by a previous run")
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(pod = %was.pod, error = %e, "could not remove rules left by a previous run")
+                }
+                Err(e) => tracing::warn!(pod = %was.pod, error = %e, "rule removal did not run"),
+            }
+        }
+    }
+
+    /// Saves what is captured now, when it changed.
+    fn remember(&mut self, path: &std::path::Path) {
+        let now: BTreeMap<String, memory::Remembered> = self
+            .entries
+            .iter()
+            .filter_map(|(uid, e)| match e {
+                Entry::Enrolled(e) => Some((
+                    uid.clone(),
+                    memory::Remembered::new(e.pod.key(), &e.rules.netns),
+                )),
+                Entry::Failed(_) => None,
+            })
+            .collect();
+        if self.remembered.as_ref() != Some(&now) {
+            if let Err(e) = memory::save(path, &now) {
+                tracing::warn!(path = %path.display(), error = %e, "could not save capture memory");
+            }
+            self.remembered = Some(now);
+        }
     }
 
     /// Reports a problem through the observer, once per object and message.

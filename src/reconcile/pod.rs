@@ -2,7 +2,6 @@
 //! credentials and inbound mode, what makes two versions of it "the same capture", and the
 //! check that a netns really is the pod's.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use super::{ReconcileConfig, MTLS_MODE_LABEL};
@@ -120,26 +119,4 @@ pub(super) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| format!("background task failed: {e}"))
-}
-
-/// Checks that the pod's IPs are configured inside `netns`: binding to an address the
-/// namespace does not own fails with EADDRNOTAVAIL. This catches a netns path that points at
-/// the wrong namespace.
-pub(super) fn confirm_ips(netns: &NetNs, ips: &[IpAddr]) -> Result<(), String> {
-    netns
-        .run(|| {
-            for ip in ips {
-                let domain = socket2::Domain::for_address(SocketAddr::new(*ip, 0));
-                let s = socket2::Socket::new(domain, socket2::Type::STREAM, None)
-                    .map_err(|e| format!("cannot check pod IP {ip}: {e}"))?;
-                if let Err(e) = s.bind(&SocketAddr::new(*ip, 0).into()) {
-                    return Err(format!(
-                        "pod IP {ip} is not configured in network namespace {}: {e}",
-                        netns.path().display()
-                    ));
-                }
-            }
-            Ok(())
-        })
-        .map_err(|e| e.to_string())?
 }
