@@ -512,6 +512,7 @@ fn run(plan: Plan, args: &[String]) -> anyhow::Result<()> {
         nodes: 2,
         pods_per_node: PODS_PER_NODE,
         namespace_ambient: true,
+        kube: false,
     })
     .context("building the lab")?;
     eprintln!(

@@ -107,6 +107,7 @@ async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Resul
     tokio::spawn(certs.clone().run_rotation());
     let ctx = ProxyContext {
         trust_domain: config.reconcile.trust_domain.clone(),
+        endpoint_turn: Arc::default(),
         directory: directory_rx,
         flows: flows.clone(),
         metrics: metrics.clone(),

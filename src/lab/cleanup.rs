@@ -100,6 +100,15 @@ impl Lab {
                 problems.push(format!("node {node}: {e}"));
             }
         }
+        if let Err(e) = self.stop_apiserver() {
+            problems.push(e.to_string());
+        }
+        if let Some(pods) = lock(&self.kubelet).take() {
+            if let Err(e) = pods.stop() {
+                problems.push(e.to_string());
+            }
+        }
+        problems.extend(super::kubelet::cleanup(&self.state.name));
         problems.extend(topology::delete_netns(&self.state.netns_names()));
         match std::fs::remove_dir_all(&self.state.dir) {
             Err(e) if e.kind() != ErrorKind::NotFound => {
@@ -158,6 +167,10 @@ pub fn down_by_name(name: &str) -> Result<(), LabError> {
             Err(e) => problems.push(e.to_string()),
         }
     }
+    if !super::kubelet::lab_cgroup_roots(name).is_empty() {
+        found = true;
+    }
+    problems.extend(super::kubelet::cleanup(name));
     let strays: Vec<String> = topology::existing_netns()?
         .into_iter()
         .filter(|n| is_lab_netns(name, n))

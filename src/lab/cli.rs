@@ -1,5 +1,7 @@
-//! `ambit lab up|down|list|exec`.
+//! `ambit lab up|down|list|exec` (and the hidden `ambit lab apiserver`).
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -33,6 +35,17 @@ pub enum LabCommand {
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
+    /// Run the stand-in Kubernetes API server (what `lab up --kube` starts in the fabric).
+    #[command(hide = true)]
+    Apiserver {
+        /// Address to listen on (HTTP, no TLS).
+        #[arg(long)]
+        listen: SocketAddr,
+        /// State file: loaded at start, rewritten on every change. The server exits when its
+        /// directory is removed.
+        #[arg(long)]
+        state: PathBuf,
+    },
 }
 
 /// Options of `ambit lab up`.
@@ -56,6 +69,10 @@ pub struct UpArgs {
     /// Extra arguments for every `ambit run` (e.g. `--rules=nftables`).
     #[arg(long = "daemon-arg", allow_hyphen_values = true)]
     daemon_args: Vec<String>,
+    /// Kubernetes mode: start a stand-in API server in the fabric (`172.31.0.1:6443`, kubeconfig
+    /// in the lab directory) and have the daemons watch it instead of the workload file.
+    #[arg(long)]
+    kube: bool,
 }
 
 /// Runs a lab subcommand.
@@ -107,6 +124,12 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("running {:?}", command[0]))?;
             std::process::exit(status.code().unwrap_or(1));
         }
+        LabCommand::Apiserver { listen, state } => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("building the runtime")?
+            .block_on(super::apiserver::serve(listen, state)),
     }
 }
 
@@ -116,10 +139,19 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         nodes: args.nodes,
         pods_per_node: args.pods,
         namespace_ambient: !args.no_mesh,
+        kube: args.kube,
     };
     let lab = Lab::up(&spec)?;
+    let binary = std::env::current_exe().context("locating the ambit binary")?;
+    if args.kube {
+        lab.start_apiserver(&binary)?;
+        println!(
+            "stand-in API server {} (kubeconfig {})",
+            lab.apiserver_url(),
+            lab.kubeconfig_path().display()
+        );
+    }
     if !args.no_daemons {
-        let binary = std::env::current_exe().context("locating the ambit binary")?;
         start_all(&lab, &binary, &args.daemon_args)?;
     }
     for pod in lab.pods() {

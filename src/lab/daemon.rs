@@ -32,12 +32,14 @@ pub(crate) struct Daemon {
 }
 
 /// Spawns `binary run --node <node> --workloads <file> --ca-dir <ca> <extra>` inside `ns`, in
-/// its own process group, appending stdout and stderr to `log`.
+/// its own process group, appending stdout and stderr to `log`. With `kubeconfig` (Kubernetes
+/// mode), `--kube --kubeconfig <file>` replaces `--workloads <file>`.
 pub(crate) fn spawn(
     ns: &NetNs,
     node: &str,
     binary: &Path,
     workloads: &Path,
+    kubeconfig: Option<&Path>,
     extra_args: &[String],
     log: &Path,
 ) -> Result<Daemon, LabError> {
@@ -51,11 +53,13 @@ pub(crate) fn spawn(
         .try_clone()
         .map_err(io_err(format!("cannot open {}", log.display())))?;
     let mut cmd = Command::new(binary);
-    cmd.arg("run")
-        .args(["--node", node])
-        .arg("--workloads")
-        .arg(workloads)
-        .arg("--ca-dir")
+    cmd.arg("run").args(["--node", node]);
+    // Kubernetes mode: the daemon watches the lab's stand-in API server.
+    match kubeconfig {
+        Some(kubeconfig) => cmd.arg("--kube").arg("--kubeconfig").arg(kubeconfig),
+        None => cmd.arg("--workloads").arg(workloads),
+    };
+    cmd.arg("--ca-dir")
         .arg(workloads.with_file_name(super::CA_DIR))
         .args(extra_args);
     // Marks where each run starts when a daemon is restarted into the same log.
@@ -167,7 +171,8 @@ fn exited_unreaped(pid: u32) -> bool {
 
 impl Lab {
     /// Starts `<binary> run --node <node> --workloads <lab dir>/workloads.json
-    /// --ca-dir <lab dir>/ca <extra_args>`
+    /// --ca-dir <lab dir>/ca <extra_args>` (in Kubernetes mode `--kube --kubeconfig
+    /// <lab dir>/kubeconfig` instead of `--workloads …`)
     /// inside node `node`'s namespace, logging to `<lab dir>/ambit-<node>.log`, and records its
     /// pid in `lab.json`. Returns the pid.
     pub fn start_daemon(
@@ -186,7 +191,16 @@ impl Lab {
             let _ = old.stop(Some(&ns), Duration::ZERO);
         }
         let log = self.daemon_log_path(node);
-        let daemon = spawn(&ns, node, binary, &self.workloads_path(), extra_args, &log)?;
+        let kubeconfig = self.state.kube.then(|| self.kubeconfig_path());
+        let daemon = spawn(
+            &ns,
+            node,
+            binary,
+            &self.workloads_path(),
+            kubeconfig.as_deref(),
+            extra_args,
+            &log,
+        )?;
         let pid = daemon.pid;
         daemons.insert(node.to_string(), daemon);
         self.save(&daemons)?;
@@ -317,13 +331,27 @@ pub(crate) fn http_get(
     path: &str,
     timeout: Duration,
 ) -> Result<HttpResponse, String> {
+    http_get_addr(
+        ns,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        path,
+        timeout,
+    )
+}
+
+/// `GET path` against `addr` from inside `ns`.
+pub(crate) fn http_get_addr(
+    ns: &NetNs,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<HttpResponse, String> {
     // The socket belongs to the namespace it is created in; connect and I/O happen afterwards
     // on this thread in its own namespace.
     let socket = ns
-        .run(|| Socket::new(Domain::IPV4, Type::STREAM, None))
+        .run(|| Socket::new(Domain::for_address(addr), Type::STREAM, None))
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("socket: {e}"))?;
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     socket
         .connect_timeout(&addr.into(), timeout)
         .map_err(|e| format!("connect: {e}"))?;
@@ -332,8 +360,7 @@ pub(crate) fn http_get(
         .set_read_timeout(Some(timeout))
         .and_then(|()| stream.set_write_timeout(Some(timeout)))
         .map_err(|e| e.to_string())?;
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream
         .write_all(request.as_bytes())
         .map_err(|e| format!("send: {e}"))?;

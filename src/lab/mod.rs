@@ -9,9 +9,12 @@
 //! A [`Lab`] returned by [`Lab::up`] owns what it created and removes it when dropped, also
 //! when a test panics. [`Lab::load`] reopens an existing lab without taking ownership.
 
+// Kubernetes mode: the stand-in API server and publishing to it.
+pub mod apiserver;
 mod cleanup;
 pub mod cli;
 mod daemon;
+pub mod kubelet;
 mod state;
 mod topology;
 pub mod traffic;
@@ -124,6 +127,16 @@ pub enum LabError {
         /// What went wrong (status and body, or the I/O error).
         message: String,
     },
+    /// The lab's stand-in API server failed to start, answer, stop, or take the workloads.
+    #[error("stand-in API server: {message}\n--- last lines of {} ---\n{tail}", log.display())]
+    ApiServer {
+        /// What went wrong.
+        message: String,
+        /// The stand-in's log file.
+        log: PathBuf,
+        /// Its last lines.
+        tail: String,
+    },
     /// Removing the lab left something behind.
     #[error("lab {name} was not removed completely:\n  {}", problems.join("\n  "))]
     Teardown {
@@ -145,6 +158,10 @@ pub struct LabSpec {
     pub pods_per_node: usize,
     /// Whether the pods' namespace carries `istio.io/dataplane-mode=ambient`.
     pub namespace_ambient: bool,
+    /// Kubernetes mode: the lab gets a kubeconfig for a stand-in API server
+    /// ([`Lab::start_apiserver`]), its workloads are published there too, and daemons watch
+    /// it (`--kube`) instead of reading the workload file.
+    pub kube: bool,
 }
 
 impl Default for LabSpec {
@@ -154,6 +171,7 @@ impl Default for LabSpec {
             nodes: 2,
             pods_per_node: 2,
             namespace_ambient: true,
+            kube: false,
         }
     }
 }
@@ -226,6 +244,10 @@ pub struct Lab {
     daemons: Mutex<BTreeMap<String, Daemon>>,
     /// Serialises read-modify-write of the workload file within this process.
     workloads_lock: Mutex<()>,
+    /// The stand-in API server process (Kubernetes mode).
+    apiserver: Mutex<Option<apiserver::ApiServerProcess>>,
+    /// Kubelet-like placeholder processes in pod cgroups (Kubernetes mode).
+    kubelet: Mutex<Option<kubelet::KubeletPods>>,
     /// Whether dropping this value removes the lab.
     owned: bool,
 }
@@ -250,6 +272,8 @@ impl Lab {
             state,
             daemons: Mutex::new(BTreeMap::new()),
             workloads_lock: Mutex::new(()),
+            apiserver: Mutex::new(None),
+            kubelet: Mutex::new(None),
             owned: true,
         };
         lab.save(&lock(&lab.daemons))?;
@@ -258,6 +282,18 @@ impl Lab {
         crate::identity::ca::init(&lab.state.dir.join(CA_DIR))
             .map_err(|e| LabError::Ca(e.to_string()))?;
         state::write_snapshot(&lab.state.workloads_path(), &lab.state.initial_snapshot())?;
+        if spec.kube {
+            lab.write_kubeconfig()?;
+            // Pods from the API carry no netns path: make each pod look like kubelet's (a
+            // process in a cgroup named after the pod UID) so daemons find it by cgroup scan.
+            // Without cgroup access the daemons still find pods among the pinned namespaces.
+            match kubelet::start_pod_processes(&lab) {
+                Ok(pods) => *lock(&lab.kubelet) = Some(pods),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no kubelet-like pod processes; netns discovery falls back to pinned namespaces")
+                }
+            }
+        }
         Ok(lab)
     }
 
@@ -287,10 +323,13 @@ impl Lab {
                 )
             })
             .collect();
+        let apiserver = state.apiserver.map(apiserver::ApiServerProcess::recorded);
         Ok(Lab {
             state,
             daemons: Mutex::new(daemons),
             workloads_lock: Mutex::new(()),
+            apiserver: Mutex::new(apiserver),
+            kubelet: Mutex::new(None),
             owned: false,
         })
     }
@@ -299,6 +338,12 @@ impl Lab {
     /// dropped, e.g. for `ambit lab up`. Returns the lab name.
     pub fn detach(mut self) -> String {
         self.owned = false;
+        if let Some(process) = lock(&self.apiserver).as_mut() {
+            process.detach();
+        }
+        if let Some(pods) = lock(&self.kubelet).take() {
+            pods.detach();
+        }
         self.state.name.clone()
     }
 
@@ -306,6 +351,7 @@ impl Lab {
     fn save(&self, daemons: &BTreeMap<String, Daemon>) -> Result<(), LabError> {
         let mut state = self.state.clone();
         state.daemons = daemons.iter().map(|(n, d)| (n.clone(), d.pid)).collect();
+        state.apiserver = self.apiserver_pid();
         state.save()
     }
 
@@ -433,14 +479,16 @@ impl Lab {
         state::read_snapshot(&self.workloads_path())
     }
 
-    /// Replaces the workload file (atomically).
+    /// Replaces the workload file (atomically). In Kubernetes mode, also makes the stand-in
+    /// API server's objects match it (when the stand-in is running).
     pub fn write_workloads(&self, snapshot: &Snapshot) -> Result<(), LabError> {
         let _guard = lock(&self.workloads_lock);
-        state::write_snapshot(&self.workloads_path(), snapshot)
+        state::write_snapshot(&self.workloads_path(), snapshot)?;
+        self.publish_if_kube(snapshot)
     }
 
     /// Reads the workload file, lets `change` edit it, writes it back atomically and returns
-    /// what was written.
+    /// what was written. In Kubernetes mode, also publishes it (see [`Lab::write_workloads`]).
     pub fn update_workloads(
         &self,
         change: impl FnOnce(&mut Snapshot),
@@ -449,6 +497,7 @@ impl Lab {
         let mut snapshot = self.workloads()?;
         change(&mut snapshot);
         state::write_snapshot(&self.workloads_path(), &snapshot)?;
+        self.publish_if_kube(&snapshot)?;
         Ok(snapshot)
     }
 }

@@ -95,6 +95,12 @@ pub struct LabState {
     /// Node name -> pid of the daemon started there.
     #[serde(default)]
     pub daemons: BTreeMap<String, u32>,
+    /// Kubernetes mode (daemons watch the stand-in API server).
+    #[serde(default)]
+    pub kube: bool,
+    /// Pid of the stand-in API server, when one was started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apiserver: Option<u32>,
 }
 
 /// `n` written in decimal, read as a hex IPv6 group, so `fd00:31::11` mirrors `172.31.0.11`.
@@ -163,6 +169,8 @@ impl LabState {
             nodes,
             pods,
             daemons: BTreeMap::new(),
+            kube: spec.kube,
+            apiserver: None,
         })
     }
 

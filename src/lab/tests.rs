@@ -17,6 +17,7 @@ fn spec(nodes: usize, pods_per_node: usize) -> LabSpec {
         nodes,
         pods_per_node,
         namespace_ambient: true,
+        kube: false,
     }
 }
 

@@ -446,6 +446,7 @@ mod lab {
             nodes: 2,
             pods_per_node: 2,
             namespace_ambient: true,
+            kube: false,
         })
         .expect("lab up")
     }

@@ -43,6 +43,9 @@ const POOL_EVICT_INTERVAL: Duration = Duration::from_secs(1);
 pub struct ProxyContext {
     /// Trust domain of every identity in this mesh.
     pub trust_domain: String,
+    /// Round-robin counter for Service endpoints; outlives directory rebuilds so that the
+    /// spread does not restart with every change in the cluster.
+    pub endpoint_turn: Arc<std::sync::atomic::AtomicUsize>,
     /// Current directory of workloads, replaced on every snapshot.
     pub directory: watch::Receiver<Arc<Directory>>,
     /// Flow records.

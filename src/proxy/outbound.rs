@@ -6,6 +6,7 @@
 //! the pod's IP, subject to the pod's network policy).
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 
 use tokio::net::TcpStream;
 
@@ -43,7 +44,11 @@ pub(crate) fn decide(scope: &PodScope, dst: SocketAddr) -> Result<Route, Refusal
     let directory = scope.ctx.directory.borrow().clone();
     let target = match directory.service(dst.ip()) {
         Some(svc) => directory
-            .pick_endpoint(svc, dst)
+            .pick_endpoint(
+                svc,
+                dst,
+                scope.ctx.endpoint_turn.fetch_add(1, Ordering::Relaxed),
+            )
             .ok_or_else(|| Refusal::NoEndpoints(svc.key(), dst))?,
         None => dst,
     };

@@ -93,11 +93,14 @@ pub(super) struct Fingerprint {
 }
 
 pub(super) fn capture_fingerprint(pod: &Pod, snapshot: &Snapshot) -> Fingerprint {
-    // Labels only matter through enrollment, which is decided separately.
-    let pod = Pod {
+    // Labels only matter through enrollment, which is decided separately; the annotation the
+    // daemon writes itself must not count, or writing it would look like a change.
+    let mut pod = Pod {
         labels: Default::default(),
         ..pod.clone()
     };
+    pod.annotations
+        .remove(crate::k8s::status::REDIRECTION_ANNOTATION);
     let mtls_mode = snapshot
         .namespace_labels(&pod.namespace)
         .and_then(|l| l.get(MTLS_MODE_LABEL))

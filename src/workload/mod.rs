@@ -202,8 +202,6 @@ impl Snapshot {
 pub struct Directory {
     by_ip: HashMap<IpAddr, (Arc<Pod>, bool)>,
     by_vip: HashMap<IpAddr, Arc<Service>>,
-    /// Spreads connections to a Service over its endpoints.
-    next_endpoint: std::sync::atomic::AtomicUsize,
 }
 
 impl Directory {
@@ -224,11 +222,7 @@ impl Directory {
                 by_vip.insert(*ip, svc.clone());
             }
         }
-        Directory {
-            by_ip,
-            by_vip,
-            next_endpoint: Default::default(),
-        }
+        Directory { by_ip, by_vip }
     }
 
     /// The Service whose ClusterIP is `ip`.
@@ -236,17 +230,11 @@ impl Directory {
         self.by_vip.get(&ip)
     }
 
-    /// Picks the next ready endpoint of `svc` for `vip:port` (round robin across connections),
-    /// or `None` when none is ready.
-    pub fn pick_endpoint(&self, svc: &Service, vip: SocketAddr) -> Option<SocketAddr> {
+    /// The ready endpoint of `svc` for `vip:port` chosen by `turn`, a counter the caller
+    /// advances per connection (round robin), or `None` when none is ready.
+    pub fn pick_endpoint(&self, svc: &Service, vip: SocketAddr, turn: usize) -> Option<SocketAddr> {
         let targets = svc.ready_targets(vip.port(), vip.ip());
-        if targets.is_empty() {
-            return None;
-        }
-        let n = self
-            .next_endpoint
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Some(targets[n % targets.len()])
+        (!targets.is_empty()).then(|| targets[turn % targets.len()])
     }
 
     /// The pod that owns `ip`, and whether it is enrolled in the mesh.

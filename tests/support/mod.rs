@@ -209,3 +209,141 @@ pub fn identity_of(name: &str) -> String {
 pub fn is(f: &Value, listener: &str) -> bool {
     f["listener"] == listener
 }
+
+impl Cluster {
+    /// A lab in Kubernetes mode: the stand-in API server (real list/watch wire protocol over
+    /// HTTP, see `ambit::lab::apiserver`) runs in the fabric namespace, the lab publishes its
+    /// workloads there, and every daemon runs with `--kube`, finding pod namespaces by cgroup
+    /// scan (pods from the API carry no netns path).
+    pub fn start_kube(
+        nodes: usize,
+        pods: usize,
+        namespace_ambient: bool,
+        edit: impl FnOnce(&mut Snapshot),
+    ) -> Cluster {
+        let lab = Lab::up(&LabSpec {
+            nodes,
+            pods_per_node: pods,
+            namespace_ambient,
+            kube: true,
+            ..LabSpec::default()
+        })
+        .expect("lab up");
+        lab.start_apiserver(Path::new(env!("CARGO_BIN_EXE_ambit")))
+            .expect("stand-in API server");
+        lab.update_workloads(edit).expect("publish workloads");
+        let cluster = Cluster {
+            lab,
+            backend: "iptables",
+        };
+        for node in cluster.lab.nodes() {
+            cluster.start_daemon(&node.name);
+        }
+        for node in cluster.lab.nodes() {
+            cluster
+                .lab
+                .wait_ready(&node.name, DEADLINE)
+                .expect("daemon ready");
+        }
+        cluster
+    }
+
+    /// (Re)starts the daemon of `node` with the cluster's usual arguments.
+    pub fn start_daemon(&self, node: &str) {
+        let args = vec![
+            format!("--rules={}", self.backend),
+            "--verify-secs=1".to_string(),
+            format!("--netns-prefix={}-", self.lab.name()),
+            format!(
+                "--state-dir={}",
+                self.lab.dir().join(format!("state-{node}")).display()
+            ),
+        ];
+        self.lab
+            .start_daemon(node, Path::new(env!("CARGO_BIN_EXE_ambit")), &args)
+            .expect("start daemon");
+    }
+
+    /// One HTTP/1.1 request to the stand-in API server (from the fabric namespace, where it
+    /// listens): status and body.
+    pub fn api(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        use std::io::{Read, Write};
+        let ns = self.lab.fabric_netns().expect("fabric netns");
+        let addr: SocketAddr = (self.lab.fabric_ipv4(), 6443).into();
+        let mut stream = ns
+            .run(|| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+            .expect("enter fabric")
+            .expect("connect to the stand-in");
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let payload = body.map(|b| b.to_string()).unwrap_or_default();
+        let content_type = if method == "PATCH" {
+            "application/merge-patch+json"
+        } else {
+            "application/json"
+        };
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{payload}",
+            payload.len()
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).unwrap();
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, rest) = text.split_once("\r\n\r\n").expect("HTTP response");
+        let status: u16 = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(rest)
+        } else {
+            rest.to_string()
+        };
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(Value::String(body)),
+        )
+    }
+
+    /// The pod object `name` as the stand-in holds it.
+    pub fn api_pod(&self, name: &str) -> Option<Value> {
+        let (status, body) = self.api("GET", &format!("/api/v1/namespaces/lab/pods/{name}"), None);
+        (status == 200).then_some(body)
+    }
+
+    /// Every Event (both API groups) in namespace `ns`, as notes with reasons.
+    pub fn api_events(&self, ns: &str) -> Vec<Value> {
+        let mut all = Vec::new();
+        for path in [
+            format!("/apis/events.k8s.io/v1/namespaces/{ns}/events"),
+            format!("/api/v1/namespaces/{ns}/events"),
+        ] {
+            let (status, body) = self.api("GET", &path, None);
+            if status == 200 {
+                all.extend(body["items"].as_array().cloned().unwrap_or_default());
+            }
+        }
+        all
+    }
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
