@@ -20,7 +20,7 @@ use super::{
     CONNECTION_WINDOW, DIAL_TIMEOUT, MAX_FRAME, MAX_STREAMS_PER_CONNECTION, STREAM_WINDOW,
 };
 use crate::identity::Identity;
-use crate::netns::NetNs;
+use crate::proxy::socket::Placement;
 
 /// Errors of the HBONE client.
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +107,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The pool of one source pod.
 pub struct Pool {
-    netns: NetNs,
+    placement: Placement,
     tls: ClientTls,
     idle_timeout: Duration,
     slots: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Vec<Conn>>>>>,
@@ -115,16 +115,16 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool dialling from inside `netns` with credentials from `tls`.
+    /// A pool dialling from the pod (`placement`) with credentials from `tls`.
     /// `dials` counts every connection dialled.
     pub fn new(
-        netns: NetNs,
+        placement: Placement,
         tls: ClientTls,
         idle_timeout: Duration,
         dials: prometheus_client::metrics::counter::Counter,
     ) -> Arc<Pool> {
         Arc::new(Pool {
-            netns,
+            placement,
             tls,
             idle_timeout,
             slots: Mutex::new(HashMap::new()),
@@ -198,7 +198,9 @@ impl Pool {
 
     async fn dial_inner(&self, peer: SocketAddr, expected: &Identity) -> Result<Conn, DialError> {
         let config = (self.tls)(expected).map_err(DialError::Credentials)?;
-        let tcp = crate::proxy::socket::connect_in(&self.netns, peer, None)
+        let tcp = self
+            .placement
+            .connect(peer, None)
             .await
             .map_err(|e| DialError::Connect {
                 peer,

@@ -133,8 +133,8 @@ async fn serve_stream(
         return;
     }
     // The HBONE connection comes from the client pod's own IP (it is dialled from inside the
-    // client's netns), so that is the source the app sees.
-    let source = (peer.ip() != dst.ip()).then_some(peer.ip());
+    // client's netns), so in ambient that is the source the app sees; a sidecar uses 127.0.0.6.
+    let source = scope.placement.app_source(peer.ip(), dst.ip());
     flow.set_route("app");
     let app = match dial(scope, dst, source).await {
         Ok(app) => app,

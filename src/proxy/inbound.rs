@@ -31,8 +31,9 @@ pub(crate) async fn serve(scope: &PodScope, stream: TcpStream, peer: SocketAddr)
         count_failure(scope, Listener::Inbound);
         return;
     }
-    // A pod calling itself through its own IP keeps its address without spoofing.
-    let source = (peer.ip() != dst.ip()).then_some(peer.ip());
+    // Ambient keeps the client's IP (a pod calling itself needs no spoofing); a sidecar uses
+    // 127.0.0.6.
+    let source = scope.placement.app_source(peer.ip(), dst.ip());
     flow.set_route("app");
     match dial(scope, dst, source).await {
         Ok(upstream) => relay(scope, Listener::Inbound, flow, stream, upstream).await,

@@ -22,7 +22,6 @@ use crate::flows::{Flow, FlowTable, Listener};
 use crate::hbone::pool::Pool;
 use crate::identity::Identity;
 use crate::metrics::{ListenerLabels, Metrics};
-use crate::netns::NetNs;
 use crate::workload::{Directory, Pod};
 
 /// Outbound capture port.
@@ -58,12 +57,12 @@ pub struct ProxyContext {
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// A listener could not be opened.
-    #[error("cannot open listener {port} in {netns}: {source}")]
+    #[error("cannot open listener {port} for pod {pod}: {source}")]
     Listen {
         /// Port.
         port: u16,
-        /// Namespace path.
-        netns: String,
+        /// The pod.
+        pod: String,
         /// Cause.
         source: socket::SocketError,
     },
@@ -103,7 +102,7 @@ pub struct PodSecurity {
 pub(crate) struct PodScope {
     pub pod: Arc<Pod>,
     pub key: String,
-    pub netns: NetNs,
+    pub placement: socket::Placement,
     pub ctx: ProxyContext,
     pub security: PodSecurity,
 }
@@ -115,19 +114,20 @@ impl PodScope {
 }
 
 impl PodProxy {
-    /// Opens the three listeners inside `netns` and starts serving them on `runtime`.
+    /// Opens the three listeners in the pod (see [`socket::Placement`]) and starts serving them
+    /// on `runtime`.
     /// Either all three are open or none is.
     pub fn start(
         ctx: ProxyContext,
         pod: Arc<Pod>,
-        netns: NetNs,
+        placement: socket::Placement,
         security: PodSecurity,
         runtime: &tokio::runtime::Handle,
     ) -> Result<PodProxy, ProxyError> {
         let open = |port| {
-            socket::listen_in(&netns, port).map_err(|source| ProxyError::Listen {
+            placement.listen(port).map_err(|source| ProxyError::Listen {
                 port,
-                netns: netns.path().display().to_string(),
+                pod: pod.key(),
                 source,
             })
         };
@@ -139,7 +139,7 @@ impl PodProxy {
         let scope = Arc::new(PodScope {
             key: pod.key(),
             pod,
-            netns,
+            placement,
             ctx,
             security,
         });
@@ -259,7 +259,7 @@ pub(crate) async fn dial(
 ) -> Result<tokio::net::TcpStream, String> {
     match tokio::time::timeout(
         CONNECT_TIMEOUT,
-        socket::connect_in(&scope.netns, dst, source),
+        scope.placement.connect(dst, source),
     )
     .await
     {

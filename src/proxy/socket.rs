@@ -5,7 +5,7 @@
 //! marked packets, which is what keeps the daemon's own traffic from being captured again.
 
 use std::io;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -39,24 +39,101 @@ fn step(what: impl Into<String>) -> impl FnOnce(io::Error) -> SocketError {
     move |source| SocketError::Io { what, source }
 }
 
-/// Binds a marked TCP listener on `port` for every address in `ns` (dual-stack `[::]`, or
-/// `0.0.0.0` when the namespace has no IPv6).
-pub fn listen_in(ns: &NetNs, port: u16) -> Result<std::net::TcpListener, SocketError> {
-    ns.run(|| {
-        let listener = match new_marked(Domain::IPV6) {
-            Ok(s) => {
-                s.set_only_v6(false)
-                    .map_err(step("clear IPV6_V6ONLY on listener"))?;
-                bind_listen(s, SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))?
+/// Where the proxy of a pod lives, which decides how its sockets are made.
+#[derive(Clone, Debug)]
+pub enum Placement {
+    /// Ambient: the node's daemon serves the pod from outside. Sockets are created inside the
+    /// pod's namespace and marked `0x539` so the pod's rules let them through; connections to
+    /// the app keep the client's IP (IP_TRANSPARENT).
+    Ambient(NetNs),
+    /// Sidecar: the proxy process lives in the pod's namespace as the proxy user (UID 1337),
+    /// which the rules let through by owner; connections to the app come from 127.0.0.6
+    /// (`::6` for IPv6), as Envoy's inbound passthrough does.
+    Sidecar,
+}
+
+/// Source of a sidecar's connections to the app (IPv4), which the rules return on `lo`.
+pub const SIDECAR_INBOUND_SOURCE_V4: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
+/// Source of a sidecar's connections to the app (IPv6).
+pub const SIDECAR_INBOUND_SOURCE_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
+
+impl Placement {
+    /// Binds a TCP listener on `port` for every address of the pod (dual-stack `[::]`, or
+    /// `0.0.0.0` when the pod has no IPv6).
+    pub fn listen(&self, port: u16) -> Result<std::net::TcpListener, SocketError> {
+        self.within(|| {
+            match self.new_socket(Domain::IPV6) {
+                Ok(s) => {
+                    s.set_only_v6(false)
+                        .map_err(step("clear IPV6_V6ONLY on listener"))?;
+                    bind_listen(s, SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))
+                }
+                // IPv6 disabled in this pod: serve IPv4 only.
+                Err(_) => bind_listen(
+                    self.new_socket(Domain::IPV4)?,
+                    SocketAddr::from(([0, 0, 0, 0], port)),
+                ),
             }
-            // IPv6 disabled in this pod: serve IPv4 only.
-            Err(_) => bind_listen(
-                new_marked(Domain::IPV4)?,
-                SocketAddr::from(([0, 0, 0, 0], port)),
-            )?,
-        };
-        Ok(listener)
-    })?
+        })
+    }
+
+    /// Connects from the pod to `dst`, optionally from `source` (see [`Placement::app_source`]).
+    pub async fn connect(
+        &self,
+        dst: SocketAddr,
+        source: Option<IpAddr>,
+    ) -> Result<TcpStream, SocketError> {
+        let socket = self.within(|| -> Result<TcpSocket, SocketError> {
+            let s = self.new_socket(Domain::for_address(dst))?;
+            s.set_nodelay(true).map_err(step("set TCP_NODELAY"))?;
+            if let Some(ip) = source {
+                if matches!(self, Placement::Ambient(_)) {
+                    set_transparent(&s, ip)?;
+                }
+                let src = SocketAddr::new(ip, 0);
+                s.bind(&SockAddr::from(src))
+                    .map_err(step(format!("bind source address {src}")))?;
+            }
+            s.set_nonblocking(true).map_err(step("set non-blocking"))?;
+            Ok(TcpSocket::from_std_stream(s.into()))
+        })?;
+        socket
+            .connect(dst)
+            .await
+            .map_err(step(format!("connect to {dst}")))
+    }
+
+    /// The source address for a connection to the app at `app` on behalf of `client`:
+    /// ambient keeps the client's IP (unless the pod is calling itself); a sidecar uses
+    /// 127.0.0.6 / ::6.
+    pub fn app_source(&self, client: IpAddr, app: IpAddr) -> Option<IpAddr> {
+        match self {
+            Placement::Ambient(_) => (client != app).then_some(client),
+            Placement::Sidecar if app.is_ipv4() => Some(SIDECAR_INBOUND_SOURCE_V4.into()),
+            Placement::Sidecar => Some(SIDECAR_INBOUND_SOURCE_V6.into()),
+        }
+    }
+
+    /// Runs `make` where the pod's sockets must be created.
+    fn within<T>(
+        &self,
+        make: impl FnOnce() -> Result<T, SocketError>,
+    ) -> Result<T, SocketError> {
+        match self {
+            Placement::Ambient(ns) => ns.run(make)?,
+            Placement::Sidecar => make(),
+        }
+    }
+
+    fn new_socket(&self, domain: Domain) -> Result<Socket, SocketError> {
+        let s = Socket::new(domain, Type::STREAM.cloexec(), Some(Protocol::TCP))
+            .map_err(step("create socket"))?;
+        if matches!(self, Placement::Ambient(_)) {
+            s.set_mark(INPOD_MARK)
+                .map_err(step("set SO_MARK 0x539 (needs CAP_NET_ADMIN)"))?;
+        }
+        Ok(s)
+    }
 }
 
 fn bind_listen(s: Socket, addr: SocketAddr) -> Result<std::net::TcpListener, SocketError> {
@@ -72,39 +149,6 @@ fn bind_listen(s: Socket, addr: SocketAddr) -> Result<std::net::TcpListener, Soc
     s.set_nonblocking(true)
         .map_err(step("set listener non-blocking"))?;
     Ok(s.into())
-}
-
-fn new_marked(domain: Domain) -> Result<Socket, SocketError> {
-    let s = Socket::new(domain, Type::STREAM.cloexec(), Some(Protocol::TCP))
-        .map_err(step("create socket"))?;
-    s.set_mark(INPOD_MARK)
-        .map_err(step("set SO_MARK 0x539 (needs CAP_NET_ADMIN)"))?;
-    Ok(s)
-}
-
-/// Connects from inside `ns` to `dst` with a marked socket. With `source`, the connection is
-/// made from that (non-local) address — the client's — using IP_TRANSPARENT and IP_FREEBIND.
-pub async fn connect_in(
-    ns: &NetNs,
-    dst: SocketAddr,
-    source: Option<IpAddr>,
-) -> Result<TcpStream, SocketError> {
-    let socket = ns.run(|| -> Result<TcpSocket, SocketError> {
-        let s = new_marked(Domain::for_address(dst))?;
-        s.set_nodelay(true).map_err(step("set TCP_NODELAY"))?;
-        if let Some(ip) = source {
-            set_transparent(&s, ip)?;
-            let src = SocketAddr::new(ip, 0);
-            s.bind(&SockAddr::from(src))
-                .map_err(step(format!("bind client address {src}")))?;
-        }
-        s.set_nonblocking(true).map_err(step("set non-blocking"))?;
-        Ok(TcpSocket::from_std_stream(s.into()))
-    })??;
-    socket
-        .connect(dst)
-        .await
-        .map_err(step(format!("connect to {dst}")))
 }
 
 /// Allows binding to an address the namespace does not own (the client's).

@@ -340,7 +340,7 @@ impl Reconciler {
         let proxy = PodProxy::start(
             self.ctx.clone(),
             Arc::new(pod.clone()),
-            netns.clone(),
+            crate::proxy::socket::Placement::Ambient(netns.clone()),
             security,
             &self.data_runtime,
         )
