@@ -257,12 +257,7 @@ pub(crate) async fn dial(
     dst: SocketAddr,
     source: Option<IpAddr>,
 ) -> Result<tokio::net::TcpStream, String> {
-    match tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        scope.placement.connect(dst, source),
-    )
-    .await
-    {
+    match tokio::time::timeout(CONNECT_TIMEOUT, scope.placement.connect(dst, source)).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!(

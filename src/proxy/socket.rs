@@ -115,10 +115,7 @@ impl Placement {
     }
 
     /// Runs `make` where the pod's sockets must be created.
-    fn within<T>(
-        &self,
-        make: impl FnOnce() -> Result<T, SocketError>,
-    ) -> Result<T, SocketError> {
+    fn within<T>(&self, make: impl FnOnce() -> Result<T, SocketError>) -> Result<T, SocketError> {
         match self {
             Placement::Ambient(ns) => ns.run(make)?,
             Placement::Sidecar => make(),

@@ -74,7 +74,8 @@ pub(super) fn security_for(
     };
     Ok(PodSecurity {
         identity,
-        pool: Pool::new(crate::proxy::socket::Placement::Ambient(netns.clone()),
+        pool: Pool::new(
+            crate::proxy::socket::Placement::Ambient(netns.clone()),
             client_tls,
             config.pool_idle,
             metrics.hbone_dials.clone(),
