@@ -29,9 +29,46 @@ enum Command {
     Lab(crate::lab::cli::LabCommand),
     /// Build a 2-node lab, run ambit on both nodes, send traffic, print the flows, clean up.
     Demo(crate::demo::DemoArgs),
+    /// Run the proxy as a sidecar of one pod (inside its network namespace): Istio's sidecar
+    /// rules, then the proxy as UID/GID 1337. For comparing the two topologies.
+    Sidecar(SidecarArgs),
     /// Manage the mesh CA.
     #[command(subcommand)]
     Ca(CaCommand),
+}
+
+#[derive(Args, Debug)]
+struct SidecarArgs {
+    /// The pod served, as namespace/name (looked up in the workload file).
+    #[arg(long)]
+    pod: String,
+    /// Workload file (pods, namespaces, services).
+    #[arg(long)]
+    workloads: PathBuf,
+    /// Mesh CA directory (Istio plug-in layout).
+    #[arg(long)]
+    ca_dir: PathBuf,
+    /// Trust domain.
+    #[arg(long, default_value = crate::identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Proxy user (the rules let its traffic through).
+    #[arg(long, default_value_t = 1337)]
+    uid: u32,
+    /// Proxy group.
+    #[arg(long, default_value_t = 1337)]
+    gid: u32,
+    /// Rule backend (the sidecar set is rendered for iptables).
+    #[arg(long, default_value = "iptables", value_parser = parse_backend)]
+    rules: Backend,
+    /// Admin endpoint on the pod's loopback.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
+    /// Readiness endpoint (`/healthz/ready`).
+    #[arg(long, default_value = "[::]:15021")]
+    readiness: SocketAddr,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -131,6 +168,19 @@ pub fn main() -> ExitCode {
         Command::Run(args) => app::run(run_config(*args)),
         Command::Lab(cmd) => crate::lab::cli::run(cmd),
         Command::Demo(args) => crate::demo::run(args),
+        Command::Sidecar(a) => crate::sidecar::run(crate::sidecar::SidecarConfig {
+            pod: a.pod,
+            workloads: a.workloads,
+            ca_dir: a.ca_dir,
+            trust_domain: a.trust_domain,
+            uid: a.uid,
+            gid: a.gid,
+            backend: a.rules,
+            admin_addr: a.admin,
+            readiness_addr: a.readiness,
+            threads: a.threads,
+            poll_interval: Duration::from_millis(200),
+        }),
         Command::Ca(CaCommand::Init { dir }) => crate::identity::ca::init(&dir)
             .map(|_| println!("CA created in {}", dir.display()))
             .map_err(anyhow::Error::from),

@@ -18,4 +18,5 @@ pub mod podns;
 pub mod proxy;
 pub mod reconcile;
 pub mod rules;
+pub mod sidecar;
 pub mod workload;

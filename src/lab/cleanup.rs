@@ -89,7 +89,7 @@ impl Lab {
         let mut daemons = std::mem::take(&mut *lock(&self.daemons));
         let netns: Vec<Option<NetNs>> = daemons
             .keys()
-            .map(|node| self.node_netns(node).ok())
+            .map(|node| self.target_netns(node).ok())
             .collect();
         // Signal every daemon first so they shut down in parallel, then wait for each.
         for (daemon, ns) in daemons.values().zip(&netns) {

@@ -31,16 +31,13 @@ pub(crate) struct Daemon {
     pub child: Option<Child>,
 }
 
-/// Spawns `binary run --node <node> --workloads <file> --ca-dir <ca> <extra>` inside `ns`, in
-/// its own process group, appending stdout and stderr to `log`. With `kubeconfig` (Kubernetes
-/// mode), `--kube --kubeconfig <file>` replaces `--workloads <file>`.
+/// Spawns `binary <args>` inside `ns`, in its own process group, appending stdout and stderr
+/// to `log`. `label` names the process in errors.
 pub(crate) fn spawn(
     ns: &NetNs,
-    node: &str,
+    label: &str,
     binary: &Path,
-    workloads: &Path,
-    kubeconfig: Option<&Path>,
-    extra_args: &[String],
+    args: &[std::ffi::OsString],
     log: &Path,
 ) -> Result<Daemon, LabError> {
     let io_err = |context: String| move |source| LabError::Io { context, source };
@@ -53,15 +50,7 @@ pub(crate) fn spawn(
         .try_clone()
         .map_err(io_err(format!("cannot open {}", log.display())))?;
     let mut cmd = Command::new(binary);
-    cmd.arg("run").args(["--node", node]);
-    // Kubernetes mode: the daemon watches the lab's stand-in API server.
-    match kubeconfig {
-        Some(kubeconfig) => cmd.arg("--kube").arg("--kubeconfig").arg(kubeconfig),
-        None => cmd.arg("--workloads").arg(workloads),
-    };
-    cmd.arg("--ca-dir")
-        .arg(workloads.with_file_name(super::CA_DIR))
-        .args(extra_args);
+    cmd.args(args);
     // Marks where each run starts when a daemon is restarted into the same log.
     let _ = writeln!(
         out,
@@ -75,7 +64,7 @@ pub(crate) fn spawn(
         .process_group(0);
     ns.prepare_command(&mut cmd);
     let child = cmd.spawn().map_err(io_err(format!(
-        "cannot start {} for node {node}",
+        "cannot start {} for {label}",
         binary.display()
     )))?;
     Ok(Daemon {
@@ -181,36 +170,81 @@ impl Lab {
         binary: &Path,
         extra_args: &[String],
     ) -> Result<u32, LabError> {
-        let ns = self.node_netns(node)?;
+        self.node(node)?;
+        let mut args: Vec<std::ffi::OsString> = vec!["run".into(), "--node".into(), node.into()];
+        // Kubernetes mode: the daemon watches the lab's stand-in API server.
+        if self.state.kube {
+            args.extend([
+                "--kube".into(),
+                "--kubeconfig".into(),
+                self.kubeconfig_path().into(),
+            ]);
+        } else {
+            args.extend(["--workloads".into(), self.workloads_path().into()]);
+        }
+        args.extend(["--ca-dir".into(), self.dir().join(super::CA_DIR).into()]);
+        args.extend(extra_args.iter().map(Into::into));
+        self.start_process(node, binary, &args)
+    }
+
+    /// Starts `<binary> sidecar --pod <ns>/<pod> --workloads … --ca-dir … <extra_args>` inside
+    /// pod `pod`'s namespace (sidecar topology), logging to `<lab dir>/ambit-<pod>.log`. Its
+    /// readiness and admin endpoints are then reached with [`Lab::wait_ready`] and
+    /// [`Lab::admin_get`] under the pod's name.
+    pub fn start_sidecar(
+        &self,
+        pod: &str,
+        binary: &Path,
+        extra_args: &[String],
+    ) -> Result<u32, LabError> {
+        let p = self.pod(pod)?;
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "sidecar".into(),
+            "--pod".into(),
+            format!("{}/{}", p.namespace, p.name).into(),
+            "--workloads".into(),
+            self.workloads_path().into(),
+            "--ca-dir".into(),
+            self.dir().join(super::CA_DIR).into(),
+        ];
+        args.extend(extra_args.iter().map(Into::into));
+        self.start_process(pod, binary, &args)
+    }
+
+    /// Starts a process for `target` (a node or a pod) in its namespace and records it.
+    fn start_process(
+        &self,
+        target: &str,
+        binary: &Path,
+        args: &[std::ffi::OsString],
+    ) -> Result<u32, LabError> {
+        let ns = self.target_netns(target)?;
         let mut daemons = lock(&self.daemons);
-        if let Some(old) = daemons.get_mut(node) {
+        if let Some(old) = daemons.get_mut(target) {
             if old.running(Some(&ns)) {
-                return Err(self.daemon_error(node, format!("already running (pid {})", old.pid)));
+                return Err(self.daemon_error(target, format!("already running (pid {})", old.pid)));
             }
             // Reap the exited one before replacing it.
             let _ = old.stop(Some(&ns), Duration::ZERO);
         }
-        let log = self.daemon_log_path(node);
-        let kubeconfig = self.state.kube.then(|| self.kubeconfig_path());
-        let daemon = spawn(
-            &ns,
-            node,
-            binary,
-            &self.workloads_path(),
-            kubeconfig.as_deref(),
-            extra_args,
-            &log,
-        )?;
+        let log = self.daemon_log_path(target);
+        let daemon = spawn(&ns, target, binary, args, &log)?;
         let pid = daemon.pid;
-        daemons.insert(node.to_string(), daemon);
+        daemons.insert(target.to_string(), daemon);
         self.save(&daemons)?;
         Ok(pid)
+    }
+
+    /// The namespace of a node or a pod.
+    pub(crate) fn target_netns(&self, target: &str) -> Result<NetNs, LabError> {
+        let name = self.netns_name_of(target)?;
+        NetNs::open(super::state::netns_path(name)).map_err(LabError::from)
     }
 
     /// Stops the daemon on `node`: SIGTERM, up to [`STOP_GRACE`] to exit, then SIGKILL (which
     /// is reported as an error). No daemon running is not an error.
     pub fn stop_daemon(&self, node: &str) -> Result<(), LabError> {
-        let ns = self.node_netns(node)?;
+        let ns = self.target_netns(node)?;
         let mut daemons = lock(&self.daemons);
         let Some(mut daemon) = daemons.remove(node) else {
             return Ok(());
@@ -228,7 +262,7 @@ impl Lab {
     /// Waits until the daemon on `node` answers 200 on `/healthz/ready` (port 15021 inside the
     /// node namespace). Fails at once, quoting its log, if the daemon exits.
     pub fn wait_ready(&self, node: &str, timeout: Duration) -> Result<(), LabError> {
-        let ns = self.node_netns(node)?;
+        let ns = self.target_netns(node)?;
         let deadline = Instant::now() + timeout;
         let mut last;
         loop {
@@ -275,7 +309,7 @@ impl Lab {
         port: u16,
         path: &str,
     ) -> Result<HttpResponse, LabError> {
-        let ns = self.node_netns(node)?;
+        let ns = self.target_netns(node)?;
         http_get(&ns, port, path, Duration::from_secs(5)).map_err(|message| LabError::Http {
             node: node.to_string(),
             url: format!("http://127.0.0.1:{port}{path}"),

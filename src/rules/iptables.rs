@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use super::exec::run_ok;
-use super::model::{Action, AddrMatch, Chain, MarkMatch, Proto, Rule, RuleSet, Table};
+use super::model::{Action, AddrMatch, Chain, MarkMatch, OwnerKind, Proto, Rule, RuleSet, Table};
 use super::{ApplyOutcome, Families, Family, InstalledSection, RulesError};
 use crate::capture::CaptureOptions;
 use crate::netns::NetNs;
@@ -64,6 +64,20 @@ pub fn render_rule(rule: &Rule) -> String {
                 out.push(format!("{}--dport {port}", if negate { "! " } else { "" }));
             }
         }
+        Proto::UdpPort(port) => {
+            out.push("-p udp -m udp".into());
+            if let Some((port, negate)) = port {
+                out.push(format!("{}--dport {port}", if negate { "! " } else { "" }));
+            }
+        }
+    }
+    if let Some(o) = &rule.owner {
+        let not = if o.negate { "! " } else { "" };
+        let kind = match o.kind {
+            OwnerKind::Uid => "uid",
+            OwnerKind::Gid => "gid",
+        };
+        out.push(format!("-m owner {not}--{kind}-owner {}", o.id));
     }
     let mark = |module: &str, m: &MarkMatch| {
         let not = if m.negate { "! " } else { "" };
@@ -80,6 +94,8 @@ pub fn render_rule(rule: &Rule) -> String {
         Action::RestoreMark => {
             "-j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff".into()
         }
+        Action::Return => "-j RETURN".into(),
+        Action::Jump(chain) => format!("-j {chain}"),
     });
     out.join(" ")
 }

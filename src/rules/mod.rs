@@ -29,8 +29,11 @@ pub mod nftables;
 #[cfg(test)]
 mod render_tests;
 pub mod route;
+pub mod sidecar;
 #[cfg(test)]
 mod testns;
+
+pub use sidecar::{apply_sidecar, counters, remove_sidecar, RuleCounter, SidecarRuleSet};
 
 /// Mark the proxy sets (`SO_MARK`) on each of its sockets in the pod; never captured.
 pub const MARK: u32 = 0x539;
@@ -209,6 +212,14 @@ pub enum RulesError {
         what: String,
         /// First difference.
         detail: String,
+    },
+    /// The backend cannot install this rule set.
+    #[error("the {backend} backend does not support {what}; use the iptables backend")]
+    Unsupported {
+        /// Backend asked for.
+        backend: Backend,
+        /// What it was asked to do.
+        what: &'static str,
     },
 }
 

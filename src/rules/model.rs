@@ -50,6 +50,28 @@ pub enum Proto {
     Tcp,
     /// `-p tcp -m tcp`, with an optional destination port match `(port, negate)`.
     TcpPort(Option<(u16, bool)>),
+    /// `-p udp -m udp`, with an optional destination port match `(port, negate)` (sidecar set).
+    UdpPort(Option<(u16, bool)>),
+}
+
+/// Which socket owner id an [`OwnerMatch`] compares (sidecar set: the proxy's uid and gid).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnerKind {
+    /// `--uid-owner`.
+    Uid,
+    /// `--gid-owner`.
+    Gid,
+}
+
+/// `-m owner [!] --uid-owner N` / `--gid-owner N`: the local socket that sent the packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwnerMatch {
+    /// User or group.
+    pub kind: OwnerKind,
+    /// The id.
+    pub id: u32,
+    /// `!`: any other owner.
+    pub negate: bool,
 }
 
 /// Match on a mark (`value/mask`).
@@ -79,6 +101,10 @@ pub enum Action {
     },
     /// Copy the connmark into the packet mark.
     RestoreMark,
+    /// Leave the current chain (sidecar set).
+    Return,
+    /// Continue in one of our chains, by its iptables name (sidecar set).
+    Jump(&'static str),
 }
 
 /// One rule; fields are in the order iptables prints matches.
@@ -92,6 +118,8 @@ pub struct Rule {
     pub out_iface: Option<&'static str>,
     /// Protocol and port.
     pub proto: Proto,
+    /// Socket owner (sidecar set only; printed after the protocol).
+    pub owner: Option<OwnerMatch>,
     /// Packet mark.
     pub mark: Option<MarkMatch>,
     /// Connection mark.
@@ -101,27 +129,38 @@ pub struct Rule {
 }
 
 impl Rule {
-    fn new(action: Action) -> Rule {
+    pub(super) fn new(action: Action) -> Rule {
         Rule {
             src: None,
             dst: None,
             out_iface: None,
             proto: Proto::Any,
+            owner: None,
             mark: None,
             connmark: None,
             action,
         }
     }
-    fn src(mut self, net: IpNet) -> Rule {
+    pub(super) fn src(mut self, net: IpNet) -> Rule {
         self.src = Some(AddrMatch { net, negate: false });
         self
     }
-    fn dst(mut self, net: IpNet, negate: bool) -> Rule {
+    pub(super) fn dst(mut self, net: IpNet, negate: bool) -> Rule {
         self.dst = Some(AddrMatch { net, negate });
         self
     }
-    fn proto(mut self, proto: Proto) -> Rule {
+    pub(super) fn proto(mut self, proto: Proto) -> Rule {
         self.proto = proto;
+        self
+    }
+    /// `-o IFACE`.
+    pub(super) fn out_iface(mut self, iface: &'static str) -> Rule {
+        self.out_iface = Some(iface);
+        self
+    }
+    /// `-m owner [!] --uid-owner/--gid-owner ID`.
+    pub(super) fn owner(mut self, kind: OwnerKind, id: u32, negate: bool) -> Rule {
+        self.owner = Some(OwnerMatch { kind, id, negate });
         self
     }
     fn mark(mut self, value: u32, negate: bool) -> Rule {

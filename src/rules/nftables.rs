@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::exec::{run, run_ok};
-use super::model::{Action, AddrMatch, Chain, MarkMatch, Proto, Rule, RuleSet, Table};
+use super::model::{Action, AddrMatch, Chain, MarkMatch, OwnerKind, Proto, Rule, RuleSet, Table};
 use super::{ApplyOutcome, Families, Family, InstalledSection, RulesError};
 use crate::capture::CaptureOptions;
 use crate::netns::NetNs;
@@ -66,6 +66,23 @@ pub fn render_rule(rule: &Rule, family: Family) -> String {
                 if negate { "!= " } else { "" }
             ));
         }
+        // Sidecar-set rule kinds (only rendered here so the model stays one; the sidecar set
+        // itself is installed with iptables only, see `sidecar.rs`).
+        Proto::UdpPort(None) => out.push("meta l4proto udp".into()),
+        Proto::UdpPort(Some((port, negate))) => {
+            out.push(format!(
+                "udp dport {}{port}",
+                if negate { "!= " } else { "" }
+            ));
+        }
+    }
+    if let Some(o) = &rule.owner {
+        let key = match o.kind {
+            OwnerKind::Uid => "skuid",
+            OwnerKind::Gid => "skgid",
+        };
+        let op = if o.negate { "!= " } else { "" };
+        out.push(format!("meta {key} {op}{}", o.id));
     }
     let mark = |what: &str, m: &MarkMatch| {
         let op = if m.negate { "!=" } else { "==" };
@@ -81,6 +98,9 @@ pub fn render_rule(rule: &Rule, family: Family) -> String {
             format!("ct mark set ct mark & {:#x} | {:#x}", !mask, value & mask)
         }
         Action::RestoreMark => "meta mark set ct mark".into(),
+        Action::Return => "return".into(),
+        // Istio's nft chain names are its iptables ones in lower case with dashes.
+        Action::Jump(chain) => format!("jump {}", chain.to_lowercase().replace('_', "-")),
     });
     out.join(" ")
 }

@@ -54,6 +54,12 @@ impl Decision {
             Decision::EnrolledByPodLabel | Decision::EnrolledByNamespaceLabel
         )
     }
+
+    /// Whether the pod terminates HBONE on 15008: captured by a node daemon, or served by its
+    /// own sidecar.
+    pub fn speaks_hbone(self) -> bool {
+        self.is_enrolled() || self == Decision::HasSidecar
+    }
 }
 
 /// Applies the enrollment rules to `pod` in the context of `snapshot`'s namespaces.

@@ -209,7 +209,7 @@ impl Directory {
     pub fn new(snapshot: &Snapshot, daemon: &enroll::DaemonIdentity) -> Self {
         let mut by_ip = HashMap::new();
         for pod in &snapshot.pods {
-            let in_mesh = enroll::decide(pod, snapshot, daemon).is_enrolled();
+            let in_mesh = enroll::decide(pod, snapshot, daemon).speaks_hbone();
             let pod = Arc::new(pod.clone());
             for ip in &pod.ips {
                 by_ip.insert(*ip, (pod.clone(), in_mesh));

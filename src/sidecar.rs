@@ -1,0 +1,190 @@
+//! `ambit sidecar`: the same proxy, run per pod as a sidecar — the topology ambit replaces, so
+//! the two can be compared on the same lab.
+//!
+//! The process is started inside the pod's network namespace as root, installs Istio's classic
+//! sidecar rules there (`ISTIO_INBOUND` → 15006, the owner-based `ISTIO_OUTPUT` → 15001), opens
+//! its listeners and loads the CA, and then drops to the proxy user (UID/GID 1337, which the
+//! rules let through) for the rest of its life. It speaks HBONE to other sidecars and to
+//! ambient pods, so both topologies do the same cryptographic work.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use hyper::StatusCode;
+use tokio::sync::watch;
+
+use crate::admin::{self, Reply, Router};
+use crate::capture::CaptureOptions;
+use crate::flows::FlowTable;
+use crate::hbone::pool::{ClientTls, Pool};
+use crate::identity::manager::CertManager;
+use crate::identity::Identity;
+use crate::metrics::Metrics;
+use crate::netns::NetNs;
+use crate::proxy::socket::Placement;
+use crate::proxy::{PodProxy, PodSecurity, ProxyContext, ServerTls};
+use crate::rules::{self, Backend, Families};
+use crate::workload::enroll::DaemonIdentity;
+use crate::workload::{file, Directory};
+
+/// Settings of `ambit sidecar`.
+#[derive(Clone, Debug)]
+pub struct SidecarConfig {
+    /// The pod this sidecar serves, as `namespace/name`.
+    pub pod: String,
+    /// Workload file (for the directory of destinations).
+    pub workloads: PathBuf,
+    /// Mesh CA directory.
+    pub ca_dir: PathBuf,
+    /// Trust domain.
+    pub trust_domain: String,
+    /// The proxy user the process runs as once set up.
+    pub uid: u32,
+    /// The proxy group.
+    pub gid: u32,
+    /// Rule backend.
+    pub backend: Backend,
+    /// Admin endpoint (loopback of the pod).
+    pub admin_addr: SocketAddr,
+    /// Readiness endpoint (`/healthz/ready`; excluded from capture by the rules).
+    pub readiness_addr: SocketAddr,
+    /// Worker threads (a sidecar is small: Envoy's default concurrency is 2).
+    pub threads: usize,
+    /// Workload-file poll interval.
+    pub poll_interval: Duration,
+}
+
+/// Runs the sidecar until SIGTERM/SIGINT.
+pub fn run(config: SidecarConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.threads.max(1))
+        .thread_name("ambit-sidecar")
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: SidecarConfig) -> anyhow::Result<()> {
+    let (namespace, name) = config
+        .pod
+        .split_once('/')
+        .with_context(|| format!("--pod {:?}: expected namespace/name", config.pod))?;
+    let snapshot = file::load(&config.workloads)?;
+    let Some(pod) = snapshot
+        .pods
+        .iter()
+        .find(|p| p.namespace == namespace && p.name == name)
+        .cloned()
+    else {
+        bail!(
+            "pod {} is not in {}",
+            config.pod,
+            config.workloads.display()
+        );
+    };
+    let options = CaptureOptions::from_annotations(&pod.annotations)
+        .with_context(|| format!("pod {}", config.pod))?;
+    let here = NetNs::current()?;
+    let outcome = rules::sidecar::apply_sidecar(
+        &here,
+        config.backend,
+        &options,
+        Families::BOTH,
+        config.uid,
+        config.gid,
+    )
+    .with_context(|| format!("installing the sidecar rules for {}", config.pod))?;
+    tracing::info!(pod = %config.pod, ?outcome, "sidecar rules in place");
+
+    let identity = Identity::new(&config.trust_domain, &pod.namespace, &pod.service_account)?;
+    let ca = crate::identity::ca::Ca::load(&config.ca_dir)?;
+    let certs = Arc::new(CertManager::new(ca));
+    certs.set_allowed([identity.clone()].into());
+    certs.get(&identity)?;
+    tokio::spawn(certs.clone().run_rotation());
+
+    let metrics = Arc::new(Metrics::default());
+    let flows = Arc::new(FlowTable::default());
+    let daemon = DaemonIdentity::default();
+    let (directory_tx, directory_rx) = watch::channel(Arc::new(Directory::new(&snapshot, &daemon)));
+    let ctx = ProxyContext {
+        trust_domain: config.trust_domain.clone(),
+        endpoint_turn: Arc::default(),
+        directory: directory_rx,
+        flows: flows.clone(),
+        metrics: metrics.clone(),
+    };
+    let (c, id) = (certs.clone(), identity.clone());
+    let client_tls: ClientTls = Arc::new(move |expected| {
+        c.client_config(&id, vec![expected.clone()])
+            .map_err(|e| e.to_string())
+    });
+    let (c, id) = (certs.clone(), identity.clone());
+    let server_tls: ServerTls = Arc::new(move || c.server_config(&id).map_err(|e| e.to_string()));
+    let security = PodSecurity {
+        identity,
+        pool: Pool::new(
+            Placement::Sidecar,
+            client_tls,
+            Duration::from_secs(60),
+            metrics.hbone_dials.clone(),
+        ),
+        server_tls,
+        strict: false,
+    };
+    let _proxy = PodProxy::start(
+        ctx,
+        Arc::new(pod),
+        Placement::Sidecar,
+        security,
+        &tokio::runtime::Handle::current(),
+    )?;
+    let readiness: Router = Arc::new(|path| match path {
+        "/healthz/ready" => Reply::text(StatusCode::OK, "ready\n"),
+        _ => Reply::text(StatusCode::NOT_FOUND, "try /healthz/ready\n"),
+    });
+    let (f, m) = (flows.clone(), metrics.clone());
+    let admin: Router = Arc::new(move |path| match path {
+        "/flows" => Reply::json(&f.snapshot()),
+        "/metrics" => Reply::text(StatusCode::OK, m.encode()),
+        _ => Reply::text(
+            StatusCode::NOT_FOUND,
+            "ambit sidecar admin: /flows /metrics\n",
+        ),
+    });
+    admin::serve(config.admin_addr, "admin", admin).await?;
+    admin::serve(config.readiness_addr, "readiness", readiness).await?;
+
+    drop_privileges(config.uid, config.gid)?;
+    tracing::info!(pod = %config.pod, uid = config.uid, "sidecar running");
+
+    let mut source = file::watch_file(config.workloads.clone(), config.poll_interval);
+    let follow = async {
+        while source.changed().await.is_ok() {
+            let state = source.borrow_and_update().clone();
+            if state.synced {
+                directory_tx.send_replace(Arc::new(Directory::new(&state.snapshot, &daemon)));
+            }
+        }
+    };
+    tokio::select! {
+        _ = follow => {}
+        r = crate::app::shutdown_signal() => r?,
+    }
+    Ok(())
+}
+
+/// Becomes the proxy user: no capabilities from here on, and the rules' owner match lets this
+/// process's own connections out uncaptured.
+fn drop_privileges(uid: u32, gid: u32) -> anyhow::Result<()> {
+    use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+    let gid = Gid::from_raw(gid);
+    setgroups(&[gid]).context("setgroups")?;
+    setgid(gid).context("setgid to the proxy group")?;
+    setuid(Uid::from_raw(uid)).context("setuid to the proxy user")?;
+    Ok(())
+}
