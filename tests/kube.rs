@@ -44,14 +44,27 @@ async fn servers(c: &Cluster) -> Vec<Server> {
 }
 
 /// Whether a connection from `from` to `to` is captured at the destination (HBONE or 15006).
+/// The client's daemon may still be routing by the previous view for a moment (each daemon
+/// follows the API on its own), so a failed attempt is retried within the deadline.
 async fn captured_at_destination(c: &Cluster, from: &str, to: &str) -> bool {
     let dst = c.v4(to);
     let node = c.lab.pod(to).unwrap().node.clone();
-    let local = send(c, from, dst).await;
-    // The destination handled it before the echo came back, so its flow exists by now.
-    c.flows(&node)
-        .iter()
-        .any(|f| f["dst"] == dst.to_string() && f["src"] == local.to_string())
+    let ns = c.lab.pod_netns(from).unwrap();
+    let payload = ambit::lab::traffic::pattern(1000);
+    let until = Instant::now() + DEADLINE;
+    loop {
+        if let Ok(ex) = ambit::lab::traffic::exchange(&ns, dst, &payload, DEADLINE).await {
+            if ex.reply == payload {
+                // The destination handled it before the echo came back, so its flow exists.
+                return c
+                    .flows(&node)
+                    .iter()
+                    .any(|f| f["dst"] == dst.to_string() && f["src"] == ex.local.to_string());
+            }
+        }
+        assert!(Instant::now() < until, "{from} -> {to} never got through");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Enrollment follows pod and namespace labels both ways, without a restart; the daemon

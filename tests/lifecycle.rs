@@ -62,22 +62,38 @@ async fn remove_and_readd(backend: &'static str) {
     let err = connect(&ns, own).await.expect_err("15006 still listening");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
     // Traffic flows uncaptured at the destination; the source passes it through as non-mesh.
-    let local = send(&c, "n1-p1", dst).await;
+    send_routed(&c, "n1-p1", dst, "passthrough").await;
     assert_eq!(
-        inbound_count(&c, "n2", dst),
+        tunnels_to(&c, dst),
         1,
+        "released pod still reached through HBONE"
+    );
+    assert!(
+        !c.flows("n2")
+            .iter()
+            .any(|f| is(f, "inbound") && f["dst"] == dst.to_string()),
         "released pod still captured"
     );
-    let out = c.wait_flow("n1", |f| f["src"] == local.to_string());
-    assert_eq!(out["route"], "passthrough");
 
     c.lab.write_workloads(&original).unwrap();
     c.wait_state("n2-p1", "enrolled");
-    send(&c, "n1-p1", dst).await;
+    send_routed(&c, "n1-p1", dst, "hbone").await;
     c.wait_flow("n2", |f| {
         is(f, "hbone") && f["dst"] == dst.to_string() && f["finished"] == true
     });
-    assert_eq!(inbound_count(&c, "n2", dst), 2, "re-added pod not captured");
+    assert_eq!(
+        tunnels_to(&c, dst),
+        2,
+        "re-added pod not reached through HBONE"
+    );
+}
+
+/// Tunnels delivered to `dst` by the n2 daemon.
+fn tunnels_to(c: &Cluster, dst: SocketAddr) -> usize {
+    c.flows("n2")
+        .iter()
+        .filter(|f| is(f, "hbone") && f["dst"] == dst.to_string() && f["error"].is_null())
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread")]

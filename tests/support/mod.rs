@@ -180,6 +180,32 @@ pub async fn send(c: &Cluster, from: &str, dst: SocketAddr) -> SocketAddr {
     ex.local
 }
 
+/// Sends from `from` to `dst` until the client pod's daemon carries it by `route` (daemons
+/// see a workload change each on their own poll, so the first attempts may still take the old
+/// route, or fail); returns the client address of the connection that took it.
+pub async fn send_routed(c: &Cluster, from: &str, dst: SocketAddr, route: &str) -> SocketAddr {
+    let node = c.lab.pod(from).expect("pod").node.clone();
+    let ns = c.lab.pod_netns(from).expect("pod netns");
+    let payload = ambit::lab::traffic::pattern(10_000);
+    let until = std::time::Instant::now() + DEADLINE;
+    loop {
+        if let Ok(ex) = ambit::lab::traffic::exchange(&ns, dst, &payload, DEADLINE).await {
+            let took = c
+                .flows(&node)
+                .into_iter()
+                .find(|f| f["src"] == ex.local.to_string() && is(f, "outbound"));
+            if ex.reply == payload && took.is_some_and(|f| f["route"] == route) {
+                return ex.local;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{from} -> {dst} never took route {route}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Sets an annotation on pod `name` in a snapshot.
 pub fn annotate(s: &mut Snapshot, name: &str, key: &str, value: &str) {
     let pod = s
