@@ -12,8 +12,6 @@ use ambit::lab::{Lab, LabSpec};
 use ambit::rules::{sidecar::RuleCounter, Family};
 use support::*;
 
-const STATUS: &str = "sidecar.istio.io/status";
-
 /// A lab whose pods each run `ambit sidecar` (no node daemons).
 struct Sidecars {
     lab: Lab,
@@ -28,20 +26,8 @@ impl Sidecars {
             ..LabSpec::default()
         })
         .expect("lab up");
-        lab.update_workloads(|s| {
-            for p in &mut s.pods {
-                p.annotations
-                    .insert(STATUS.into(), r#"{"proxy":"ambit"}"#.into());
-            }
-        })
-        .expect("annotate");
-        for pod in lab.pods() {
-            lab.start_sidecar(&pod.name, Path::new(env!("CARGO_BIN_EXE_ambit")), &[])
-                .expect("start sidecar");
-        }
-        for pod in lab.pods() {
-            lab.wait_ready(&pod.name, DEADLINE).expect("sidecar ready");
-        }
+        lab.start_sidecars(Path::new(env!("CARGO_BIN_EXE_ambit")), &[])
+            .expect("sidecars");
         Sidecars { lab }
     }
 

@@ -66,6 +66,9 @@ pub struct UpArgs {
     /// Do not start the daemons.
     #[arg(long)]
     no_daemons: bool,
+    /// Sidecar topology: one `ambit sidecar` per pod instead of one daemon per node.
+    #[arg(long, conflicts_with = "kube")]
+    sidecar: bool,
     /// Extra arguments for every `ambit run` (e.g. `--rules=nftables`).
     #[arg(long = "daemon-arg", allow_hyphen_values = true)]
     daemon_args: Vec<String>,
@@ -138,7 +141,8 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         name: args.name,
         nodes: args.nodes,
         pods_per_node: args.pods,
-        namespace_ambient: !args.no_mesh,
+        // Sidecar pods are in the mesh through their sidecars, not the ambient label.
+        namespace_ambient: !args.no_mesh && !args.sidecar,
         kube: args.kube,
     };
     let lab = Lab::up(&spec)?;
@@ -151,8 +155,13 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
             lab.kubeconfig_path().display()
         );
     }
-    if !args.no_daemons {
-        start_all(&lab, &binary, &args.daemon_args)?;
+    match (args.no_daemons, args.sidecar) {
+        (true, _) => {}
+        (false, true) => {
+            lab.start_sidecars(&binary, &args.daemon_args)?;
+            println!("sidecar topology: one `ambit sidecar` per pod (UID 1337)");
+        }
+        (false, false) => start_all(&lab, &binary, &args.daemon_args)?,
     }
     for pod in lab.pods() {
         println!(

@@ -12,6 +12,7 @@ use socket2::{Domain, Socket, Type};
 
 use super::{lock, Lab, LabError};
 use crate::netns::NetNs;
+use crate::workload::enroll::SIDECAR_STATUS_ANNOTATION;
 
 /// Port of the daemon's readiness endpoint (`/healthz/ready`).
 pub const READY_PORT: u16 = 15021;
@@ -209,6 +210,28 @@ impl Lab {
         ];
         args.extend(extra_args.iter().map(Into::into));
         self.start_process(pod, binary, &args)
+    }
+
+    /// Sidecar topology for the whole lab: marks every pod as carrying a sidecar (Istio's
+    /// `sidecar.istio.io/status` annotation, so node daemons leave it alone and peers reach it
+    /// through HBONE), starts `ambit sidecar` in every pod and waits until all are ready.
+    pub fn start_sidecars(&self, binary: &Path, extra_args: &[String]) -> Result<(), LabError> {
+        self.update_workloads(|s| {
+            for p in &mut s.pods {
+                p.annotations.insert(
+                    SIDECAR_STATUS_ANNOTATION.into(),
+                    r#"{"proxy":"ambit"}"#.into(),
+                );
+            }
+        })?;
+        let pods: Vec<String> = self.pods().iter().map(|p| p.name.clone()).collect();
+        for pod in &pods {
+            self.start_sidecar(pod, binary, extra_args)?;
+        }
+        for pod in &pods {
+            self.wait_ready(pod, Duration::from_secs(30))?;
+        }
+        Ok(())
     }
 
     /// Starts a process for `target` (a node or a pod) in its namespace and records it.
