@@ -19,13 +19,12 @@ use tokio::sync::watch;
 use crate::admin::{self, Reply, Router};
 use crate::capture::CaptureOptions;
 use crate::flows::FlowTable;
-use crate::hbone::pool::{ClientTls, Pool};
 use crate::identity::manager::CertManager;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::netns::NetNs;
 use crate::proxy::socket::Placement;
-use crate::proxy::{PodProxy, PodSecurity, ProxyContext, ServerTls};
+use crate::proxy::{PodProxy, PodSecurity, ProxyContext};
 use crate::rules::{self, Backend, Families};
 use crate::workload::enroll::DaemonIdentity;
 use crate::workload::{file, Directory};
@@ -118,24 +117,14 @@ async fn serve(config: SidecarConfig) -> anyhow::Result<()> {
         flows: flows.clone(),
         metrics: metrics.clone(),
     };
-    let (c, id) = (certs.clone(), identity.clone());
-    let client_tls: ClientTls = Arc::new(move |expected| {
-        c.client_config(&id, vec![expected.clone()])
-            .map_err(|e| e.to_string())
-    });
-    let (c, id) = (certs.clone(), identity.clone());
-    let server_tls: ServerTls = Arc::new(move || c.server_config(&id).map_err(|e| e.to_string()));
-    let security = PodSecurity {
+    let security = PodSecurity::new(
         identity,
-        pool: Pool::new(
-            Placement::Sidecar,
-            client_tls,
-            Duration::from_secs(60),
-            metrics.hbone_dials.clone(),
-        ),
-        server_tls,
-        strict: false,
-    };
+        &certs,
+        Placement::Sidecar,
+        Duration::from_secs(60),
+        metrics.hbone_dials.clone(),
+        false,
+    );
     let _proxy = PodProxy::start(
         ctx,
         Arc::new(pod),

@@ -98,6 +98,35 @@ pub struct PodSecurity {
     pub strict: bool,
 }
 
+impl PodSecurity {
+    /// Credentials for `identity` from `certs`: a pool dialling from `placement` whose TLS
+    /// presents the identity's current certificate, and the 15008 server configuration.
+    /// Both are looked up per connection, so rotated certificates are used at once.
+    pub fn new(
+        identity: Identity,
+        certs: &Arc<crate::identity::manager::CertManager>,
+        placement: socket::Placement,
+        pool_idle: Duration,
+        dials: prometheus_client::metrics::counter::Counter,
+        strict: bool,
+    ) -> PodSecurity {
+        let (c, id) = (certs.clone(), identity.clone());
+        let client_tls: crate::hbone::pool::ClientTls = Arc::new(move |expected| {
+            c.client_config(&id, vec![expected.clone()])
+                .map_err(|e| e.to_string())
+        });
+        let (c, id) = (certs.clone(), identity.clone());
+        let server_tls: ServerTls =
+            Arc::new(move || c.server_config(&id).map_err(|e| e.to_string()));
+        PodSecurity {
+            identity,
+            pool: Pool::new(placement, client_tls, pool_idle, dials),
+            server_tls,
+            strict,
+        }
+    }
+}
+
 /// Everything a handler needs about the pod it serves.
 pub(crate) struct PodScope {
     pub pod: Arc<Pod>,

@@ -6,12 +6,11 @@ use std::sync::Arc;
 
 use super::{ReconcileConfig, MTLS_MODE_LABEL};
 use crate::capture::CaptureOptions;
-use crate::hbone::pool::{ClientTls, Pool};
 use crate::identity::manager::CertManager;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::netns::NetNs;
-use crate::proxy::{PodSecurity, ServerTls};
+use crate::proxy::PodSecurity;
 use crate::rules::{self, ApplyOutcome, Backend, Families};
 use crate::workload::{Pod, Snapshot};
 
@@ -50,13 +49,6 @@ pub(super) fn security_for(
 ) -> Result<PodSecurity, String> {
     let identity = identity_of(config, pod)?;
     certs.get(&identity).map_err(|e| e.to_string())?;
-    let (c, id) = (certs.clone(), identity.clone());
-    let client_tls: ClientTls = Arc::new(move |expected| {
-        c.client_config(&id, vec![expected.clone()])
-            .map_err(|e| e.to_string())
-    });
-    let (c, id) = (certs.clone(), identity.clone());
-    let server_tls: ServerTls = Arc::new(move || c.server_config(&id).map_err(|e| e.to_string()));
     let strict = match snapshot
         .namespace_labels(&pod.namespace)
         .and_then(|l| l.get(MTLS_MODE_LABEL))
@@ -72,17 +64,14 @@ pub(super) fn security_for(
         }
         None => config.strict_by_default,
     };
-    Ok(PodSecurity {
+    Ok(PodSecurity::new(
         identity,
-        pool: Pool::new(
-            crate::proxy::socket::Placement::Ambient(netns.clone()),
-            client_tls,
-            config.pool_idle,
-            metrics.hbone_dials.clone(),
-        ),
-        server_tls,
+        certs,
+        crate::proxy::socket::Placement::Ambient(netns.clone()),
+        config.pool_idle,
+        metrics.hbone_dials.clone(),
         strict,
-    })
+    ))
 }
 
 /// Everything that shapes a pod's capture; when it changes, the capture is re-done.
