@@ -8,12 +8,8 @@
 //! kube client's sockets are created there, and nothing in the machine's namespace changes.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::publish::{self, SyncReport};
@@ -211,40 +207,23 @@ impl Lab {
     }
 
     fn spawn_apiserver(&self, ns: &NetNs, binary: &Path) -> Result<ApiServerProcess, LabError> {
-        let io_err = |context: String| move |source| LabError::Io { context, source };
-        let log = self.apiserver_log_path();
-        let mut out = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(io_err(format!("cannot open {}", log.display())))?;
-        let err = out
-            .try_clone()
-            .map_err(io_err(format!("cannot open {}", log.display())))?;
-        let mut cmd = Command::new(binary);
-        cmd.args(["lab", "apiserver", "--listen"])
-            .arg(self.apiserver_addr().to_string())
-            .arg("--state")
-            .arg(self.apiserver_state_path());
-        let _ = writeln!(
-            out,
-            "=== lab: starting {cmd:?} in {} ===",
-            ns.path().display()
-        );
-        cmd.stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
-        ns.prepare_command(&mut cmd);
-        let child = cmd.spawn().map_err(io_err(format!(
-            "cannot start the stand-in API server {}",
-            binary.display()
-        )))?;
+        let args: Vec<std::ffi::OsString> = vec![
+            "lab".into(),
+            "apiserver".into(),
+            "--listen".into(),
+            self.apiserver_addr().to_string().into(),
+            "--state".into(),
+            self.apiserver_state_path().into(),
+        ];
+        let daemon = daemon::spawn(
+            ns,
+            "the stand-in API server",
+            binary,
+            &args,
+            &self.apiserver_log_path(),
+        )?;
         Ok(ApiServerProcess {
-            daemon: Daemon {
-                pid: child.id(),
-                child: Some(child),
-            },
+            daemon,
             kill_on_drop: true,
         })
     }
