@@ -1,8 +1,8 @@
 //! Pod-to-pod performance across nodes, without a daemon and through ambit in both of its
 //! outbound routes: plaintext passthrough and HBONE (mutual-TLS HTTP/2 CONNECT tunnels).
 //!
-//! Run as root: `cargo bench --bench throughput` (about 75 s on 2 CPUs), or
-//! `cargo bench --bench throughput -- --quick` (shorter windows, one round, about 25 s).
+//! Run as root: `cargo bench --bench throughput` (about 6 min on 2 CPUs), or
+//! `cargo bench --bench throughput -- --quick` (shorter windows, one round, under 2 min).
 //!
 //! # The lab and the three modes
 //!
@@ -112,6 +112,22 @@
 //! description (CPUs, CPU model, kernel) and the command to `<target>/bench/throughput.md`,
 //! and everything as JSON to `<target>/bench/throughput.json`, where `<target>` is
 //! `$CARGO_TARGET_DIR` or `target` under the package root.
+//!
+//! # Modes: direct vs ambient vs sidecar
+//!
+//! After the part above (skipped with `--modes-only`), two more labs of 2 nodes × 32 pods
+//! compare, for `n1-p1` → `n2-p1` (cross-node) and `n1-p1` → `n1-p2` (same-node): **direct**
+//! (no ambit; measured first on the ambient lab), **ambient** (`ambit run --rules=iptables` on
+//! each node, pods beyond the current size labelled `istio.io/dataplane-mode=none`) and
+//! **sidecar** (a lab whose namespace is not ambient, every pod annotated
+//! `sidecar.istio.io/status`, one `ambit sidecar` per pod). Per pair: 1 and 8 parallel
+//! streams (2 windows each; `--quick` 1), 1 KiB request/response paced at 1000 req/s (latency
+//! from the scheduled send time, see `paced_rr`) and closed loop, new connections/s; the
+//! route (`hbone` outbound on the client side, an `hbone` flow on the server side) is checked
+//! on `/flows` of the daemons or sidecars. CPU s/GiB = utime+stime(+children) of all ambit
+//! processes over the window ÷ GiB the sink received. Then at 2, 8 and 32 pods per node
+//! (enrolled or started size by size): one cross-node single-stream window and the VmRSS and
+//! RssAnon of every ambit process. Output: `<target>/bench/modes.{md,json,svg}`.
 //!
 //! # Arguments and environment
 //!
@@ -288,10 +304,12 @@ impl Plan {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut quick = false;
+    let mut modes_only = false;
     let mut under_cargo_bench = false;
     for arg in &args {
         match arg.as_str() {
             "--quick" => quick = true,
+            "--modes-only" => modes_only = true,
             "--bench" => under_cargo_bench = true,
             "-h" | "--help" => {
                 println!(
@@ -300,8 +318,11 @@ fn main() {
                      direct, through ambit as plaintext passthrough, and through ambit as HBONE.\n\
                      Single-stream throughput, 1 KiB request/response latency, new connections/s,\n\
                      new HBONE handshakes/s, daemon memory per idle connection. Needs root.\n\
-                     Results: <target>/bench/throughput.{{md,json}}.\n\
-                     --quick   shorter windows and one round of each"
+                     Then direct vs ambient vs sidecar, cross-node and same-node, and ambit\n\
+                     RSS/CPU at 2, 8 and 32 pods per node.\n\
+                     Results: <target>/bench/throughput.{{md,json}}, modes.{{md,json,svg}}.\n\
+                     --quick        shorter windows and one round of each\n\
+                     --modes-only   only the direct/ambient/sidecar comparison"
                 );
                 return;
             }
@@ -325,8 +346,14 @@ fn main() {
     }
     let plan = Plan::new(quick);
     let started = Instant::now();
-    if let Err(e) = run(plan, &args) {
-        eprintln!("throughput bench failed: {e:#}");
+    if !modes_only {
+        if let Err(e) = run(plan, &args) {
+            eprintln!("throughput bench failed: {e:#}");
+            std::process::exit(1);
+        }
+    }
+    if let Err(e) = run_modes(plan, &args, &Machine::describe()) {
+        eprintln!("throughput bench (modes) failed: {e:#}");
         std::process::exit(1);
     }
     eprintln!(
@@ -2159,4 +2186,1170 @@ fn render_json(plan: &Plan, args: &[String], machine: &Machine, report: &Report)
                       heaps/arenas in steps, so batches differ; kernel socket buffers are not in RSS",
         },
     })
+}
+
+// =============================================================================================
+// Modes: direct vs ambient (ambit per node) vs sidecar (ambit per pod), side by side.
+
+/// Pods per node of the resource-scaling points; the first is also where the data path of
+/// every mode is measured.
+const SIZES: [usize; 3] = [2, 8, 32];
+/// Same-node destination (the cross-node one is [`MESH_POD`]).
+const SAME_NODE_POD: &str = "n1-p2";
+/// Request rate of the paced latency test.
+const PACED_RATE: u32 = 1000;
+/// Connections of the parallel throughput test.
+const PARALLEL_STREAMS: usize = 8;
+/// Annotation that makes a pod a sidecar pod (`ambit sidecar` runs in it).
+const SIDECAR_STATUS: &str = "sidecar.istio.io/status";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mesh {
+    Direct,
+    Ambient,
+    Sidecar,
+}
+
+const MESHES: [Mesh; 3] = [Mesh::Direct, Mesh::Ambient, Mesh::Sidecar];
+
+impl Mesh {
+    fn name(self) -> &'static str {
+        match self {
+            Mesh::Direct => "direct",
+            Mesh::Ambient => "ambient",
+            Mesh::Sidecar => "sidecar",
+        }
+    }
+
+    fn color(self) -> &'static str {
+        match self {
+            Mesh::Direct => "#8c8c8c",
+            Mesh::Ambient => "#1f77b4",
+            Mesh::Sidecar => "#ff7f0e",
+        }
+    }
+
+    /// Source ports of the connection-rate client for `pair`: the direct and ambient runs share
+    /// a lab, so each (mode, pair) gets its own range (see the connection-setup docs above).
+    fn client_ports(self, pair: usize) -> (u16, u16) {
+        let slot = match self {
+            Mesh::Direct | Mesh::Sidecar => pair,
+            Mesh::Ambient => 2 + pair,
+        } as u16;
+        let start = 16000 + slot * 4192;
+        (start, start + 4192)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Pair {
+    name: &'static str,
+    server: &'static str,
+}
+
+const PAIRS: [Pair; 2] = [
+    Pair {
+        name: "cross-node",
+        server: MESH_POD,
+    },
+    Pair {
+        name: "same-node",
+        server: SAME_NODE_POD,
+    },
+];
+
+/// One throughput window.
+#[derive(Clone, Debug)]
+struct Tput {
+    streams: usize,
+    bytes: u64,
+    seconds: f64,
+    /// CPU seconds (user + system, + reaped children) of every ambit process in the window.
+    ambit_cpu_s: f64,
+    /// The same for this process (clients, servers and the kernel work charged to them).
+    bench_cpu_s: f64,
+}
+
+impl Tput {
+    fn gbit(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.seconds / 1e9
+    }
+}
+
+/// Over several windows: median Gbit/s; CPU s per GiB over all windows together.
+fn tput_summary(rounds: &[Tput]) -> (f64, f64, f64) {
+    let g: Vec<f64> = rounds.iter().map(Tput::gbit).collect();
+    let gib = rounds.iter().map(|r| r.bytes as f64).sum::<f64>() / (1u64 << 30) as f64;
+    let ambit = rounds.iter().map(|r| r.ambit_cpu_s).sum::<f64>() / gib;
+    let bench = rounds.iter().map(|r| r.bench_cpu_s).sum::<f64>() / gib;
+    (median(&g), ambit, bench)
+}
+
+#[derive(Clone, Debug)]
+struct Latency {
+    count: usize,
+    seconds: f64,
+    p50_us: f64,
+    p90_us: f64,
+    p99_us: f64,
+    max_us: f64,
+}
+
+impl Latency {
+    fn of(mut ns: Vec<u64>, seconds: f64) -> Latency {
+        ns.sort_unstable();
+        let us = |p: f64| {
+            if ns.is_empty() {
+                f64::NAN
+            } else {
+                percentile(&ns, p) as f64 / 1000.0
+            }
+        };
+        Latency {
+            count: ns.len(),
+            seconds,
+            p50_us: us(50.0),
+            p90_us: us(90.0),
+            p99_us: us(99.0),
+            max_us: us(100.0),
+        }
+    }
+
+    fn per_second(&self) -> f64 {
+        self.count as f64 / self.seconds
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "{:.0} / {:.0} / {:.0}",
+            self.p50_us, self.p90_us, self.p99_us
+        )
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "requests": self.count, "seconds": self.seconds, "per_second": self.per_second(),
+            "p50_us": self.p50_us, "p90_us": self.p90_us, "p99_us": self.p99_us,
+            "max_us": self.max_us,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+struct PairResult {
+    mesh: Mesh,
+    pair: Pair,
+    stream1: Vec<Tput>,
+    stream8: Vec<Tput>,
+    paced: Latency,
+    closed: Latency,
+    conn: RateResult,
+}
+
+/// Resources at one size.
+#[derive(Clone, Debug)]
+struct ScalePoint {
+    mesh: Mesh,
+    pods_per_node: usize,
+    /// Pods captured by ambit on both nodes.
+    enrolled: usize,
+    /// VmRSS and RssAnon of every ambit process (2 daemons, or one sidecar per pod), after
+    /// `tput`.
+    rss: Vec<Rss>,
+    /// One single-stream cross-node window at this size.
+    tput: Tput,
+}
+
+impl ScalePoint {
+    fn total_kib(&self) -> u64 {
+        self.rss.iter().map(|r| r.vm_kib).sum()
+    }
+
+    fn anon_total_kib(&self) -> u64 {
+        self.rss.iter().map(|r| r.anon_kib).sum()
+    }
+
+    fn per_pod_kib(&self) -> f64 {
+        self.total_kib() as f64 / self.enrolled as f64
+    }
+
+    fn anon_per_pod_kib(&self) -> f64 {
+        self.anon_total_kib() as f64 / self.enrolled as f64
+    }
+}
+
+/// Servers of a mode lab: sink, echo and ping in the two destination pods.
+struct ModeServers {
+    sinks: Vec<(String, Sink)>,
+    _echoes: Vec<Server>,
+    _pings: Vec<PingServer>,
+}
+
+impl ModeServers {
+    async fn start(lab: &Lab) -> anyhow::Result<ModeServers> {
+        let any = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+        let (mut sinks, mut echoes, mut pings) = (Vec::new(), Vec::new(), Vec::new());
+        for pair in PAIRS {
+            let ns = lab.pod_netns(pair.server)?;
+            sinks.push((pair.server.to_string(), Sink::start(&ns, any(SINK_PORT))?));
+            pings.push(PingServer::start(&ns, any(PING_PORT))?);
+            echoes.push(Server::start(&ns, any(ECHO_PORT)).await?);
+        }
+        Ok(ModeServers {
+            sinks,
+            _echoes: echoes,
+            _pings: pings,
+        })
+    }
+
+    fn sink(&self, pod: &str) -> anyhow::Result<&Sink> {
+        self.sinks
+            .iter()
+            .find(|(p, _)| p == pod)
+            .map(|(_, s)| s)
+            .ok_or_else(|| anyhow!("no sink in {pod}"))
+    }
+}
+
+/// utime + stime + cutime + cstime of `pid`, clock ticks.
+fn cpu_ticks_with_children(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    (11..=14).map(|i| fields.get(i)?.parse::<u64>().ok()).sum()
+}
+
+/// CPU seconds used so far by `pids` together.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    pids.iter()
+        .filter_map(|p| cpu_ticks_with_children(*p))
+        .sum::<u64>() as f64
+        / hz
+}
+
+/// `n` connections writing back to back to `sink` at `dst`; bytes the sink received and CPU
+/// used in the window after the warm-up.
+async fn stream_many(
+    plan: Plan,
+    ns: &NetNs,
+    sink: &Sink,
+    dst: SocketAddr,
+    n: usize,
+    ambit: &[u32],
+) -> anyhow::Result<Tput> {
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        conns.push(traffic::connect(ns, dst).await.context("connecting")?);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<JoinHandle<std::io::Result<()>>> = conns
+        .into_iter()
+        .map(|mut s| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let buf = traffic::pattern(STREAM_BUFFER);
+                while !stop.load(Ordering::Relaxed) {
+                    s.write_all(&buf).await?;
+                }
+                s.shutdown().await
+            })
+        })
+        .collect();
+    tokio::time::sleep(plan.stream_warmup).await;
+    if writers.iter().any(JoinHandle::is_finished) {
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.await.context("writer task")?.context("writing")?;
+        }
+        bail!("a writer stopped during the warm-up");
+    }
+    let me = [std::process::id()];
+    let (a0, m0, t0, b0) = (
+        cpu_seconds(ambit),
+        cpu_seconds(&me),
+        Instant::now(),
+        sink.received(),
+    );
+    tokio::time::sleep(plan.stream_window).await;
+    let (a1, m1, t1, b1) = (
+        cpu_seconds(ambit),
+        cpu_seconds(&me),
+        Instant::now(),
+        sink.received(),
+    );
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await
+            .context("writer task")?
+            .context("writing to the sink")?;
+    }
+    if b1 == b0 {
+        bail!("the sink received nothing in the window");
+    }
+    Ok(Tput {
+        streams: n,
+        bytes: b1 - b0,
+        seconds: (t1 - t0).as_secs_f64(),
+        ambit_cpu_s: a1 - a0,
+        bench_cpu_s: m1 - m0,
+    })
+}
+
+/// 1 KiB request/response on one connection, one request outstanding. With `rate`, request
+/// `i` is scheduled at `start + i / rate`; its latency is counted from that scheduled time
+/// as `c_i - s_i` with `c_i = max(s_i, c_(i-1)) + rtt_i`: a request that had to wait for a
+/// slow predecessor carries that wait (no coordinated omission), while this client's own
+/// timer lateness (tokio timers fire up to ~1 ms late) is not charged to the path. Without
+/// `rate`: closed loop, back to back, latency = round trip.
+async fn paced_rr(
+    plan: Plan,
+    ns: &NetNs,
+    dst: SocketAddr,
+    rate: Option<u32>,
+) -> anyhow::Result<Latency> {
+    let mut stream = traffic::connect(ns, dst).await.context("connecting")?;
+    let request = traffic::pattern(REQUEST_SIZE);
+    let mut reply = vec![0u8; REQUEST_SIZE];
+    let period = rate.map(|r| Duration::from_secs_f64(1.0 / f64::from(r)));
+    let start = Instant::now();
+    let from = start + plan.rr_warmup;
+    let end = from + plan.rr_window;
+    let mut samples = Vec::with_capacity(100_000);
+    let mut corrected_done = start;
+    let mut i: u32 = 0;
+    loop {
+        let scheduled = match period {
+            Some(p) => start + p * i,
+            None => Instant::now(),
+        };
+        i += 1;
+        if scheduled >= end {
+            break;
+        }
+        if Instant::now() < scheduled {
+            tokio::time::sleep_until(scheduled.into()).await;
+        }
+        let sent = Instant::now();
+        stream.write_all(&request).await.context("sending")?;
+        stream
+            .read_exact(&mut reply)
+            .await
+            .context("reading the echo")?;
+        let rtt = sent.elapsed();
+        if reply != request {
+            bail!("the echo differs from the request");
+        }
+        let latency = if period.is_some() {
+            corrected_done = scheduled.max(corrected_done) + rtt;
+            corrected_done - scheduled
+        } else {
+            rtt
+        };
+        if scheduled >= from {
+            samples.push(latency.as_nanos() as u64);
+        }
+    }
+    stream.shutdown().await.context("closing")?;
+    Ok(Latency::of(samples, plan.rr_window.as_secs_f64()))
+}
+
+/// Runs `work` on `rt`, failing after `limit`.
+fn within<T>(
+    rt: &Runtime,
+    limit: Duration,
+    what: &str,
+    work: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    rt.block_on(async { tokio::time::timeout(limit, work).await })
+        .map_err(|_| anyhow!("{what} did not finish within {limit:?}"))?
+        .with_context(|| what.to_string())
+}
+
+/// Fails unless ambit carried the connections to `dsts` of `pair` over HBONE: an outbound
+/// flow with route `hbone` on the client side and an `hbone` flow on the server side
+/// (ambient: the nodes' daemons; sidecar: the pods' sidecars).
+fn check_route(lab: &Lab, mesh: Mesh, pair: Pair, dsts: &[SocketAddr]) -> anyhow::Result<()> {
+    let server_node = lab.pod(pair.server)?.node.clone();
+    let (client, server) = match mesh {
+        Mesh::Direct => return Ok(()),
+        Mesh::Ambient => ("n1".to_string(), server_node),
+        Mesh::Sidecar => (CLIENT_POD.to_string(), pair.server.to_string()),
+    };
+    let out = flows(lab, &client)?;
+    let inbound = flows(lab, &server)?;
+    for dst in dsts {
+        let mine: Vec<&Value> = out
+            .iter()
+            .filter(|f| f["listener"] == "outbound" && flow_dst(f) == Some(*dst))
+            .collect();
+        if mine.is_empty() {
+            bail!("{}: no outbound flow to {dst} on {client}", mesh.name());
+        }
+        if let Some(f) = mine.iter().find(|f| f["route"] != "hbone") {
+            bail!(
+                "{}: a flow to {dst} on {client} is not hbone: {f}",
+                mesh.name()
+            );
+        }
+        if !inbound
+            .iter()
+            .any(|f| f["listener"] == "hbone" && flow_dst(f) == Some(*dst))
+        {
+            bail!("{}: no hbone flow to {dst} on {server}", mesh.name());
+        }
+    }
+    Ok(())
+}
+
+/// Everything measured for one (mode, pair).
+#[allow(clippy::too_many_arguments)]
+fn measure_pair(
+    rt: &Runtime,
+    lab: &Lab,
+    plan: Plan,
+    mesh: Mesh,
+    index: usize,
+    client: &NetNs,
+    servers: &ModeServers,
+    ambit: &[u32],
+) -> anyhow::Result<PairResult> {
+    let pair = PAIRS[index];
+    let ip = lab.pod(pair.server)?.ipv4;
+    let (sink_addr, echo_addr, ping_addr) = (
+        SocketAddr::from((ip, SINK_PORT)),
+        SocketAddr::from((ip, ECHO_PORT)),
+        SocketAddr::from((ip, PING_PORT)),
+    );
+    let sink = servers.sink(pair.server)?;
+    let rounds = if plan.quick { 1 } else { 2 };
+    let limit = plan.stream_warmup + plan.stream_window + STUCK_SLACK;
+    let mut streams = [Vec::new(), Vec::new()];
+    for (slot, n) in [1, PARALLEL_STREAMS].into_iter().enumerate() {
+        for _ in 0..rounds {
+            let t = within(
+                rt,
+                limit,
+                &format!(
+                    "{} {}: {n} stream(s) to {sink_addr}",
+                    mesh.name(),
+                    pair.name
+                ),
+                stream_many(plan, client, sink, sink_addr, n, ambit),
+            )?;
+            eprintln!(
+                "  {n} stream(s): {:.2} Gbit/s, ambit {:.2} CPU s, bench {:.2} CPU s",
+                t.gbit(),
+                t.ambit_cpu_s,
+                t.bench_cpu_s
+            );
+            streams[slot].push(t);
+        }
+    }
+    let limit = plan.rr_warmup + plan.rr_window + STUCK_SLACK;
+    let paced = within(
+        rt,
+        limit,
+        "paced request/response",
+        paced_rr(plan, client, echo_addr, Some(PACED_RATE)),
+    )?;
+    let closed = within(
+        rt,
+        limit,
+        "closed-loop request/response",
+        paced_rr(plan, client, echo_addr, None),
+    )?;
+    eprintln!(
+        "  1 KiB RR @{PACED_RATE}/s p50/p90/p99 {} µs; closed loop {:.0} req/s, {} µs",
+        paced.text(),
+        closed.per_second(),
+        closed.text()
+    );
+    settled(|| check_route(lab, mesh, pair, &[sink_addr, echo_addr]))?;
+    let names: Vec<(String, u32)> = std::iter::once(("bench".to_string(), std::process::id()))
+        .chain(ambit.iter().map(|p| (format!("ambit {p}"), *p)))
+        .collect();
+    let limit = plan.conn_warmup + plan.conn_window + STUCK_SLACK;
+    let conn = within(
+        rt,
+        limit,
+        "new connections",
+        connection_rate(plan, client, ping_addr, mesh.client_ports(index), &names),
+    )?;
+    settled(|| check_route(lab, mesh, pair, &[ping_addr]))?;
+    eprintln!(
+        "  new connections: {:.0}/s{}",
+        conn.per_second(),
+        if mesh == Mesh::Direct {
+            ""
+        } else {
+            " (route hbone checked on /flows)"
+        }
+    );
+    let [stream1, stream8] = streams;
+    Ok(PairResult {
+        mesh,
+        pair,
+        stream1,
+        stream8,
+        paced,
+        closed,
+        conn,
+    })
+}
+
+/// RSS of every ambit process after one cross-node single-stream window.
+#[allow(clippy::too_many_arguments)]
+fn scale_point(
+    rt: &Runtime,
+    lab: &Lab,
+    plan: Plan,
+    mesh: Mesh,
+    size: usize,
+    client: &NetNs,
+    servers: &ModeServers,
+    ambit: &[u32],
+) -> anyhow::Result<ScalePoint> {
+    let dst = SocketAddr::from((lab.pod(MESH_POD)?.ipv4, SINK_PORT));
+    let limit = plan.stream_warmup + plan.stream_window + STUCK_SLACK;
+    let tput = within(
+        rt,
+        limit,
+        &format!("{} at {size} pods per node: stream", mesh.name()),
+        stream_many(plan, client, servers.sink(MESH_POD)?, dst, 1, ambit),
+    )?;
+    let rss = ambit
+        .iter()
+        .map(|p| read_rss(*p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let point = ScalePoint {
+        mesh,
+        pods_per_node: size,
+        enrolled: 2 * size,
+        rss,
+        tput,
+    };
+    eprintln!(
+        "  {} pods per node: {} ambit processes, RSS {:.1} MiB total, {:.0} KiB per pod; \
+         {:.2} Gbit/s, {:.2} ambit CPU s/GiB",
+        size,
+        point.rss.len(),
+        point.total_kib() as f64 / 1024.0,
+        point.per_pod_kib(),
+        point.tput.gbit(),
+        tput_summary(std::slice::from_ref(&point.tput)).1
+    );
+    Ok(point)
+}
+
+fn pod_name(node: usize, index: usize) -> String {
+    format!("n{node}-p{index}")
+}
+
+fn mode_lab(ambient: bool) -> anyhow::Result<Lab> {
+    let lab = Lab::up(&LabSpec {
+        name: None,
+        nodes: 2,
+        pods_per_node: SIZES[SIZES.len() - 1],
+        namespace_ambient: ambient,
+        kube: false,
+    })
+    .context("building a mode lab")?;
+    eprintln!(
+        "lab {} up, 2 × {} pods (remove it with `ambit lab down {}` if interrupted)",
+        lab.name(),
+        SIZES[SIZES.len() - 1],
+        lab.name()
+    );
+    Ok(lab)
+}
+
+/// Direct and ambient on one lab (ambient namespace), pods beyond the current size labelled
+/// out of the mesh and enrolled size by size.
+fn run_ambient_lab(
+    rt: &Runtime,
+    plan: Plan,
+    pairs: &mut Vec<PairResult>,
+    scale: &mut Vec<ScalePoint>,
+) -> anyhow::Result<()> {
+    let lab = mode_lab(true)?;
+    let first = SIZES[0];
+    let label_out = |size: usize| {
+        lab.update_workloads(|s| {
+            for pod in s.pods.iter_mut() {
+                let index: usize = pod
+                    .name
+                    .rsplit_once("-p")
+                    .and_then(|(_, i)| i.parse().ok())
+                    .unwrap_or(usize::MAX);
+                if index > size {
+                    pod.labels
+                        .insert(DATAPLANE_MODE_LABEL.to_string(), "none".to_string());
+                } else {
+                    pod.labels.remove(DATAPLANE_MODE_LABEL);
+                }
+            }
+        })
+        .context("labelling pods")
+    };
+    label_out(first)?;
+    let servers = rt.block_on(ModeServers::start(&lab))?;
+    let client = lab.pod_netns(CLIENT_POD)?;
+    for (index, pair) in PAIRS.iter().enumerate() {
+        eprintln!("direct {}:", pair.name);
+        pairs.push(measure_pair(
+            rt,
+            &lab,
+            plan,
+            Mesh::Direct,
+            index,
+            &client,
+            &servers,
+            &[],
+        )?);
+    }
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_ambit"));
+    for node in ["n1", "n2"] {
+        lab.start_daemon(node, &binary, &[format!("--rules={RULES}")])
+            .with_context(|| format!("starting ambit on {node}"))?;
+    }
+    for node in ["n1", "n2"] {
+        lab.wait_ready(node, DAEMON_DEADLINE)?;
+    }
+    let pids: Vec<u32> = ["n1", "n2"]
+        .iter()
+        .map(|n| lab.daemon_pid(n).ok_or_else(|| anyhow!("no daemon on {n}")))
+        .collect::<anyhow::Result<_>>()?;
+    for size in SIZES {
+        if size != first {
+            label_out(size)?;
+        }
+        let deadline = Instant::now() + DAEMON_DEADLINE;
+        for node in 1..=2 {
+            for i in 1..=size {
+                wait_state(
+                    &lab,
+                    &format!("n{node}"),
+                    &pod_name(node, i),
+                    true,
+                    deadline,
+                )?;
+            }
+        }
+        if size == first {
+            for (index, pair) in PAIRS.iter().enumerate() {
+                eprintln!("ambient {} (ambit run per node):", pair.name);
+                pairs.push(measure_pair(
+                    rt,
+                    &lab,
+                    plan,
+                    Mesh::Ambient,
+                    index,
+                    &client,
+                    &servers,
+                    &pids,
+                )?);
+            }
+        }
+        scale.push(scale_point(
+            rt,
+            &lab,
+            plan,
+            Mesh::Ambient,
+            size,
+            &client,
+            &servers,
+            &pids,
+        )?);
+    }
+    rt.block_on(async move { drop(servers) });
+    lab.down().context("removing the lab")?;
+    Ok(())
+}
+
+/// Sidecar mode on a lab whose namespace is not ambient: every pod annotated, sidecars
+/// started size by size.
+fn run_sidecar_lab(
+    rt: &Runtime,
+    plan: Plan,
+    pairs: &mut Vec<PairResult>,
+    scale: &mut Vec<ScalePoint>,
+) -> anyhow::Result<()> {
+    let lab = mode_lab(false)?;
+    lab.update_workloads(|s| {
+        for p in &mut s.pods {
+            p.annotations
+                .insert(SIDECAR_STATUS.into(), r#"{"proxy":"ambit"}"#.into());
+        }
+    })
+    .context("annotating pods")?;
+    let servers = rt.block_on(ModeServers::start(&lab))?;
+    let client = lab.pod_netns(CLIENT_POD)?;
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_ambit"));
+    let mut pids = Vec::new();
+    let mut started = 0;
+    for size in SIZES {
+        let t = Instant::now();
+        let new: Vec<String> = (1..=2)
+            .flat_map(|node| (started + 1..=size).map(move |i| pod_name(node, i)))
+            .collect();
+        for pod in &new {
+            pids.push(
+                lab.start_sidecar(pod, &binary, &[])
+                    .with_context(|| format!("starting the sidecar of {pod}"))?,
+            );
+        }
+        for pod in &new {
+            lab.wait_ready(pod, DAEMON_DEADLINE)?;
+        }
+        eprintln!(
+            "{} sidecars started and ready in {:.1} s",
+            new.len(),
+            t.elapsed().as_secs_f64()
+        );
+        started = size;
+        if size == SIZES[0] {
+            for (index, pair) in PAIRS.iter().enumerate() {
+                eprintln!("sidecar {} (ambit sidecar per pod):", pair.name);
+                pairs.push(measure_pair(
+                    rt,
+                    &lab,
+                    plan,
+                    Mesh::Sidecar,
+                    index,
+                    &client,
+                    &servers,
+                    &pids,
+                )?);
+            }
+        }
+        scale.push(scale_point(
+            rt,
+            &lab,
+            plan,
+            Mesh::Sidecar,
+            size,
+            &client,
+            &servers,
+            &pids,
+        )?);
+    }
+    rt.block_on(async move { drop(servers) });
+    lab.down().context("removing the lab")?;
+    Ok(())
+}
+
+fn run_modes(plan: Plan, args: &[String], machine: &Machine) -> anyhow::Result<()> {
+    raise_fd_limit();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+    let started = Instant::now();
+    let mut pairs = Vec::new();
+    let mut scale = Vec::new();
+    run_ambient_lab(&rt, plan, &mut pairs, &mut scale)?;
+    run_sidecar_lab(&rt, plan, &mut pairs, &mut scale)?;
+    rt.shutdown_timeout(Duration::from_secs(2));
+    let seconds = started.elapsed().as_secs_f64();
+
+    let markdown = render_modes_markdown(plan, machine, &pairs, &scale);
+    let json = render_modes_json(plan, args, machine, &pairs, &scale, seconds);
+    let svg = render_modes_svg(machine, &pairs, &scale);
+    println!("\n{markdown}");
+    let dir = target_dir().join("bench");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, body) in [
+        ("modes.md", markdown),
+        ("modes.json", serde_json::to_string_pretty(&json)? + "\n"),
+        ("modes.svg", svg),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn render_modes_markdown(
+    plan: Plan,
+    machine: &Machine,
+    pairs: &[PairResult],
+    scale: &[ScalePoint],
+) -> String {
+    let mut md = String::new();
+    md.push_str("### direct vs ambient vs sidecar\n\n");
+    md.push_str(&format!(
+        "`{}` as root; {} CPUs ({}), {}, ambit {}. Pods `n1-p1` → `n2-p1` (cross-node) and \
+         → `n1-p2` (same-node), IPv4. ambient: `ambit run --rules={RULES}` per node; sidecar: \
+         `ambit sidecar` per pod (2 threads, UID 1337); both carry pod-to-pod traffic over \
+         HBONE (route checked on `/flows`). Gbit/s: median of {} window(s) of {:.0} s; CPU \
+         s/GiB: user+system CPU of all ambit processes (resp. of the bench process: clients, \
+         servers and the kernel work charged to them) over the windows ÷ GiB received. RR: \
+         1 KiB request + 1 KiB echo on one connection; @{PACED_RATE}/s is paced from a \
+         schedule and timed from the scheduled send time (no coordinated omission); \
+         max is closed loop.\n\n",
+        plan.command(),
+        machine.cpus,
+        machine.cpu_model,
+        machine.kernel,
+        machine.revision,
+        if plan.quick { 1 } else { 2 },
+        plan.stream_window.as_secs_f64(),
+    ));
+    md.push_str(
+        "| pair | mode | 1 stream Gbit/s | 8 streams Gbit/s | RR @1000/s p50 / p90 / p99 µs \
+         | RR max req/s | RR max p50 / p90 / p99 µs | new conn/s | ambit CPU s/GiB (1 / 8 \
+         streams) | bench CPU s/GiB (1 stream) |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for pair in PAIRS {
+        for r in pairs.iter().filter(|r| r.pair.name == pair.name) {
+            let (g1, a1, b1) = tput_summary(&r.stream1);
+            let (g8, a8, _) = tput_summary(&r.stream8);
+            let ambit = if r.mesh == Mesh::Direct {
+                "–".to_string()
+            } else {
+                format!("{a1:.2} / {a8:.2}")
+            };
+            md.push_str(&format!(
+                "| {} | {} | {g1:.2} | {g8:.2} | {} | {:.0} | {} | {:.0} | {ambit} | {b1:.2} |\n",
+                pair.name,
+                r.mesh.name(),
+                r.paced.text(),
+                r.closed.per_second(),
+                r.closed.text(),
+                r.conn.per_second(),
+            ));
+        }
+    }
+    md.push_str(
+        "\n| mode | pods per node | ambit processes | ambit VmRSS total MiB | VmRSS per enrolled \
+         pod KiB | RssAnon per enrolled pod KiB | Δ RssAnon per added pod KiB | 1 stream \
+         cross-node Gbit/s | ambit CPU s/GiB |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for mesh in [Mesh::Ambient, Mesh::Sidecar] {
+        let mut prev: Option<&ScalePoint> = None;
+        for p in scale.iter().filter(|p| p.mesh == mesh) {
+            let delta = prev.map_or("–".to_string(), |q| {
+                format!(
+                    "{:.0}",
+                    (p.anon_total_kib() as f64 - q.anon_total_kib() as f64)
+                        / (p.enrolled - q.enrolled) as f64
+                )
+            });
+            md.push_str(&format!(
+                "| {} | {} | {} | {:.1} | {:.0} | {:.0} | {delta} | {:.2} | {:.2} |\n",
+                mesh.name(),
+                p.pods_per_node,
+                p.rss.len(),
+                p.total_kib() as f64 / 1024.0,
+                p.per_pod_kib(),
+                p.anon_per_pod_kib(),
+                p.tput.gbit(),
+                tput_summary(std::slice::from_ref(&p.tput)).1,
+            ));
+            prev = Some(p);
+        }
+    }
+    md.push_str(
+        "\nRSS from /proc/<pid>/status of every ambit process (ambient: the 2 node daemons; \
+         sidecar: one per pod) after a single-stream window at that size; per enrolled pod = \
+         the sum over processes ÷ pods captured on both nodes (so for ambient it is total \
+         daemon RSS ÷ pods, not growth). VmRSS counts the shared binary and libraries once per \
+         process; RssAnon (private heap and stacks) does not, so it is the fairer per-pod \
+         cost. Δ per added pod = growth of the summed RssAnon from the previous size ÷ pods \
+         added. Chart: `target/bench/modes.svg`.\n",
+    );
+    md
+}
+
+fn render_modes_json(
+    plan: Plan,
+    args: &[String],
+    machine: &Machine,
+    pairs: &[PairResult],
+    scale: &[ScalePoint],
+    seconds: f64,
+) -> Value {
+    let tput = |t: &[Tput]| {
+        let (g, a, b) = tput_summary(t);
+        json!({
+            "gbit_per_s_median": g,
+            "ambit_cpu_s_per_gib": a,
+            "bench_cpu_s_per_gib": b,
+            "windows": t.iter().map(|w| json!({
+                "streams": w.streams, "bytes": w.bytes, "seconds": w.seconds,
+                "gbit_per_s": w.gbit(), "ambit_cpu_s": w.ambit_cpu_s, "bench_cpu_s": w.bench_cpu_s,
+            })).collect::<Vec<_>>(),
+        })
+    };
+    json!({
+        "bench": "throughput/modes",
+        "command": plan.command(),
+        "argv": args,
+        "quick": plan.quick,
+        "seconds": seconds,
+        "machine": {"cpus": machine.cpus, "cpu_model": machine.cpu_model, "kernel": machine.kernel},
+        "ambit_revision": machine.revision,
+        "ambient": format!("ambit run --rules={RULES} per node"),
+        "sidecar": "ambit sidecar per pod (defaults: 2 threads, UID 1337, iptables)",
+        "paced_rate_per_s": PACED_RATE,
+        "paced_latency": "from the scheduled send time: c_i = max(s_i, c_(i-1)) + rtt_i; latency c_i - s_i",
+        "pairs": pairs.iter().map(|r| json!({
+            "mode": r.mesh.name(),
+            "pair": r.pair.name,
+            "client": CLIENT_POD,
+            "server": r.pair.server,
+            "stream_1": tput(&r.stream1),
+            "streams_8": tput(&r.stream8),
+            "rr_1k_paced": r.paced.json(),
+            "rr_1k_closed_loop": r.closed.json(),
+            "new_connections": rate_json(&r.conn),
+        })).collect::<Vec<_>>(),
+        "scaling": scale.iter().map(|p| json!({
+            "mode": p.mesh.name(),
+            "pods_per_node": p.pods_per_node,
+            "enrolled_pods": p.enrolled,
+            "ambit_processes": p.rss.len(),
+            "vm_rss_kib": p.rss.iter().map(|r| r.vm_kib).collect::<Vec<_>>(),
+            "rss_anon_kib": p.rss.iter().map(|r| r.anon_kib).collect::<Vec<_>>(),
+            "rss_anon_total_kib": p.anon_total_kib(),
+            "rss_anon_per_enrolled_pod_kib": p.anon_per_pod_kib(),
+            "vm_rss_total_kib": p.total_kib(),
+            "vm_rss_per_enrolled_pod_kib": p.per_pod_kib(),
+            "stream_1_cross_node": tput(std::slice::from_ref(&p.tput)),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// A "nice" axis step for values up to `max`.
+fn nice_step(max: f64) -> f64 {
+    let raw = (max / 5.0).max(1e-9);
+    let mag = 10f64.powf(raw.log10().floor());
+    [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * mag)
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// One grouped-bar panel at (`x`, `y`), `w` × `h`: `values[group][series]` (NaN: no bar).
+#[allow(clippy::too_many_arguments)]
+fn bar_panel(
+    x: f64,
+    y: f64,
+    w: f64,
+    h: f64,
+    title: &str,
+    groups: &[String],
+    series: &[Mesh],
+    values: &[Vec<f64>],
+) -> String {
+    let mut s = String::new();
+    let (left, top, bottom) = (x + 50.0, y + 56.0, y + h - 44.0);
+    let right = x + w - 10.0;
+    let max = values
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max)
+        .max(1e-9);
+    let step = nice_step(max * 1.1);
+    let top_value = (max * 1.1 / step).ceil() * step;
+    let yv = |v: f64| bottom - v / top_value * (bottom - top);
+    s.push_str(&format!(
+        "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"14\" font-weight=\"bold\">{}</text>\n",
+        x + 10.0,
+        y + 18.0,
+        xml_escape(title)
+    ));
+    let mut tick = 0.0;
+    while tick <= top_value + step / 2.0 {
+        let ty = yv(tick);
+        s.push_str(&format!(
+            "<line x1=\"{left:.1}\" y1=\"{ty:.1}\" x2=\"{right:.1}\" y2=\"{ty:.1}\" stroke=\"#ddd\"/>\n\
+             <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"end\">{}</text>\n",
+            left - 4.0,
+            ty + 3.0,
+            if step < 1.0 { format!("{tick:.1}") } else { format!("{tick:.0}") }
+        ));
+        tick += step;
+    }
+    s.push_str(&format!(
+        "<line x1=\"{left:.1}\" y1=\"{bottom:.1}\" x2=\"{right:.1}\" y2=\"{bottom:.1}\" stroke=\"#333\"/>\n"
+    ));
+    let gw = (right - left) / groups.len().max(1) as f64;
+    let bw = gw * 0.8 / series.len().max(1) as f64;
+    for (gi, group) in groups.iter().enumerate() {
+        let gx = left + gi as f64 * gw + gw * 0.1;
+        for (si, mesh) in series.iter().enumerate() {
+            let v = values
+                .get(gi)
+                .and_then(|g| g.get(si))
+                .copied()
+                .unwrap_or(f64::NAN);
+            if !v.is_finite() {
+                continue;
+            }
+            let bx = gx + si as f64 * bw;
+            let by = yv(v);
+            s.push_str(&format!(
+                "<rect x=\"{bx:.1}\" y=\"{by:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"/>\n\
+                 <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" text-anchor=\"middle\">{}</text>\n",
+                bw - 2.0,
+                (bottom - by).max(0.0),
+                mesh.color(),
+                bx + bw / 2.0 - 1.0,
+                by - 3.0,
+                if v >= 100.0 { format!("{v:.0}") } else if v >= 10.0 { format!("{v:.1}") } else { format!("{v:.2}") }
+            ));
+        }
+        // `|` separates the lines of a group label.
+        for (li, line) in group.split('|').enumerate() {
+            s.push_str(&format!(
+                "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">{}</text>\n",
+                gx + gw * 0.4,
+                bottom + 15.0 + 13.0 * li as f64,
+                xml_escape(line)
+            ));
+        }
+    }
+    for (si, mesh) in series.iter().enumerate() {
+        let lx = right - 80.0 * (series.len() - si) as f64;
+        s.push_str(&format!(
+            "<rect x=\"{lx:.1}\" y=\"{:.1}\" width=\"10\" height=\"10\" fill=\"{}\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\">{}</text>\n",
+            y + 28.0,
+            mesh.color(),
+            lx + 14.0,
+            y + 37.0,
+            mesh.name()
+        ));
+    }
+    s
+}
+
+fn render_modes_svg(machine: &Machine, pairs: &[PairResult], scale: &[ScalePoint]) -> String {
+    let (w, h) = (1000.0, 720.0);
+    let (pw, ph) = (w / 2.0, (h - 40.0) / 2.0);
+    let find =
+        |mesh: Mesh, pair: &str| pairs.iter().find(|r| r.mesh == mesh && r.pair.name == pair);
+    let mut groups = Vec::new();
+    let mut tput = Vec::new();
+    let mut lat = Vec::new();
+    let mut lat_groups = Vec::new();
+    for pair in PAIRS {
+        for (label, eight) in [("1 stream", false), ("8 streams", true)] {
+            groups.push(format!("{}|{label}", pair.name));
+            tput.push(
+                MESHES
+                    .iter()
+                    .map(|m| {
+                        find(*m, pair.name).map_or(f64::NAN, |r| {
+                            tput_summary(if eight { &r.stream8 } else { &r.stream1 }).0
+                        })
+                    })
+                    .collect::<Vec<_>>(),
+            );
+        }
+        for (label, p99) in [("p50", false), ("p99", true)] {
+            lat_groups.push(format!("{}|{label}", pair.name));
+            lat.push(
+                MESHES
+                    .iter()
+                    .map(|m| {
+                        find(*m, pair.name).map_or(f64::NAN, |r| {
+                            if p99 {
+                                r.paced.p99_us
+                            } else {
+                                r.paced.p50_us
+                            }
+                        })
+                    })
+                    .collect::<Vec<_>>(),
+            );
+        }
+    }
+    let meshed = [Mesh::Ambient, Mesh::Sidecar];
+    let size_groups: Vec<String> = SIZES.iter().map(|s| format!("{s} pods/node")).collect();
+    let per_size = |f: &dyn Fn(&ScalePoint) -> f64| -> Vec<Vec<f64>> {
+        SIZES
+            .iter()
+            .map(|size| {
+                meshed
+                    .iter()
+                    .map(|m| {
+                        scale
+                            .iter()
+                            .find(|p| p.mesh == *m && p.pods_per_node == *size)
+                            .map_or(f64::NAN, f)
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let rss = per_size(&|p| p.anon_per_pod_kib() / 1024.0);
+    let cpu = per_size(&|p| tput_summary(std::slice::from_ref(&p.tput)).1);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
+         viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"10\" y=\"24\" font-size=\"16\" font-weight=\"bold\">ambit: direct vs ambient \
+         (per node) vs sidecar (per pod) — {} CPUs, {}</text>\n",
+        machine.cpus,
+        xml_escape(&machine.revision)
+    );
+    let y0 = 40.0;
+    svg.push_str(&bar_panel(
+        0.0,
+        y0,
+        pw,
+        ph,
+        "Throughput, Gbit/s",
+        &groups,
+        &MESHES,
+        &tput,
+    ));
+    svg.push_str(&bar_panel(
+        pw,
+        y0,
+        pw,
+        ph,
+        &format!("1 KiB RR latency at {PACED_RATE} req/s, µs"),
+        &lat_groups,
+        &MESHES,
+        &lat,
+    ));
+    svg.push_str(&bar_panel(
+        0.0,
+        y0 + ph,
+        pw,
+        ph,
+        "ambit RssAnon per enrolled pod, MiB",
+        &size_groups,
+        &meshed,
+        &rss,
+    ));
+    svg.push_str(&bar_panel(
+        pw,
+        y0 + ph,
+        pw,
+        ph,
+        "ambit CPU s per GiB (1 stream, cross-node)",
+        &size_groups,
+        &meshed,
+        &cpu,
+    ));
+    svg.push_str("</svg>\n");
+    svg
 }
