@@ -29,14 +29,14 @@ fn chain_name(chain: Chain) -> &'static str {
     }
 }
 
-fn tools(family: Family) -> (&'static str, &'static str) {
+pub(super) fn tools(family: Family) -> (&'static str, &'static str) {
     match family {
         Family::V4 => ("iptables-save", "iptables-restore"),
         Family::V6 => ("ip6tables-save", "ip6tables-restore"),
     }
 }
 
-fn family_label(family: Family) -> &'static str {
+pub(super) fn family_label(family: Family) -> &'static str {
     match family {
         Family::V4 => "iptables",
         Family::V6 => "ip6tables",
@@ -145,7 +145,7 @@ fn is_ours(name: &str) -> bool {
 }
 
 /// Target of a rule (`-j X` or `-g X`), if any.
-fn target(line: &str) -> Option<&str> {
+pub(super) fn target(line: &str) -> Option<&str> {
     let mut words = line.split_whitespace();
     while let Some(w) = words.next() {
         if w == "-j" || w == "-g" {
@@ -212,7 +212,7 @@ impl Saved {
 }
 
 /// `-D` line deleting the rule saved as `jump` (an `-A` line).
-fn delete_line(jump: &str) -> String {
+pub(super) fn delete_line(jump: &str) -> String {
     format!("-D {}\n", jump.strip_prefix("-A ").unwrap_or(jump))
 }
 
@@ -280,7 +280,7 @@ fn save(ns: &NetNs, family: Family) -> Result<Saved, RulesError> {
     Ok(Saved::parse(&dump))
 }
 
-fn restore(ns: &NetNs, family: Family, text: &str) -> Result<(), RulesError> {
+pub(super) fn restore(ns: &NetNs, family: Family, text: &str) -> Result<(), RulesError> {
     run_ok(ns, tools(family).1, &["--noflush", "-w", "5"], Some(text)).map(drop)
 }
 
