@@ -100,17 +100,19 @@ pub fn render_rule(rule: &Rule) -> String {
     out.join(" ")
 }
 
-/// Our part of one table, as found in (or expected in) `iptables-save` output.
+/// Our part of one table, as found in (or expected in) `iptables-save` output. Which chains
+/// are "ours" depends on the caller: ambit's ambient chains here, any `ISTIO_*` chain for the
+/// sidecar set (see [`parse_tables`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Ours {
+pub(super) struct Ours {
     /// Our chains that exist, with their rules (`-A ISTIO_PRERT ...` lines) in order.
-    chains: BTreeMap<String, Vec<String>>,
+    pub(super) chains: BTreeMap<String, Vec<String>>,
     /// Rules elsewhere that jump to one of our chains (whole `-A` lines), sorted.
-    jumps: Vec<String>,
+    pub(super) jumps: Vec<String>,
 }
 
 impl Ours {
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.chains.is_empty() && self.jumps.is_empty()
     }
 
@@ -155,41 +157,49 @@ pub(super) fn target(line: &str) -> Option<&str> {
     None
 }
 
+/// The chains of `dump` (an `iptables-save` listing) for which `is_ours` holds, and every
+/// jump to them, per table of mangle/nat/raw that has any.
+pub(super) fn parse_tables(dump: &str, is_ours: fn(&str) -> bool) -> BTreeMap<String, Ours> {
+    let mut tables: BTreeMap<String, Ours> = BTreeMap::new();
+    let mut table: Option<&mut Ours> = None;
+    for line in dump.lines().map(str::trim_end) {
+        if let Some(name) = line.strip_prefix('*') {
+            let keep = SCANNED_TABLES.contains(&name);
+            table = keep.then(|| tables.entry(name.to_string()).or_default());
+            continue;
+        }
+        let Some(ours) = table.as_deref_mut() else {
+            continue;
+        };
+        if let Some(decl) = line.strip_prefix(':') {
+            let name = decl.split_whitespace().next().unwrap_or_default();
+            if is_ours(name) {
+                ours.chains.entry(name.to_string()).or_default();
+            }
+        } else if let Some(rule) = line.strip_prefix("-A ") {
+            let chain = rule.split_whitespace().next().unwrap_or_default();
+            if is_ours(chain) {
+                ours.chains
+                    .entry(chain.to_string())
+                    .or_default()
+                    .push(line.to_string());
+            } else if target(line).is_some_and(is_ours) {
+                ours.jumps.push(line.to_string());
+            }
+        }
+    }
+    tables.retain(|_, ours| !ours.is_empty());
+    for ours in tables.values_mut() {
+        ours.jumps.sort();
+    }
+    tables
+}
+
 impl Saved {
     fn parse(dump: &str) -> Saved {
-        let mut saved = Saved::default();
-        let mut table: Option<&mut Ours> = None;
-        for line in dump.lines().map(str::trim_end) {
-            if let Some(name) = line.strip_prefix('*') {
-                let keep = SCANNED_TABLES.contains(&name);
-                table = keep.then(|| saved.tables.entry(name.to_string()).or_default());
-                continue;
-            }
-            let Some(ours) = table.as_deref_mut() else {
-                continue;
-            };
-            if let Some(decl) = line.strip_prefix(':') {
-                let name = decl.split_whitespace().next().unwrap_or_default();
-                if is_ours(name) {
-                    ours.chains.entry(name.to_string()).or_default();
-                }
-            } else if let Some(rule) = line.strip_prefix("-A ") {
-                let chain = rule.split_whitespace().next().unwrap_or_default();
-                if is_ours(chain) {
-                    ours.chains
-                        .entry(chain.to_string())
-                        .or_default()
-                        .push(line.to_string());
-                } else if target(line).is_some_and(is_ours) {
-                    ours.jumps.push(line.to_string());
-                }
-            }
+        Saved {
+            tables: parse_tables(dump, is_ours),
         }
-        saved.tables.retain(|_, ours| !ours.is_empty());
-        for ours in saved.tables.values_mut() {
-            ours.jumps.sort();
-        }
-        saved
     }
 
     fn table(&self, name: &str) -> Ours {
@@ -217,7 +227,7 @@ pub(super) fn delete_line(jump: &str) -> String {
 }
 
 /// Restore text that removes our chains and every jump to them from one table.
-fn render_removal(table: &str, ours: &Ours, out: &mut String) {
+pub(super) fn render_removal(table: &str, ours: &Ours, out: &mut String) {
     out.push_str(&format!("*{table}\n"));
     for chain in ours.chains.keys() {
         out.push_str(&format!(":{chain} - [0:0]\n"));
@@ -362,14 +372,23 @@ pub fn remove_if_available(ns: &NetNs) -> Result<bool, RulesError> {
 
 /// Our chains as installed, per family and table, in `iptables-save` form.
 pub fn installed(ns: &NetNs) -> Result<Vec<InstalledSection>, RulesError> {
+    installed_chains(ns, is_ours)
+}
+
+/// The chains `is_ours` selects, as installed, per family and table, in `iptables-save`
+/// form. IPv6 tools failing (no IPv6 in the kernel) means no IPv6 sections.
+pub(super) fn installed_chains(
+    ns: &NetNs,
+    is_ours: fn(&str) -> bool,
+) -> Result<Vec<InstalledSection>, RulesError> {
     let mut sections = Vec::new();
     for family in [Family::V4, Family::V6] {
-        let saved = match save(ns, family) {
-            Ok(saved) => saved,
+        let dump = match run_ok(ns, tools(family).0, &[], None) {
+            Ok(dump) => dump,
             Err(e) if family == Family::V4 => return Err(e),
             Err(_) => continue,
         };
-        for (name, ours) in saved.tables {
+        for (name, ours) in parse_tables(&dump, is_ours) {
             let mut lines: Vec<String> = ours.chains.keys().map(|c| format!(":{c}")).collect();
             lines.extend(ours.jumps);
             lines.extend(ours.chains.into_values().flatten());

@@ -1,7 +1,7 @@
 //! Applying, removing, listing and counting the sidecar rules in a pod's namespace.
 
 use super::super::exec::{run, run_ok};
-use super::super::iptables::{family_label, restore, target, tools};
+use super::super::iptables::{family_label, installed_chains, restore, target, tools};
 use super::super::{
     nftables, ApplyOutcome, Backend, Families, Family, InstalledSection, RulesError,
 };
@@ -120,24 +120,7 @@ pub fn remove_sidecar(ns: &NetNs, backend: Backend) -> Result<(), RulesError> {
 
 /// The Istio sidecar chains as installed, per family and table, in `iptables-save` form.
 pub fn installed(ns: &NetNs) -> Result<Vec<InstalledSection>, RulesError> {
-    let mut sections = Vec::new();
-    for family in [Family::V4, Family::V6] {
-        let saved = match save(ns, family) {
-            Ok(saved) => saved,
-            Err(e) if family == Family::V4 => return Err(e),
-            Err(_) => continue,
-        };
-        for (name, found) in saved.tables {
-            let mut lines: Vec<String> = found.chains.keys().map(|c| format!(":{c}")).collect();
-            lines.extend(found.jumps);
-            lines.extend(found.chains.into_values().flatten());
-            sections.push(InstalledSection {
-                name: format!("{} {name}", family_label(family)),
-                lines,
-            });
-        }
-    }
-    Ok(sections)
+    installed_chains(ns, is_istio)
 }
 
 /// Strips a leading `[packets:bytes] ` (from `iptables-save -c`).

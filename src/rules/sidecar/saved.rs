@@ -3,11 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use super::super::iptables::{delete_line, target};
+pub(super) use super::super::iptables::render_removal;
+use super::super::iptables::{delete_line, parse_tables, Ours};
 use super::SidecarRuleSet;
-
-/// Tables scanned for Istio chains (ours, and leftovers of other Istio modes).
-const SCANNED_TABLES: [&str; 3] = ["nat", "mangle", "raw"];
 
 /// The `iptables-restore --noflush` input that installs `set` into a namespace holding no
 /// Istio rules: `*nat`, the chain declarations, the jumps, the chains' rules, `COMMIT`.
@@ -16,13 +14,7 @@ pub fn render_script(set: &SidecarRuleSet) -> String {
 }
 
 /// Istio chains (`ISTIO_*`) of one table, as found in `iptables-save` output.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(super) struct Found {
-    /// Each Istio chain with its `-A` lines in order.
-    pub(super) chains: BTreeMap<String, Vec<String>>,
-    /// Rules in other chains that jump to an Istio chain (`-A` lines), sorted.
-    pub(super) jumps: Vec<String>,
-}
+pub(super) type Found = Ours;
 
 #[derive(Debug, Default)]
 pub(super) struct Saved {
@@ -35,39 +27,9 @@ pub(super) fn is_istio(chain: &str) -> bool {
 
 impl Saved {
     pub(super) fn parse(dump: &str) -> Saved {
-        let mut saved = Saved::default();
-        let mut table: Option<&mut Found> = None;
-        for line in dump.lines().map(str::trim_end) {
-            if let Some(name) = line.strip_prefix('*') {
-                let keep = SCANNED_TABLES.contains(&name);
-                table = keep.then(|| saved.tables.entry(name.to_string()).or_default());
-                continue;
-            }
-            let Some(found) = table.as_deref_mut() else {
-                continue;
-            };
-            if let Some(decl) = line.strip_prefix(':') {
-                let name = decl.split_whitespace().next().unwrap_or_default();
-                if is_istio(name) {
-                    found.chains.entry(name.to_string()).or_default();
-                }
-            } else if let Some(rule) = line.strip_prefix("-A ") {
-                let chain = rule.split_whitespace().next().unwrap_or_default();
-                if is_istio(chain) {
-                    let lines = found.chains.entry(chain.to_string()).or_default();
-                    lines.push(line.to_string());
-                } else if target(line).is_some_and(is_istio) {
-                    found.jumps.push(line.to_string());
-                }
-            }
+        Saved {
+            tables: parse_tables(dump, is_istio),
         }
-        saved
-            .tables
-            .retain(|_, f| !f.chains.is_empty() || !f.jumps.is_empty());
-        for found in saved.tables.values_mut() {
-            found.jumps.sort();
-        }
-        saved
     }
 
     /// First difference from the expected state of `set`, if any.
@@ -82,22 +44,6 @@ impl Saved {
             .find(|name| *name != "nat")
             .map(|name| format!("leftover Istio chains in table {name}"))
     }
-}
-
-/// Restore text removing every Istio chain of one table and every jump to them.
-pub(super) fn render_removal(table: &str, found: &Found, out: &mut String) {
-    out.push_str(&format!("*{table}\n"));
-    // Declaring flushes, so chains referring to each other can all be deleted.
-    for chain in found.chains.keys() {
-        out.push_str(&format!(":{chain} - [0:0]\n"));
-    }
-    for jump in &found.jumps {
-        out.push_str(&delete_line(jump));
-    }
-    for chain in found.chains.keys() {
-        out.push_str(&format!("-X {chain}\n"));
-    }
-    out.push_str("COMMIT\n");
 }
 
 /// Restore text turning the saved state into the expected one, in one transaction.
