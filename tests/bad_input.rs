@@ -141,53 +141,39 @@ async fn bad_workload_file_keeps_last_good_state() {
         "uid": "x", "name": "broken", "namespace": "lab", "node": "n1", "ips": ["10.1.2.300"]
     }));
     write_atomically(&c, &doc.to_string());
-    let until = std::time::Instant::now() + DEADLINE;
-    loop {
+    wait_until("the broken entry reported", || {
         let pods = c.pods("n1");
-        if let Some(b) = pods.iter().find(|p| p["pod"] == "lab/broken") {
-            assert_eq!(b["state"], "failed");
-            assert!(b["error"].as_str().unwrap().contains("10.1.2.300"), "{b:#}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < until,
-            "broken entry not reported: {pods:#?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+        let Some(b) = pods.iter().find(|p| p["pod"] == "lab/broken") else {
+            return false;
+        };
+        assert_eq!(b["state"], "failed");
+        assert!(b["error"].as_str().unwrap().contains("10.1.2.300"), "{b:#}");
+        true
+    });
     c.wait_state("n1-p2", "enrolled");
 
     // An unreadable file: the error is reported, the last good snapshot stays in force.
     write_atomically(&c, "{ this is not json");
-    let until = std::time::Instant::now() + DEADLINE;
-    loop {
-        let status: serde_json::Value =
-            serde_json::from_str(&c.lab.admin_get("n1", "/status").unwrap()).unwrap();
-        if let Some(e) = status["source_error"].as_str() {
+    wait_until("the file error reported", || match source_error(&c) {
+        Some(e) => {
             assert!(e.contains("workloads.json") && e.contains("line 1"), "{e}");
-            break;
+            true
         }
-        assert!(std::time::Instant::now() < until, "file error not reported");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+        None => false,
+    });
     c.wait_state("n1-p2", "enrolled");
     let local = send(&c, "n1-p1", c.v4("n1-p2")).await;
     c.wait_flow("n1", |f| f["src"] == local.to_string() && is(f, "outbound"));
 
     write_atomically(&c, &good);
-    let until = std::time::Instant::now() + DEADLINE;
-    loop {
-        let status: serde_json::Value =
-            serde_json::from_str(&c.lab.admin_get("n1", "/status").unwrap()).unwrap();
-        if status["source_error"].is_null() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < until,
-            "file error never cleared"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_until("the file error cleared", || source_error(&c).is_none());
+}
+
+/// The workload source's error as the daemon on n1 reports it.
+fn source_error(c: &Cluster) -> Option<String> {
+    let status: serde_json::Value =
+        serde_json::from_str(&c.lab.admin_get("n1", "/status").unwrap()).unwrap();
+    status["source_error"].as_str().map(str::to_string)
 }
 
 fn write_atomically(c: &Cluster, text: &str) {

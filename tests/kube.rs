@@ -22,14 +22,6 @@ fn redirection(c: &Cluster, pod: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let until = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 async fn servers(c: &Cluster) -> Vec<Server> {
     let any: SocketAddr = "[::]:8080".parse().unwrap();
     let mut out = Vec::new();

@@ -5,7 +5,6 @@ mod support;
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use ambit::lab::traffic::{connect, Server};
 use ambit::rules::{self, Backend};
@@ -110,11 +109,9 @@ async fn pod_removed_and_readded_nftables() {
 fn wait_applies(c: &Cluster, node: &str, outcome: &str, n: f64) {
     let series = format!("ambit_rule_applies_total{{outcome=\"{outcome}\"}}");
     let start = c.metric(node, &series);
-    let until = Instant::now() + DEADLINE;
-    while c.metric(node, &series) < start + n {
-        assert!(Instant::now() < until, "no {outcome} re-apply on {node}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(&format!("{n} more {outcome} re-applies on {node}"), || {
+        c.metric(node, &series) >= start + n
+    });
 }
 
 /// What a rewrite would change: iptables rule counters (a restore resets them) or nft rule

@@ -164,6 +164,18 @@ impl Cluster {
     }
 }
 
+/// Polls `cond` until it holds; fails the test naming `what` after [`DEADLINE`].
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Sends 10 kB from pod `from` (or `"fabric"`, outside the mesh) to the echo server at `dst`,
 /// asserts the echo is intact, and returns the client's own address.
 pub async fn send(c: &Cluster, from: &str, dst: SocketAddr) -> SocketAddr {
