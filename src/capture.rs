@@ -24,6 +24,17 @@ pub const INCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/includeOu
 /// `bypass-inbound-capture`: ambient "ingress mode", no inbound redirect at all.
 pub const BYPASS_INBOUND_CAPTURE: &str = "ambient.istio.io/bypass-inbound-capture";
 
+/// Every annotation that shapes a pod's capture; no other annotation can change its rules.
+pub const CAPTURE_ANNOTATIONS: [&str; 7] = [
+    EXCLUDE_INBOUND_PORTS,
+    INCLUDE_INBOUND_PORTS,
+    EXCLUDE_OUTBOUND_PORTS,
+    INCLUDE_OUTBOUND_PORTS,
+    EXCLUDE_OUTBOUND_IP_RANGES,
+    INCLUDE_OUTBOUND_IP_RANGES,
+    BYPASS_INBOUND_CAPTURE,
+];
+
 /// Either everything, or only the listed items (an empty list means nothing).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Selection<T> {

@@ -82,14 +82,15 @@ pub(super) struct Fingerprint {
 }
 
 pub(super) fn capture_fingerprint(pod: &Pod, snapshot: &Snapshot) -> Fingerprint {
-    // Labels only matter through enrollment, which is decided separately; the annotation the
-    // daemon writes itself must not count, or writing it would look like a change.
+    // Labels (and annotations such as sidecar.istio.io/status) matter only through
+    // enrollment, which is decided separately; of the annotations only the capture ones shape
+    // the rules — the one the daemon writes itself must not look like a change.
     let mut pod = Pod {
         labels: Default::default(),
         ..pod.clone()
     };
     pod.annotations
-        .remove(crate::k8s::status::REDIRECTION_ANNOTATION);
+        .retain(|k, _| crate::capture::CAPTURE_ANNOTATIONS.contains(&k.as_str()));
     let mtls_mode = snapshot
         .namespace_labels(&pod.namespace)
         .and_then(|l| l.get(MTLS_MODE_LABEL))
@@ -111,4 +112,32 @@ pub(super) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| format!("background task failed: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_capture_annotations_change_the_fingerprint() {
+        let snapshot = Snapshot::default();
+        let pod = Pod {
+            uid: "u".into(),
+            name: "p".into(),
+            namespace: "ns".into(),
+            ..Pod::default()
+        };
+        let base = capture_fingerprint(&pod, &snapshot);
+        let mut other = pod.clone();
+        other.annotations.insert(
+            crate::k8s::status::REDIRECTION_ANNOTATION.into(),
+            "enabled".into(),
+        );
+        other.labels.insert("app".into(), "x".into());
+        assert_eq!(capture_fingerprint(&other, &snapshot), base);
+        other
+            .annotations
+            .insert(crate::capture::EXCLUDE_INBOUND_PORTS.into(), "9090".into());
+        assert_ne!(capture_fingerprint(&other, &snapshot), base);
+    }
 }
