@@ -5,8 +5,6 @@
 //! thread) runs the workload source, the reconciler and the admin/metrics/readiness servers, so
 //! neither a slow scrape nor a slow `iptables-restore` stalls traffic.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,60 +13,14 @@ use hyper::StatusCode;
 use tokio::sync::watch;
 
 use crate::admin::{self, Reply, Router};
+use crate::config::{RunConfig, Source};
 use crate::flows::FlowTable;
 use crate::identity::manager::CertManager;
 use crate::k8s::status::{CaptureObserver, KubeReporter, LogOnly};
 use crate::metrics::Metrics;
 use crate::proxy::ProxyContext;
-use crate::reconcile::{ReconcileConfig, Reconciler, StatusBoard};
+use crate::reconcile::{Reconciler, StatusBoard};
 use crate::workload::{file, Directory};
-
-/// Everything `ambit run` needs.
-#[derive(Clone, Debug)]
-pub struct RunConfig {
-    /// Reconciler settings (node, backend, ...).
-    pub reconcile: ReconcileConfig,
-    /// Where pods, namespaces and services come from.
-    pub source: Source,
-    /// How often the workload file is checked for changes.
-    pub poll_interval: Duration,
-    /// Admin endpoint; must be a loopback address.
-    pub admin_addr: SocketAddr,
-    /// Metrics endpoint.
-    pub metrics_addr: SocketAddr,
-    /// Readiness endpoint.
-    pub readiness_addr: SocketAddr,
-    /// Worker threads of the data runtime.
-    pub data_threads: usize,
-    /// The mesh CA directory.
-    pub ca_dir: PathBuf,
-    /// Lifetime of issued workload certificates.
-    pub cert_validity: Duration,
-}
-
-/// The workload source.
-#[derive(Clone, Debug)]
-pub enum Source {
-    /// A local JSON file, watched for changes (the lab's and the demo's default).
-    File(PathBuf),
-    /// The Kubernetes API, through a kubeconfig or the in-cluster service account.
-    Kube {
-        /// Kubeconfig path; `None` for in-cluster configuration.
-        kubeconfig: Option<PathBuf>,
-    },
-}
-
-impl std::fmt::Display for Source {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Source::File(p) => write!(f, "file {}", p.display()),
-            Source::Kube {
-                kubeconfig: Some(p),
-            } => write!(f, "kubernetes ({})", p.display()),
-            Source::Kube { kubeconfig: None } => write!(f, "kubernetes (in-cluster)"),
-        }
-    }
-}
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: RunConfig) -> anyhow::Result<()> {
@@ -196,7 +148,7 @@ fn check_privileges() -> anyhow::Result<()> {
         .context("setns into a network namespace failed (needs CAP_SYS_ADMIN)")?;
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
         .context("creating a test socket")?;
-    s.set_mark(crate::proxy::socket::INPOD_MARK)
+    s.set_mark(crate::config::MARK)
         .context("setting SO_MARK failed (needs CAP_NET_ADMIN)")?;
     Ok(())
 }

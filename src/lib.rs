@@ -6,11 +6,15 @@ pub mod admin;
 pub mod app;
 pub mod capture;
 pub mod cli;
+pub mod config;
+pub mod copy;
+#[cfg(feature = "lab")]
 pub mod demo;
 pub mod flows;
 pub mod hbone;
 pub mod identity;
 pub mod k8s;
+#[cfg(feature = "lab")]
 pub mod lab;
 pub mod metrics;
 pub mod netns;
@@ -19,4 +23,5 @@ pub mod proxy;
 pub mod reconcile;
 pub mod rules;
 pub mod sidecar;
+pub mod socket;
 pub mod workload;

@@ -7,8 +7,6 @@
 //! rules let through) for the rest of its life. It speaks HBONE to other sidecars and to
 //! ambient pods, so both topologies do the same cryptographic work.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,43 +16,17 @@ use tokio::sync::watch;
 
 use crate::admin::{self, Reply, Router};
 use crate::capture::CaptureOptions;
+use crate::config::SidecarConfig;
 use crate::flows::FlowTable;
 use crate::identity::manager::CertManager;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::netns::NetNs;
-use crate::proxy::socket::Placement;
 use crate::proxy::{PodProxy, PodSecurity, ProxyContext};
-use crate::rules::{self, Backend, Families};
+use crate::rules::{self, Families};
+use crate::socket::Placement;
 use crate::workload::enroll::DaemonIdentity;
 use crate::workload::{file, Directory};
-
-/// Settings of `ambit sidecar`.
-#[derive(Clone, Debug)]
-pub struct SidecarConfig {
-    /// The pod this sidecar serves, as `namespace/name`.
-    pub pod: String,
-    /// Workload file (for the directory of destinations).
-    pub workloads: PathBuf,
-    /// Mesh CA directory.
-    pub ca_dir: PathBuf,
-    /// Trust domain.
-    pub trust_domain: String,
-    /// The proxy user the process runs as once set up.
-    pub uid: u32,
-    /// The proxy group.
-    pub gid: u32,
-    /// Rule backend.
-    pub backend: Backend,
-    /// Admin endpoint (loopback of the pod).
-    pub admin_addr: SocketAddr,
-    /// Readiness endpoint (`/healthz/ready`; excluded from capture by the rules).
-    pub readiness_addr: SocketAddr,
-    /// Worker threads (a sidecar is small: Envoy's default concurrency is 2).
-    pub threads: usize,
-    /// Workload-file poll interval.
-    pub poll_interval: Duration,
-}
 
 /// Runs the sidecar until SIGTERM/SIGINT.
 pub fn run(config: SidecarConfig) -> anyhow::Result<()> {

@@ -4,6 +4,7 @@
 //! Lab: 2 nodes × 4 pods. Client pods on n1 and server pods on n2 carry one annotation each.
 //! Inbound annotations govern plaintext arriving from outside the mesh, so those clients sit
 //! in the fabric namespace (like a Prometheus scraper or kubelet outside the mesh).
+#![cfg(feature = "lab")]
 
 mod support;
 

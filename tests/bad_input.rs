@@ -1,6 +1,7 @@
 //! h: bad input — an invalid annotation, a missing netns, a pod without IPs, a netns that is
 //! not the pod's, a malformed pod entry, an unreadable workload file. Each is reported with the
 //! pod and the value, nothing of the bad pod is captured half-way, and other pods carry on.
+#![cfg(feature = "lab")]
 
 mod support;
 

@@ -4,6 +4,7 @@
 //! (15001 → 15008); plaintext from outside the mesh arrives on 15006.
 //!
 //! Lab: 2 nodes × 3 pods in an ambient namespace; `n2-p3` is labelled out of the mesh.
+#![cfg(feature = "lab")]
 
 mod support;
 
@@ -233,7 +234,7 @@ async fn self_calls_refused(w: &World) {
             "{dst}: connection not closed: {read:?}"
         );
         let f = w.c.wait_flow("n1", |f| {
-            f["src"] == ambit::proxy::socket::canonical(local).to_string()
+            f["src"] == ambit::socket::canonical(local).to_string()
         });
         let err = f["error"].as_str().unwrap_or_default();
         assert!(err.contains("recursive call"), "{dst}: {f:#}");

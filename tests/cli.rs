@@ -1,5 +1,6 @@
 //! The command line as a user runs it: `ambit lab up/list/exec/down` and `ambit demo`, driving
 //! the real binary.
+#![cfg(feature = "lab")]
 
 use std::process::{Command, Output};
 

@@ -5,6 +5,7 @@
 //! namespace in strict mTLS mode refuses plaintext.
 //!
 //! The tests' own HBONE client runs in the fabric namespace, whose traffic no pod captures.
+#![cfg(feature = "lab")]
 
 mod support;
 
@@ -16,13 +17,14 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use ambit::hbone::{build_request, TunnelRequest, PORT as HBONE_PORT};
+use ambit::config::HBONE_PORT;
+use ambit::config::MTLS_MODE_LABEL;
+use ambit::hbone::{build_request, TunnelRequest};
 use ambit::identity::{ca, tls, Ca, Identity, WorkloadCert};
 use ambit::lab::traffic::{connect, exchange, Server};
 use ambit::lab::CA_DIR;
 use ambit::netns::NetNs;
-use ambit::proxy::socket::canonical;
-use ambit::reconcile::MTLS_MODE_LABEL;
+use ambit::socket::canonical;
 use bytes::Bytes;
 use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};

@@ -3,6 +3,7 @@
 //! resourceVersions, watch events, bookmarks, 410 Gone — because no real kube-apiserver can
 //! run on this machine. Pods from the API carry no netns path, so every capture here also
 //! exercises netns discovery on the node.
+#![cfg(feature = "lab")]
 
 mod support;
 

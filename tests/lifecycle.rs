@@ -1,5 +1,6 @@
 //! g: pods leaving and joining the mesh through the workload file, re-applies that change
 //! nothing, drift repaired — observed in the pod's netns (rules, listeners) and in traffic.
+#![cfg(feature = "lab")]
 
 mod support;
 

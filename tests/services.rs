@@ -1,6 +1,7 @@
 //! Services: a connection to a ClusterIP is carried to one of the Service's ready endpoints —
 //! through HBONE when the endpoint is a mesh pod, by passthrough otherwise — spread over the
 //! endpoints; with no ready endpoint it is refused at once.
+#![cfg(feature = "lab")]
 
 mod support;
 

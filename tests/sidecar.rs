@@ -1,6 +1,7 @@
 //! Sidecar mode: `ambit sidecar` per pod with Istio's classic sidecar rules, one test per
 //! traffic type of the classic sidecar walkthrough. Each asserts which rule matched (the
 //! rule's packet counter in the pod's netns) and what the peer observed.
+#![cfg(feature = "lab")]
 
 mod support;
 

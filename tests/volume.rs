@@ -1,6 +1,7 @@
 //! i: volume through the real daemons — 64 MiB each way byte-exact over HBONE, IPv4 and IPv6
 //! (with half-close carried through the tunnel), and 200 concurrent connections through one
 //! pod.
+#![cfg(feature = "lab")]
 
 mod support;
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use ambit::hbone::PORT as HBONE_PORT;
+use ambit::config::HBONE_PORT;
 use ambit::identity::{tls, Ca, Identity, DEFAULT_TRUST_DOMAIN};
 use ambit::lab::{Lab, LabSpec, CA_DIR};
 use ambit::netns::NetNs;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use ambit::hbone::PORT as HBONE_PORT;
+use ambit::config::HBONE_PORT;
 use ambit::identity::DEFAULT_TRUST_DOMAIN;
 use serde_json::{json, Value};
 

@@ -10,26 +10,8 @@ pub mod server;
 pub mod stream;
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
 use http::{HeaderValue, Method, Request};
-
-/// Port of the HBONE listener in every pod.
-pub const PORT: u16 = 15008;
-/// ALPN protocol of HBONE connections.
-pub const ALPN: &[u8] = b"h2";
-/// Per-stream flow-control window: large enough for a fast single stream across nodes.
-pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-/// Per-connection window: several streams' worth, so one slow stream cannot stall the rest.
-pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
-/// Largest DATA frame we accept.
-pub const MAX_FRAME: u32 = 1024 * 1024;
-/// Streams opened on one pooled connection before another connection is dialled.
-pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
-/// Streams a server accepts concurrently on one connection.
-pub const SERVER_MAX_STREAMS: u32 = 200;
-/// Deadline for TCP connect plus TLS and HTTP/2 handshakes to a peer.
-pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a CONNECT request carries besides its target.
 #[derive(Clone, Debug)]
@@ -86,7 +68,7 @@ pub fn parse_target<B>(req: &Request<B>) -> Result<SocketAddr, RequestError> {
     let authority = req.uri().authority().map(|a| a.as_str()).unwrap_or("");
     authority
         .parse::<SocketAddr>()
-        .map(crate::proxy::socket::canonical)
+        .map(crate::socket::canonical)
         .map_err(|_| RequestError::BadAuthority(authority.to_string()))
 }
 

@@ -16,11 +16,13 @@ use bytes::Bytes;
 use h2::client::SendRequest;
 use rustls::pki_types::ServerName;
 
-use super::{
-    CONNECTION_WINDOW, DIAL_TIMEOUT, MAX_FRAME, MAX_STREAMS_PER_CONNECTION, STREAM_WINDOW,
+use crate::config::{
+    H2_CONNECTION_WINDOW as CONNECTION_WINDOW, H2_MAX_FRAME as MAX_FRAME,
+    H2_STREAM_WINDOW as STREAM_WINDOW, HBONE_DIAL_TIMEOUT as DIAL_TIMEOUT,
+    POOL_MAX_STREAMS_PER_CONNECTION as MAX_STREAMS_PER_CONNECTION,
 };
 use crate::identity::Identity;
-use crate::proxy::socket::Placement;
+use crate::socket::Placement;
 
 /// Errors of the HBONE client.
 #[derive(Debug, thiserror::Error)]

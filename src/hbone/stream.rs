@@ -12,12 +12,10 @@ use bytes::{Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// First read size; grows for bulk transfers like the TCP copy does.
-const INITIAL_READ: usize = 4 * 1024;
-/// Bulk read size: a few TLS records' worth per DATA frame batch.
-const BULK_READ: usize = 64 * 1024;
-/// Bytes after which a direction counts as bulk.
-const BULK_AFTER: u64 = 256 * 1024;
+use crate::config::{
+    TUNNEL_BULK_AFTER as BULK_AFTER, TUNNEL_BULK_READ as BULK_READ,
+    TUNNEL_INITIAL_READ as INITIAL_READ,
+};
 
 fn h2_io(e: h2::Error) -> io::Error {
     if e.is_io() {
@@ -96,7 +94,7 @@ pub async fn h2_to_tcp<W: AsyncWrite + Unpin>(
 }
 
 /// Bytes moved by [`bidirectional`].
-pub use crate::proxy::copy::Transferred;
+pub use crate::copy::Transferred;
 
 /// Runs both directions between a TCP stream and an HTTP/2 stream until both ended. An error
 /// on either side ends both (dropping the h2 stream resets it).

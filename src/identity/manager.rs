@@ -15,8 +15,8 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use super::ca::fmt_time;
 use super::{tls, Ca, Identity, IdentityError, WorkloadCert};
 
-/// Default lifetime of a workload certificate (Istio's default too).
-pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+/// Default lifetime of a workload certificate.
+pub use crate::config::DEFAULT_CERT_VALIDITY as DEFAULT_VALIDITY;
 
 /// Longest the rotation task sleeps between checks; also the retry delay after a failure.
 const MAX_POLL: Duration = Duration::from_secs(1);

@@ -5,8 +5,7 @@ use std::str::FromStr;
 
 use super::IdentityError;
 
-/// The trust domain used when the cluster does not configure one (Istio's default).
-pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+pub use crate::config::DEFAULT_TRUST_DOMAIN;
 
 const SCHEME: &str = "spiffe://";
 

@@ -23,9 +23,6 @@ use rustls::{ClientConfig, CommonState, RootCertStore, ServerConfig, SignatureSc
 use super::verify::{spiffe_identities, uri_sans, ServerIdentityVerifier, TrustDomainVerifier};
 use super::{Identity, IdentityError, WorkloadCert};
 
-/// The only application protocol HBONE speaks.
-pub const ALPN_H2: &[u8] = b"h2";
-
 /// The crypto provider for all identity TLS: *ring*, restricted to the TLS 1.3 AES-GCM suites
 /// ztunnel offers (no ChaCha20), so both sides negotiate the same way.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -72,7 +69,7 @@ pub fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(Arc::new(FixedCert(own.certified_key())));
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.alpn_protocols = vec![crate::config::HBONE_ALPN.to_vec()];
     config.enable_sni = false;
     config.resumption = Resumption::disabled();
     Ok(Arc::new(config))
@@ -93,7 +90,7 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(Arc::new(FixedCert(own.certified_key())));
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.alpn_protocols = vec![crate::config::HBONE_ALPN.to_vec()];
     // Clients never resume, so issuing tickets or caching sessions would be wasted work.
     config.send_tls13_tickets = 0;
     config.session_storage = Arc::new(NoServerSessionStorage {});

@@ -72,8 +72,8 @@ impl Server {
                 let index = {
                     let mut log = l.lock().unwrap_or_else(|p| p.into_inner());
                     log.push(Accepted {
-                        peer: crate::proxy::socket::canonical(peer),
-                        local: crate::proxy::socket::canonical(local),
+                        peer: crate::socket::canonical(peer),
+                        local: crate::socket::canonical(local),
                         bytes: 0,
                         done: false,
                     });
@@ -178,7 +178,7 @@ pub async fn exchange(
 ) -> io::Result<Exchange> {
     let work = async {
         let stream = connect(ns, dst).await?;
-        let local = crate::proxy::socket::canonical(stream.local_addr()?);
+        let local = crate::socket::canonical(stream.local_addr()?);
         let (mut r, mut w) = stream.into_split();
         let send = async {
             w.write_all(payload).await?;

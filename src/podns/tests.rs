@@ -432,6 +432,7 @@ fn own_namespace_addresses_include_loopback() {
 // ---------------------------------------------------------------------------------------------
 // Real lab pods (root): kubelet-like placeholder processes, found through /proc.
 
+#[cfg(feature = "lab")]
 mod lab {
     use std::collections::HashSet;
     use std::process::{Child, Command, Stdio};

@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
 
-use super::{count_failure, dial, open_flow, relay, PodScope, Refusal, PROXY_PORTS};
+use super::{count_failure, dial, open_flow, relay, PodScope, Refusal};
+use crate::config::PROXY_PORTS;
 use crate::flows::Listener;
 
 /// Handles one accepted inbound plaintext connection.

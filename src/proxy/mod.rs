@@ -1,14 +1,18 @@
 //! The per-pod proxy: three listeners inside the pod's network namespace and the handlers
-//! behind them.
+//! behind them. Each handler reads top-down: accept → decide → dial → copy.
 //!
-//! - 15001 outbound: the pod's own connections, redirected by the nat rules;
-//! - 15006 inbound plaintext: connections to the pod, handed to the app with the client's IP;
-//! - 15008 inbound HBONE: the mesh tunnel port (never redirected).
+//! - 15001 outbound ([`outbound`]): the pod's own connections, redirected by the nat rules;
+//! - 15006 inbound plaintext ([`inbound`]): connections to the pod, handed to the app with the
+//!   client's IP;
+//! - 15008 inbound HBONE ([`tunnel`]): the mesh tunnel port (never redirected).
+//!
+//! Sockets come from [`crate::socket`], byte copying from [`crate::copy`] and
+//! [`crate::hbone::stream`]; the HBONE wire protocol from [`crate::hbone`], which imports
+//! nothing from here.
 
-pub mod copy;
 mod inbound;
 mod outbound;
-pub mod socket;
+mod tunnel;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -18,24 +22,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::config::{
+    CONNECT_TIMEOUT, HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT, POOL_EVICT_INTERVAL,
+};
+use crate::copy;
 use crate::flows::{Flow, FlowTable, Listener};
 use crate::hbone::pool::Pool;
 use crate::identity::Identity;
 use crate::metrics::{ListenerLabels, Metrics};
+use crate::socket;
 use crate::workload::{Directory, Pod};
-
-/// Outbound capture port.
-pub const OUTBOUND_PORT: u16 = 15001;
-/// Inbound plaintext capture port.
-pub const INBOUND_PORT: u16 = 15006;
-/// Inbound HBONE port.
-pub const HBONE_PORT: u16 = 15008;
-/// Ports that must never be a proxied destination: reaching them through the proxy would loop.
-pub const PROXY_PORTS: [u16; 3] = [OUTBOUND_PORT, INBOUND_PORT, HBONE_PORT];
-/// How long a dial to an upstream may take before the client's connection is closed.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often idle pooled HBONE connections are looked for.
-const POOL_EVICT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What every pod proxy shares: the directory for routing decisions, the flow table, metrics.
 #[derive(Clone)]
@@ -223,9 +219,7 @@ async fn accept_loop(scope: Arc<PodScope>, kind: Listener, listener: TcpListener
             match kind {
                 Listener::Outbound => outbound::serve(&scope, stream, peer).await,
                 Listener::Inbound => inbound::serve(&scope, stream, peer).await,
-                Listener::Hbone => {
-                    crate::hbone::server::serve_connection(scope, stream, peer).await
-                }
+                Listener::Hbone => tunnel::serve_connection(scope, stream, peer).await,
             }
         });
     }

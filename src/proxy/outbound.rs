@@ -10,7 +10,8 @@ use std::sync::atomic::Ordering;
 
 use tokio::net::TcpStream;
 
-use super::{account_bytes, count_failure, dial, open_flow, relay, PodScope, Refusal, PROXY_PORTS};
+use super::{account_bytes, count_failure, dial, open_flow, relay, PodScope, Refusal};
+use crate::config::{HBONE_DIAL_TIMEOUT, HBONE_PORT, PROXY_PORTS};
 use crate::flows::{Flow, Listener};
 use crate::hbone::{self, TunnelRequest};
 use crate::identity::Identity;
@@ -63,7 +64,7 @@ pub(crate) fn decide(scope: &PodScope, dst: SocketAddr) -> Result<Route, Refusal
     .map_err(|e| Refusal::BadPeer(format!("destination {}: {e}", pod.key())))?;
     Ok(Route::Hbone {
         target,
-        peer: SocketAddr::new(target.ip(), hbone::PORT),
+        peer: SocketAddr::new(target.ip(), HBONE_PORT),
         identity,
     })
 }
@@ -138,7 +139,7 @@ async fn tunnel(
         let (response, stream) = send.send_request(request, false)?;
         Ok::<_, h2::Error>((response.await?, stream))
     };
-    let (response, send_stream) = tokio::time::timeout(hbone::DIAL_TIMEOUT, opened)
+    let (response, send_stream) = tokio::time::timeout(HBONE_DIAL_TIMEOUT, opened)
         .await
         .map_err(|_| format!("HBONE CONNECT to {dst} via {via}: no response"))?
         .map_err(|e| format!("HBONE CONNECT to {dst} via {via}: {e}"))?;

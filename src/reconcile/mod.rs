@@ -13,7 +13,6 @@ mod memory;
 mod pod;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,49 +23,17 @@ pub use board::{PodStatus, StatusBoard};
 use pod::{blocking, capture_fingerprint, outcome_label, Fingerprint, PodRules};
 
 use crate::capture::CaptureOptions;
+pub use crate::config::ReconcileConfig;
+use crate::config::MAX_ENROLL_BACKOFF;
 use crate::identity::manager::CertManager;
 use crate::k8s::status::{CaptureEvent, CaptureObserver, ObjectKey};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::netns::NetNs;
 use crate::proxy::{PodProxy, ProxyContext};
-use crate::rules::{ApplyOutcome, Backend};
-use crate::workload::enroll::{decide, DaemonIdentity, DATAPLANE_MODE_LABEL};
+use crate::rules::ApplyOutcome;
+use crate::workload::enroll::{decide, DATAPLANE_MODE_LABEL};
 use crate::workload::file::SourceState;
 use crate::workload::{Directory, Pod, Snapshot};
-
-/// Longest wait between retries of a failed pod.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// Settings of the reconciler.
-#[derive(Clone, Debug)]
-pub struct ReconcileConfig {
-    /// This node's name; only pods scheduled here are captured.
-    pub node: String,
-    /// How the daemon's own pods are recognised.
-    pub daemon: DaemonIdentity,
-    /// Rule backend.
-    pub backend: Backend,
-    /// How often the rules of captured pods are checked for drift.
-    pub verify_interval: Duration,
-    /// Trust domain of the mesh's identities.
-    pub trust_domain: String,
-    /// Whether plaintext inbound is refused unless a namespace says otherwise.
-    pub strict_by_default: bool,
-    /// How long an unused pooled HBONE connection stays open.
-    pub pool_idle: Duration,
-    /// Where the host's /proc is (for finding pod namespaces by cgroup).
-    pub host_proc: PathBuf,
-    /// Where named network namespaces are pinned (fallback discovery by pod IP).
-    pub netns_dir: PathBuf,
-    /// Only pinned namespaces whose names start with this are considered by the fallback.
-    pub netns_prefix: Option<String>,
-    /// Where the daemon remembers what it captured, across restarts (`None`: nowhere).
-    pub state_dir: Option<PathBuf>,
-}
-
-/// Namespace label choosing the inbound mTLS mode of its pods: `strict` (only HBONE) or
-/// `permissive` (plaintext on 15006 also accepted).
-pub const MTLS_MODE_LABEL: &str = "ambit.io/mtls-mode";
 
 struct Enrolled {
     pod: Pod,
@@ -300,7 +267,7 @@ impl Reconciler {
             }
             Err(error) => {
                 let attempts = previous_attempts + 1;
-                let backoff = Duration::from_secs(1 << attempts.min(5)).min(MAX_BACKOFF);
+                let backoff = Duration::from_secs(1 << attempts.min(5)).min(MAX_ENROLL_BACKOFF);
                 tracing::error!(pod = %pod.key(), %error, retry_in = ?backoff, "pod capture failed");
                 self.count_rules("failed");
                 self.report(ObjectKey::pod(&pod.namespace, &pod.name), &error);
@@ -340,7 +307,7 @@ impl Reconciler {
         let proxy = PodProxy::start(
             self.ctx.clone(),
             Arc::new(pod.clone()),
-            crate::proxy::socket::Placement::Ambient(netns.clone()),
+            crate::socket::Placement::Ambient(netns.clone()),
             security,
             &self.data_runtime,
         )

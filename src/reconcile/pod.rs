@@ -4,8 +4,9 @@
 
 use std::sync::Arc;
 
-use super::{ReconcileConfig, MTLS_MODE_LABEL};
+use super::ReconcileConfig;
 use crate::capture::CaptureOptions;
+use crate::config::{MtlsMode, MTLS_MODE_LABEL};
 use crate::identity::manager::CertManager;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
@@ -49,25 +50,23 @@ pub(super) fn security_for(
 ) -> Result<PodSecurity, String> {
     let identity = identity_of(config, pod)?;
     certs.get(&identity).map_err(|e| e.to_string())?;
-    let strict = match snapshot
+    let mode = match snapshot
         .namespace_labels(&pod.namespace)
         .and_then(|l| l.get(MTLS_MODE_LABEL))
-        .map(String::as_str)
     {
-        Some("strict") => true,
-        Some("permissive") => false,
-        Some(other) => {
-            return Err(format!(
-                "namespace {} label {MTLS_MODE_LABEL}={other:?} is not valid (expected strict or permissive)",
+        Some(value) => MtlsMode::from_label(value).ok_or_else(|| {
+            format!(
+                "namespace {} label {MTLS_MODE_LABEL}={value:?} is not valid (expected strict or permissive)",
                 pod.namespace
-            ))
-        }
-        None => config.strict_by_default,
+            )
+        })?,
+        None => config.default_mtls,
     };
+    let strict = mode == MtlsMode::Strict;
     Ok(PodSecurity::new(
         identity,
         certs,
-        crate::proxy::socket::Placement::Ambient(netns.clone()),
+        crate::socket::Placement::Ambient(netns.clone()),
         config.pool_idle,
         metrics.hbone_dials.clone(),
         strict,

@@ -11,11 +11,8 @@
 //!
 //! DNS capture (port 15053, raw table) is not installed yet: it comes with the DNS proxy.
 
-use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::ExitStatus;
-use std::str::FromStr;
 
 use crate::capture::CaptureOptions;
 use crate::netns::NetNs;
@@ -35,28 +32,10 @@ mod testns;
 
 pub use sidecar::{apply_sidecar, counters, remove_sidecar, RuleCounter, SidecarRuleSet};
 
-/// Mark the proxy sets (`SO_MARK`) on each of its sockets in the pod; never captured.
-pub const MARK: u32 = 0x539;
-/// Mask for [`MARK`] and [`CONNMARK`].
-pub const MASK: u32 = 0xfff;
-/// Connmark of inbound connections the proxy opened to the app, so replies go back to it.
-pub const CONNMARK: u32 = 0x111;
-/// Outbound capture port.
-pub const OUTBOUND_PORT: u16 = 15001;
-/// Inbound plaintext capture port.
-pub const INBOUND_PORT: u16 = 15006;
-/// HBONE port; inbound traffic to it is never redirected.
-pub const TUNNEL_PORT: u16 = 15008;
-/// Source address kubelet probes are SNATed to on the node; not captured.
-pub const PROBE_SOURCE_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 7, 127);
-/// IPv6 probe source.
-pub const PROBE_SOURCE_V6: Ipv6Addr = Ipv6Addr::new(
-    0xfd16, 0x9254, 0x7127, 0x1337, 0xffff, 0xffff, 0xffff, 0xffff,
-);
-/// Routing table holding the local default route for connmarked replies.
-pub const ROUTE_TABLE: u32 = 100;
-/// Preference of the `fwmark 0x111/0xfff lookup 100` ip rule.
-pub const RULE_PREF: u32 = 32764;
+pub use crate::config::{
+    Backend, UnknownBackend, CONNMARK, HBONE_PORT, INBOUND_PORT, MARK, MARK_MASK, OUTBOUND_PORT,
+    PROBE_SOURCE_V4, PROBE_SOURCE_V6, ROUTE_TABLE, RULE_PREF,
+};
 
 /// An IP address family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -113,40 +92,6 @@ impl Families {
         [Family::V4, Family::V6]
             .into_iter()
             .filter(move |f| self.contains(*f))
-    }
-}
-
-/// Which tool installs the rules.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Backend {
-    /// `iptables-restore` / `ip6tables-restore` (either the legacy or the nft flavour).
-    Iptables,
-    /// Native `nft` tables `inet istio-ambient-nat` and `inet istio-ambient-mangle`.
-    Nftables,
-}
-
-/// A backend name that is neither `iptables` nor `nftables`.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown rule backend {0:?} (expected \"iptables\" or \"nftables\")")]
-pub struct UnknownBackend(pub String);
-
-impl FromStr for Backend {
-    type Err = UnknownBackend;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "iptables" => Ok(Backend::Iptables),
-            "nftables" => Ok(Backend::Nftables),
-            other => Err(UnknownBackend(other.to_string())),
-        }
-    }
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Backend::Iptables => "iptables",
-            Backend::Nftables => "nftables",
-        })
     }
 }
 

@@ -9,8 +9,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 
 use super::{
-    Family, CONNMARK, INBOUND_PORT, MARK, MASK, OUTBOUND_PORT, PROBE_SOURCE_V4, PROBE_SOURCE_V6,
-    TUNNEL_PORT,
+    Family, CONNMARK, HBONE_PORT, INBOUND_PORT, MARK, MARK_MASK, OUTBOUND_PORT, PROBE_SOURCE_V4,
+    PROBE_SOURCE_V6,
 };
 use crate::capture::{CaptureOptions, Selection};
 
@@ -164,7 +164,7 @@ impl Rule {
         self
     }
     fn mark(mut self, value: u32, negate: bool) -> Rule {
-        let mask = MASK;
+        let mask = MARK_MASK;
         self.mark = Some(MarkMatch {
             value,
             mask,
@@ -217,13 +217,13 @@ impl RuleSet {
 
         let mangle_prerouting = vec![Rule::new(Action::SetConnmark {
             value: CONNMARK,
-            mask: MASK,
+            mask: MARK_MASK,
         })
         .mark(MARK, false)];
         let mut restore = Rule::new(Action::RestoreMark);
         restore.connmark = Some(MarkMatch {
             value: CONNMARK,
-            mask: MASK,
+            mask: MARK_MASK,
             negate: false,
         });
         let mangle_output = vec![restore];
@@ -245,12 +245,12 @@ impl RuleSet {
             }
             let redirect = |proto| Rule::new(to_inbound).dst(lo, true).proto(proto).not_proxy();
             match &opts.include_inbound_ports {
-                Selection::All => nat_prerouting.push(redirect(tcp_port(TUNNEL_PORT, true))),
+                Selection::All => nat_prerouting.push(redirect(tcp_port(HBONE_PORT, true))),
                 Selection::Only(ports) => nat_prerouting.extend(
                     // HBONE must reach the proxy's own 15008 listener, never the 15006 one.
                     ports
                         .iter()
-                        .filter(|&&p| p != TUNNEL_PORT)
+                        .filter(|&&p| p != HBONE_PORT)
                         .map(|&p| redirect(tcp_port(p, false))),
                 ),
             }

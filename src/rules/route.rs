@@ -6,7 +6,9 @@
 //! `ip` is spawned inside the namespace through its fd, so no named netns is needed.
 
 use super::exec::{run, run_ok};
-use super::{ApplyOutcome, Families, Family, RulesError, CONNMARK, MASK, ROUTE_TABLE, RULE_PREF};
+use super::{
+    ApplyOutcome, Families, Family, RulesError, CONNMARK, MARK_MASK, ROUTE_TABLE, RULE_PREF,
+};
 use crate::netns::NetNs;
 
 fn flag(family: Family) -> &'static str {
@@ -17,7 +19,7 @@ fn flag(family: Family) -> &'static str {
 }
 
 fn fwmark() -> String {
-    format!("{CONNMARK:#x}/{MASK:#x}")
+    format!("{CONNMARK:#x}/{MARK_MASK:#x}")
 }
 
 /// Our ip rules as `ip rule show` prints them (`32764:\tfrom all fwmark 0x111/0xfff lookup 100`).

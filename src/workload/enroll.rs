@@ -9,23 +9,7 @@ pub const SIDECAR_STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
 /// Label that marks the daemon's own pods, which must never be captured.
 pub const DAEMON_APP_LABEL: &str = "app";
 
-/// How the daemon recognises its own pods.
-#[derive(Clone, Debug)]
-pub struct DaemonIdentity {
-    /// Namespace the daemon runs in.
-    pub namespace: String,
-    /// Value of the `app` label on the daemon's pods.
-    pub app: String,
-}
-
-impl Default for DaemonIdentity {
-    fn default() -> Self {
-        DaemonIdentity {
-            namespace: "istio-system".into(),
-            app: "ambit".into(),
-        }
-    }
-}
+pub use crate::config::DaemonIdentity;
 
 /// The outcome of the enrollment rules for one pod, with the reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -23,8 +23,6 @@
 //! Layout: `model` builds the rule set, `saved` parses `iptables-save` output and renders
 //! `iptables-restore` input, `apply` talks to the kernel.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
-
 mod apply;
 #[cfg(test)]
 mod kernel_tests;
@@ -45,15 +43,8 @@ pub const IN_REDIRECT_CHAIN: &str = "ISTIO_IN_REDIRECT";
 pub const OUTPUT_CHAIN: &str = "ISTIO_OUTPUT";
 /// Outbound redirect to the proxy's outbound listener (15001).
 pub const REDIRECT_CHAIN: &str = "ISTIO_REDIRECT";
-/// Istio's proxy uid (and gid: the injector never passes `-g`, so GID = UID).
-pub const PROXY_UID: u32 = 1337;
-/// Istio's proxy gid.
-pub const PROXY_GID: u32 = 1337;
-/// Ports the injector puts before the pod's `excludeInboundPorts` (Envoy prometheus, health).
-pub const LEADING_EXCLUDED_INBOUND_PORTS: [u16; 2] = [15090, 15021];
-/// Agent status port, appended after the pod's `excludeInboundPorts` unless already listed.
-pub const STATUS_PORT: u16 = 15020;
-/// Source Envoy binds for inbound passthrough to the app (IPv4).
-pub const PASSTHROUGH_SOURCE_V4: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
-/// Same for IPv6 (§1.5); Istio adds it to `lo`, which otherwise only has `::1`.
-pub const PASSTHROUGH_SOURCE_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
+pub use crate::config::{
+    PROXY_GID, PROXY_UID, SIDECAR_EXCLUDED_INBOUND_PORTS as LEADING_EXCLUDED_INBOUND_PORTS,
+    SIDECAR_INBOUND_SOURCE_V4 as PASSTHROUGH_SOURCE_V4,
+    SIDECAR_INBOUND_SOURCE_V6 as PASSTHROUGH_SOURCE_V6, STATUS_PORT,
+};

@@ -6,7 +6,7 @@ use ipnet::IpNet;
 
 use super::super::iptables::render_rule;
 use super::super::model::{Action, OwnerKind, Proto, Rule};
-use super::super::{Family, INBOUND_PORT, OUTBOUND_PORT, TUNNEL_PORT};
+use super::super::{Family, HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT};
 use super::saved::Found;
 use super::{
     INBOUND_CHAIN, IN_REDIRECT_CHAIN, LEADING_EXCLUDED_INBOUND_PORTS, OUTPUT_CHAIN,
@@ -85,7 +85,7 @@ impl SidecarRuleSet {
         let to_redirect = || Rule::new(Action::Jump(REDIRECT_CHAIN));
 
         // Inbound. The 15008 RETURN is written first and always (even with inbound off).
-        let mut inbound = vec![ret().proto(tcp_port(TUNNEL_PORT, false))];
+        let mut inbound = vec![ret().proto(tcp_port(HBONE_PORT, false))];
         let mut prerouting = Vec::new();
         let inbound_on = !matches!(&opts.include_inbound_ports, Selection::Only(p) if p.is_empty());
         if inbound_on {
@@ -130,7 +130,7 @@ impl SidecarRuleSet {
                 to_in_redirect()
                     .dst(lo, true)
                     .out_iface("lo")
-                    .proto(tcp_port(TUNNEL_PORT, true))
+                    .proto(tcp_port(HBONE_PORT, true))
                     .owner(kind, id, false),
             );
             // App → app over lo: not captured.

@@ -10,14 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// First buffer size: enough for a typical request, cheap for idle connections.
-const INITIAL_BUFFER: usize = 4 * 1024;
-/// Size after [`GROW_AFTER_MEDIUM`] bytes: one TLS record's worth.
-const MEDIUM_BUFFER: usize = 16 * 1024;
-/// Size for bulk transfers, after [`GROW_AFTER_LARGE`] bytes.
-const LARGE_BUFFER: usize = 256 * 1024;
-const GROW_AFTER_MEDIUM: u64 = 64 * 1024;
-const GROW_AFTER_LARGE: u64 = 4 * 1024 * 1024;
+use crate::config::{
+    COPY_GROW_AFTER_LARGE as GROW_AFTER_LARGE, COPY_GROW_AFTER_MEDIUM as GROW_AFTER_MEDIUM,
+    COPY_INITIAL_BUFFER as INITIAL_BUFFER, COPY_LARGE_BUFFER as LARGE_BUFFER,
+    COPY_MEDIUM_BUFFER as MEDIUM_BUFFER,
+};
 
 /// Copies `reader` to `writer` until EOF, then shuts `writer` down (half-close). Every chunk
 /// written is added to `counter` as it goes, so live connections show their progress.

@@ -5,7 +5,7 @@
 //! marked packets, which is what keeps the daemon's own traffic from being captured again.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -13,10 +13,7 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use crate::netns::{NetNs, NetNsError};
 
-/// Mark set on every daemon socket in a pod netns (Istio's 1337).
-pub const INPOD_MARK: u32 = 0x539;
-/// Backlog of the capture listeners; connections queue here while the daemon is busy.
-const LISTEN_BACKLOG: i32 = 1024;
+use crate::config::{LISTEN_BACKLOG, MARK, SIDECAR_INBOUND_SOURCE_V4, SIDECAR_INBOUND_SOURCE_V6};
 
 /// Errors from creating sockets inside a pod.
 #[derive(Debug, thiserror::Error)]
@@ -51,11 +48,6 @@ pub enum Placement {
     /// (`::6` for IPv6), as Envoy's inbound passthrough does.
     Sidecar,
 }
-
-/// Source of a sidecar's connections to the app (IPv4), which the rules return on `lo`.
-pub const SIDECAR_INBOUND_SOURCE_V4: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
-/// Source of a sidecar's connections to the app (IPv6).
-pub const SIDECAR_INBOUND_SOURCE_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
 
 impl Placement {
     /// Binds a TCP listener on `port` for every address of the pod (dual-stack `[::]`, or
@@ -126,7 +118,7 @@ impl Placement {
         let s = Socket::new(domain, Type::STREAM.cloexec(), Some(Protocol::TCP))
             .map_err(step("create socket"))?;
         if matches!(self, Placement::Ambient(_)) {
-            s.set_mark(INPOD_MARK)
+            s.set_mark(MARK)
                 .map_err(step("set SO_MARK 0x539 (needs CAP_NET_ADMIN)"))?;
         }
         Ok(s)

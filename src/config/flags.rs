@@ -1,0 +1,256 @@
+//! Command-line flags of the daemon's commands and their conversion into the typed settings of
+//! [`super`].
+//!
+//! clap checks every value where it is parsed, so an error names the flag and the expected form
+//! (`invalid value 'x' for '--rules <RULES>' [possible values: iptables, nftables]`); numbers
+//! that must be positive are range-checked here rather than silently clamped later.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{
+    Backend, DaemonIdentity, MtlsMode, ReconcileConfig, RunConfig, SidecarConfig, Source,
+    DEFAULT_ADMIN_ADDR, DEFAULT_CERT_VALIDITY, DEFAULT_METRICS_ADDR, DEFAULT_POOL_IDLE_SECS,
+    DEFAULT_READINESS_ADDR, DEFAULT_TRUST_DOMAIN, PROXY_GID, PROXY_UID,
+};
+
+/// Flags of `ambit run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Name of this node; only pods scheduled here are captured.
+    #[arg(long, env = "AMBIT_NODE")]
+    pub node: String,
+    /// Local workload file (JSON: namespaces, pods, services). Either this or --kube.
+    #[arg(
+        long,
+        env = "AMBIT_WORKLOADS",
+        required_unless_present = "kube",
+        conflicts_with = "kube"
+    )]
+    pub workloads: Option<PathBuf>,
+    /// Learn pods, namespaces, Services and EndpointSlices from the Kubernetes API.
+    #[arg(long)]
+    pub kube: bool,
+    /// Kubeconfig for --kube (default: the in-cluster service account).
+    #[arg(long, env = "AMBIT_KUBECONFIG", requires = "kube")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The host's /proc (mounted into the DaemonSet), scanned to find pod namespaces.
+    #[arg(long, default_value = "/proc")]
+    pub host_proc: PathBuf,
+    /// Directory of pinned network namespaces, scanned by pod IP when the cgroup scan fails.
+    #[arg(long, default_value = "/var/run/netns")]
+    pub netns_dir: PathBuf,
+    /// Only pinned namespaces whose names start with this are scanned (when several
+    /// independent clusters share one machine, as labs do).
+    #[arg(long)]
+    pub netns_prefix: Option<String>,
+    /// Directory where the daemon remembers what it captured, so that after a restart it can
+    /// remove the rules of pods that left meanwhile (node-local, e.g. /var/run/ambit).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Redirect-rule backend.
+    #[arg(long, value_enum, default_value_t = Backend::Iptables)]
+    pub rules: Backend,
+    /// Admin endpoint (loopback only).
+    #[arg(long, default_value = DEFAULT_ADMIN_ADDR)]
+    pub admin: SocketAddr,
+    /// Prometheus metrics endpoint.
+    #[arg(long, default_value = DEFAULT_METRICS_ADDR)]
+    pub metrics: SocketAddr,
+    /// Readiness endpoint (`/healthz/ready`).
+    #[arg(long, default_value = DEFAULT_READINESS_ADDR)]
+    pub readiness: SocketAddr,
+    /// How often the workload file is checked, in milliseconds (at least 10).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..))]
+    pub poll_ms: u64,
+    /// How often captured pods' rules are checked for drift, in seconds (at least 1).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub verify_secs: u64,
+    /// Worker threads carrying traffic (default: one per CPU).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..1025))]
+    pub data_threads: Option<u64>,
+    /// Namespace of the daemon's own pods (never captured).
+    #[arg(long, default_value = "istio-system")]
+    pub daemon_namespace: String,
+    /// Directory with the mesh CA in Istio's plug-in layout (ca-cert.pem, ca-key.pem,
+    /// root-cert.pem, cert-chain.pem); create one with `ambit ca init <dir>`.
+    #[arg(long, env = "AMBIT_CA_DIR")]
+    pub ca_dir: PathBuf,
+    /// Trust domain of the mesh's SPIFFE identities.
+    #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// Inbound plaintext policy for pods whose namespace has no `ambit.io/mtls-mode` label:
+    /// `permissive` accepts plaintext on 15006, `strict` accepts only HBONE.
+    #[arg(long, value_enum, default_value_t = MtlsMode::Permissive)]
+    pub mtls_mode: MtlsMode,
+    /// Lifetime of workload certificates, in seconds (at least 2; rotated at half-life).
+    #[arg(long, default_value_t = DEFAULT_CERT_VALIDITY.as_secs(),
+          value_parser = clap::value_parser!(u64).range(2..))]
+    pub cert_validity_secs: u64,
+    /// Seconds an unused pooled HBONE connection stays open.
+    #[arg(long, default_value_t = DEFAULT_POOL_IDLE_SECS)]
+    pub pool_idle_secs: u64,
+}
+
+impl RunArgs {
+    /// The typed settings of `ambit run`.
+    pub fn into_config(self) -> RunConfig {
+        RunConfig {
+            reconcile: ReconcileConfig {
+                node: self.node,
+                daemon: DaemonIdentity {
+                    namespace: self.daemon_namespace,
+                    ..DaemonIdentity::default()
+                },
+                backend: self.rules,
+                verify_interval: Duration::from_secs(self.verify_secs),
+                trust_domain: self.trust_domain,
+                default_mtls: self.mtls_mode,
+                pool_idle: Duration::from_secs(self.pool_idle_secs),
+                host_proc: self.host_proc,
+                netns_dir: self.netns_dir,
+                state_dir: self.state_dir,
+                netns_prefix: self.netns_prefix,
+            },
+            source: match self.workloads {
+                Some(path) => Source::File(path),
+                None => Source::Kube {
+                    kubeconfig: self.kubeconfig,
+                },
+            },
+            ca_dir: self.ca_dir,
+            cert_validity: Duration::from_secs(self.cert_validity_secs),
+            poll_interval: Duration::from_millis(self.poll_ms),
+            admin_addr: self.admin,
+            metrics_addr: self.metrics,
+            readiness_addr: self.readiness,
+            data_threads: self.data_threads.map_or_else(
+                || std::thread::available_parallelism().map_or(2, |n| n.get()),
+                |n| n as usize,
+            ),
+        }
+    }
+}
+
+/// Flags of `ambit sidecar`.
+#[derive(Args, Debug)]
+pub struct SidecarArgs {
+    /// The pod served, as namespace/name (looked up in the workload file).
+    #[arg(long)]
+    pub pod: String,
+    /// Workload file (pods, namespaces, services).
+    #[arg(long)]
+    pub workloads: PathBuf,
+    /// Mesh CA directory (Istio plug-in layout).
+    #[arg(long)]
+    pub ca_dir: PathBuf,
+    /// Trust domain.
+    #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// Proxy user (the rules let its traffic through).
+    #[arg(long, default_value_t = PROXY_UID)]
+    pub uid: u32,
+    /// Proxy group.
+    #[arg(long, default_value_t = PROXY_GID)]
+    pub gid: u32,
+    /// Rule backend (the sidecar set is rendered for iptables).
+    #[arg(long, value_enum, default_value_t = Backend::Iptables)]
+    pub rules: Backend,
+    /// Admin endpoint on the pod's loopback.
+    #[arg(long, default_value = DEFAULT_ADMIN_ADDR)]
+    pub admin: SocketAddr,
+    /// Readiness endpoint (`/healthz/ready`).
+    #[arg(long, default_value = DEFAULT_READINESS_ADDR)]
+    pub readiness: SocketAddr,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..1025))]
+    pub threads: u64,
+}
+
+impl SidecarArgs {
+    /// The typed settings of `ambit sidecar`.
+    pub fn into_config(self) -> SidecarConfig {
+        SidecarConfig {
+            pod: self.pod,
+            workloads: self.workloads,
+            ca_dir: self.ca_dir,
+            trust_domain: self.trust_domain,
+            uid: self.uid,
+            gid: self.gid,
+            backend: self.rules,
+            admin_addr: self.admin,
+            readiness_addr: self.readiness,
+            threads: self.threads as usize,
+            poll_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<RunConfig, String> {
+        let base = [
+            "ambit",
+            "--node",
+            "n1",
+            "--workloads",
+            "w.json",
+            "--ca-dir",
+            "ca",
+        ];
+        Cmd::try_parse_from(base.iter().chain(args))
+            .map(|c| c.run.into_config())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_typed() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.reconcile.backend, Backend::Iptables);
+        assert_eq!(c.reconcile.default_mtls, MtlsMode::Permissive);
+        assert_eq!(c.admin_addr.to_string(), "127.0.0.1:15000");
+        assert_eq!(c.metrics_addr.port(), 15020);
+        assert_eq!(c.readiness_addr.port(), 15021);
+        assert_eq!(c.cert_validity, DEFAULT_CERT_VALIDITY);
+    }
+
+    #[test]
+    fn enums_parse_and_list_accepted_values() {
+        let c = parse(&["--mtls-mode", "strict", "--rules", "nftables"]).unwrap();
+        assert_eq!(c.reconcile.default_mtls, MtlsMode::Strict);
+        assert_eq!(c.reconcile.backend, Backend::Nftables);
+        let e = parse(&["--mtls-mode", "STRICTER"]).unwrap_err();
+        assert!(
+            e.contains("--mtls-mode") && e.contains("permissive, strict"),
+            "{e}"
+        );
+        let e = parse(&["--rules", "nft"]).unwrap_err();
+        assert!(
+            e.contains("--rules") && e.contains("iptables, nftables"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_numbers_and_addresses_name_the_flag() {
+        let e = parse(&["--verify-secs", "0"]).unwrap_err();
+        assert!(e.contains("--verify-secs"), "{e}");
+        let e = parse(&["--admin", "localhost"]).unwrap_err();
+        assert!(e.contains("--admin"), "{e}");
+        let e = parse(&["--poll-ms", "5"]).unwrap_err();
+        assert!(e.contains("--poll-ms"), "{e}");
+    }
+}

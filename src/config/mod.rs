@@ -1,0 +1,324 @@
+//! ambit's one typed configuration: every data-path constant, and the typed settings of each
+//! command, built from the command line by [`flags`].
+//!
+//! Constants that Istio fixes (ports, marks, the probe source) are here once and every module
+//! reads them from here, so the rules, the listeners and the HBONE client can never disagree
+//! about a port. Settings a user may change are fields of [`RunConfig`] / [`SidecarConfig`],
+//! each with its flag, its default and its validation in [`flags`].
+
+pub mod flags;
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+// ---- Ports (Istio ambient's, `DESIGN.md` §2) --------------------------------------------------
+
+/// Outbound capture port in each pod netns: the pod's own connections, redirected by nat rules.
+pub const OUTBOUND_PORT: u16 = 15001;
+/// Inbound plaintext capture port: connections to the pod from outside the mesh.
+pub const INBOUND_PORT: u16 = 15006;
+/// Inbound HBONE port (never redirected).
+pub const HBONE_PORT: u16 = 15008;
+/// Ports that must never be a proxied destination: reaching them through the proxy would loop.
+pub const PROXY_PORTS: [u16; 3] = [OUTBOUND_PORT, INBOUND_PORT, HBONE_PORT];
+/// Admin endpoint (loopback only).
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:15000";
+/// Prometheus metrics endpoint (Istio's merged-metrics port).
+pub const DEFAULT_METRICS_ADDR: &str = "[::]:15020";
+/// Readiness endpoint (`/healthz/ready`).
+pub const DEFAULT_READINESS_ADDR: &str = "[::]:15021";
+/// Istio's status port (metrics), excluded from sidecar inbound capture.
+pub const STATUS_PORT: u16 = 15020;
+/// Ports Istio's sidecar rules exclude from inbound capture before any user list:
+/// Envoy's Prometheus port and the readiness port.
+pub const SIDECAR_EXCLUDED_INBOUND_PORTS: [u16; 2] = [15090, 15021];
+
+// ---- Marks and routing ------------------------------------------------------------------------
+
+/// Mark on every daemon socket in a pod netns (`SO_MARK`, Istio's 1337); the rules skip it.
+pub const MARK: u32 = 0x539;
+/// Mask applied to [`MARK`] and [`CONNMARK`] in rules.
+pub const MARK_MASK: u32 = 0xfff;
+/// Connmark of inbound connections the proxy opened to the app, so replies come back to it.
+pub const CONNMARK: u32 = 0x111;
+/// Routing table holding the local default route for connmarked replies.
+pub const ROUTE_TABLE: u32 = 100;
+/// Preference of the `fwmark 0x111/0xfff lookup 100` ip rule.
+pub const RULE_PREF: u32 = 32764;
+/// Source address kubelet probes are SNATed to on the node; never captured.
+pub const PROBE_SOURCE_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 7, 127);
+/// IPv6 kubelet probe source.
+pub const PROBE_SOURCE_V6: Ipv6Addr = Ipv6Addr::new(
+    0xfd16, 0x9254, 0x7127, 0x1337, 0xffff, 0xffff, 0xffff, 0xffff,
+);
+
+// ---- Sidecar mode -----------------------------------------------------------------------------
+
+/// The proxy user of sidecar mode; its traffic leaves by owner match.
+pub const PROXY_UID: u32 = 1337;
+/// The proxy group of sidecar mode.
+pub const PROXY_GID: u32 = 1337;
+/// Source of a sidecar's connections to the app (IPv4), which the rules return on `lo`
+/// (Envoy's inbound passthrough address).
+pub const SIDECAR_INBOUND_SOURCE_V4: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
+/// Source of a sidecar's connections to the app (IPv6).
+pub const SIDECAR_INBOUND_SOURCE_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
+
+// ---- HBONE and HTTP/2 -------------------------------------------------------------------------
+
+/// ALPN protocol of HBONE connections.
+pub const HBONE_ALPN: &[u8] = b"h2";
+/// Per-stream flow-control window: large enough for a fast single stream across nodes
+/// (ztunnel's default too).
+pub const H2_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// Per-connection window: several streams' worth, so one slow stream cannot stall the rest.
+pub const H2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Largest DATA frame we accept.
+pub const H2_MAX_FRAME: u32 = 1024 * 1024;
+/// Streams opened on one pooled connection before another connection is dialled.
+pub const POOL_MAX_STREAMS_PER_CONNECTION: usize = 100;
+/// Streams a server accepts concurrently on one connection.
+pub const H2_SERVER_MAX_STREAMS: u32 = 200;
+/// Deadline for TCP connect plus TLS and HTTP/2 handshakes to a peer.
+pub const HBONE_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a dial to an upstream (app or passthrough destination) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often idle pooled HBONE connections are looked for.
+pub const POOL_EVICT_INTERVAL: Duration = Duration::from_secs(1);
+/// Default seconds an unused pooled HBONE connection stays open.
+pub const DEFAULT_POOL_IDLE_SECS: u64 = 60;
+
+// ---- Sockets and copying ----------------------------------------------------------------------
+
+/// Backlog of the capture listeners; connections queue here while the daemon is busy.
+pub const LISTEN_BACKLOG: i32 = 1024;
+/// TCP copy: first buffer (most connections are small).
+pub const COPY_INITIAL_BUFFER: usize = 4 * 1024;
+/// TCP copy: buffer once a connection has moved [`COPY_GROW_AFTER_MEDIUM`] bytes.
+pub const COPY_MEDIUM_BUFFER: usize = 16 * 1024;
+/// TCP copy: buffer for bulk transfers, after [`COPY_GROW_AFTER_LARGE`] bytes.
+pub const COPY_LARGE_BUFFER: usize = 256 * 1024;
+/// Bytes after which a TCP copy grows to [`COPY_MEDIUM_BUFFER`].
+pub const COPY_GROW_AFTER_MEDIUM: u64 = 64 * 1024;
+/// Bytes after which a TCP copy grows to [`COPY_LARGE_BUFFER`].
+pub const COPY_GROW_AFTER_LARGE: u64 = 4 * 1024 * 1024;
+/// HBONE copy: first read size from TCP into the tunnel.
+pub const TUNNEL_INITIAL_READ: usize = 4 * 1024;
+/// HBONE copy: read size for bulk transfers.
+pub const TUNNEL_BULK_READ: usize = 64 * 1024;
+/// Bytes after which an HBONE copy reads [`TUNNEL_BULK_READ`] at a time.
+pub const TUNNEL_BULK_AFTER: u64 = 256 * 1024;
+
+// ---- Control plane ----------------------------------------------------------------------------
+
+/// Longest wait between retries of a pod that failed to enroll.
+pub const MAX_ENROLL_BACKOFF: Duration = Duration::from_secs(30);
+/// Default lifetime of a workload certificate (Istio's default too); rotated at half-life.
+pub const DEFAULT_CERT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+/// Trust domain of SPIFFE identities unless configured otherwise (Kubernetes' and Istio's).
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+/// Namespace label choosing the inbound mTLS mode of its pods (ambit's own shorthand).
+pub const MTLS_MODE_LABEL: &str = "ambit.io/mtls-mode";
+
+/// Which tool installs the redirect rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Backend {
+    /// `iptables-restore` / `ip6tables-restore` (either the legacy or the nft flavour).
+    Iptables,
+    /// Native `nft` tables `inet istio-ambient-nat` and `inet istio-ambient-mangle`.
+    Nftables,
+}
+
+/// A backend name that is neither `iptables` nor `nftables`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown rule backend {0:?} (expected \"iptables\" or \"nftables\")")]
+pub struct UnknownBackend(pub String);
+
+impl FromStr for Backend {
+    type Err = UnknownBackend;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "iptables" => Ok(Backend::Iptables),
+            "nftables" => Ok(Backend::Nftables),
+            other => Err(UnknownBackend(other.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Iptables => "iptables",
+            Backend::Nftables => "nftables",
+        })
+    }
+}
+
+/// Inbound plaintext policy of a pod.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum MtlsMode {
+    /// Plaintext on 15006 is accepted besides HBONE.
+    #[default]
+    Permissive,
+    /// Only HBONE is accepted; plaintext is refused.
+    Strict,
+}
+
+impl MtlsMode {
+    /// Parses a label value (`strict` / `permissive`), `None` for anything else.
+    pub fn from_label(value: &str) -> Option<MtlsMode> {
+        match value {
+            "strict" => Some(MtlsMode::Strict),
+            "permissive" => Some(MtlsMode::Permissive),
+            _ => None,
+        }
+    }
+}
+
+/// How the daemon's own pods are recognised (never captured).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonIdentity {
+    /// Namespace the daemon runs in.
+    pub namespace: String,
+    /// Value of the `app` label on the daemon's pods.
+    pub app: String,
+}
+
+impl Default for DaemonIdentity {
+    fn default() -> Self {
+        DaemonIdentity {
+            namespace: "istio-system".into(),
+            app: "ambit".into(),
+        }
+    }
+}
+
+/// Settings of the reconciler.
+#[derive(Clone, Debug)]
+pub struct ReconcileConfig {
+    /// This node's name; only pods scheduled here are captured.
+    pub node: String,
+    /// How the daemon's own pods are recognised.
+    pub daemon: DaemonIdentity,
+    /// Rule backend.
+    pub backend: Backend,
+    /// How often the rules of captured pods are checked for drift.
+    pub verify_interval: Duration,
+    /// Trust domain of the mesh's identities.
+    pub trust_domain: String,
+    /// Inbound plaintext policy unless a namespace says otherwise.
+    pub default_mtls: MtlsMode,
+    /// How long an unused pooled HBONE connection stays open.
+    pub pool_idle: Duration,
+    /// Where the host's /proc is (for finding pod namespaces by cgroup).
+    pub host_proc: PathBuf,
+    /// Where named network namespaces are pinned (fallback discovery by pod IP).
+    pub netns_dir: PathBuf,
+    /// Only pinned namespaces whose names start with this are considered by the fallback.
+    pub netns_prefix: Option<String>,
+    /// Where the daemon remembers what it captured, across restarts (`None`: nowhere).
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Everything `ambit run` needs.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Reconciler settings (node, backend, ...).
+    pub reconcile: ReconcileConfig,
+    /// Where pods, namespaces and services come from.
+    pub source: Source,
+    /// How often the workload file is checked for changes.
+    pub poll_interval: Duration,
+    /// Admin endpoint; must be a loopback address.
+    pub admin_addr: SocketAddr,
+    /// Metrics endpoint.
+    pub metrics_addr: SocketAddr,
+    /// Readiness endpoint.
+    pub readiness_addr: SocketAddr,
+    /// Worker threads of the data runtime.
+    pub data_threads: usize,
+    /// The mesh CA directory.
+    pub ca_dir: PathBuf,
+    /// Lifetime of issued workload certificates.
+    pub cert_validity: Duration,
+}
+
+/// The workload source.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A local JSON file, watched for changes (the lab's and the demo's default).
+    File(PathBuf),
+    /// The Kubernetes API, through a kubeconfig or the in-cluster service account.
+    Kube {
+        /// Kubeconfig path; `None` for in-cluster configuration.
+        kubeconfig: Option<PathBuf>,
+    },
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "file {}", p.display()),
+            Source::Kube {
+                kubeconfig: Some(p),
+            } => write!(f, "kubernetes ({})", p.display()),
+            Source::Kube { kubeconfig: None } => write!(f, "kubernetes (in-cluster)"),
+        }
+    }
+}
+
+/// Settings of `ambit sidecar`.
+#[derive(Clone, Debug)]
+pub struct SidecarConfig {
+    /// The pod this sidecar serves, as `namespace/name`.
+    pub pod: String,
+    /// Workload file (for the directory of destinations).
+    pub workloads: PathBuf,
+    /// Mesh CA directory.
+    pub ca_dir: PathBuf,
+    /// Trust domain.
+    pub trust_domain: String,
+    /// The proxy user the process runs as once set up.
+    pub uid: u32,
+    /// The proxy group.
+    pub gid: u32,
+    /// Rule backend.
+    pub backend: Backend,
+    /// Admin endpoint (loopback of the pod).
+    pub admin_addr: SocketAddr,
+    /// Readiness endpoint (`/healthz/ready`; excluded from capture by the rules).
+    pub readiness_addr: SocketAddr,
+    /// Worker threads (a sidecar is small: Envoy's default concurrency is 2).
+    pub threads: usize,
+    /// Workload-file poll interval.
+    pub poll_interval: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_names() {
+        assert_eq!("iptables".parse::<Backend>(), Ok(Backend::Iptables));
+        assert_eq!("nftables".parse::<Backend>(), Ok(Backend::Nftables));
+        let err = "nft".parse::<Backend>().unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("expected \"iptables\" or \"nftables\""));
+        assert_eq!(Backend::Nftables.to_string(), "nftables");
+    }
+
+    #[test]
+    fn mtls_labels() {
+        assert_eq!(MtlsMode::from_label("strict"), Some(MtlsMode::Strict));
+        assert_eq!(
+            MtlsMode::from_label("permissive"),
+            Some(MtlsMode::Permissive)
+        );
+        assert_eq!(MtlsMode::from_label("STRICT"), None);
+    }
+}

@@ -1,0 +1,135 @@
+//! 15008: HBONE tunnels into the pod. The wire protocol is `hbone::server`'s; this handler
+//! decides what a CONNECT may reach (one of this pod's addresses, never a proxy port), dials the
+//! app inside the pod with the client pod's IP kept as the source, and copies.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use http::{Request, StatusCode};
+use tokio::net::TcpStream;
+
+use super::{count_failure, dial, PodScope};
+use crate::config::{HBONE_PORT, PROXY_PORTS};
+use crate::flows::Listener;
+use crate::hbone::server::{respond_error, respond_ok, Accepted};
+use crate::hbone::{forwarded_for, parse_target};
+use crate::identity::Identity;
+
+/// Serves one accepted TCP connection on 15008 until it closes.
+pub(crate) async fn serve_connection(scope: Arc<PodScope>, tcp: TcpStream, peer: SocketAddr) {
+    let config = match (scope.security.server_tls)() {
+        Ok(c) => c,
+        Err(e) => {
+            refuse(&scope, peer, format!("no server credentials: {e}"));
+            return;
+        }
+    };
+    let Accepted {
+        mut conn,
+        client: client_id,
+    } = match crate::hbone::server::accept(tcp, config).await {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            refuse(&scope, peer, e.to_string());
+            return;
+        }
+    };
+    scope.ctx.metrics.hbone_accepted.inc();
+    let client_id = Arc::new(client_id);
+    while let Some(next) = conn.accept().await {
+        match next {
+            Ok((req, respond)) => {
+                let (scope, client_id) = (scope.clone(), client_id.clone());
+                tokio::spawn(
+                    async move { serve_stream(&scope, peer, &client_id, req, respond).await },
+                );
+            }
+            Err(e) => {
+                tracing::debug!(pod = %scope.key, %peer, error = %e, "HBONE connection ended");
+                break;
+            }
+        }
+    }
+}
+
+/// Records a connection refused before any tunnel was opened.
+fn refuse(scope: &PodScope, peer: SocketAddr, why: String) {
+    let local = SocketAddr::new(
+        scope.pod.ips.first().copied().unwrap_or(peer.ip()),
+        HBONE_PORT,
+    );
+    let flow = scope
+        .ctx
+        .flows
+        .start(&scope.key, Listener::Hbone, peer, local);
+    tracing::warn!(pod = %scope.key, %peer, "{why}");
+    flow.fail(why);
+    count_failure(scope, Listener::Hbone);
+}
+
+async fn serve_stream(
+    scope: &PodScope,
+    peer: SocketAddr,
+    client_id: &Identity,
+    req: Request<h2::RecvStream>,
+    respond: SendResponse<Bytes>,
+) {
+    let client = forwarded_for(req.headers().get("forwarded"))
+        .filter(|c| c.port() != 0)
+        .unwrap_or(peer);
+    let target = parse_target(&req);
+    let dst = *target.as_ref().unwrap_or(&SocketAddr::new(peer.ip(), 0));
+    let flow = scope
+        .ctx
+        .flows
+        .start(&scope.key, Listener::Hbone, client, dst);
+    flow.set_peer_identity(client_id.to_string());
+    let refusal = match &target {
+        Err(e) => Some((StatusCode::BAD_REQUEST, e.to_string())),
+        Ok(t) if !scope.owns(t.ip()) => Some((
+            StatusCode::BAD_REQUEST,
+            format!("{t} is not an address of this pod"),
+        )),
+        Ok(t) if PROXY_PORTS.contains(&t.port()) => Some((
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{t} is the proxy's own port"),
+        )),
+        Ok(_) => None,
+    };
+    if let Some((status, why)) = refusal {
+        respond_error(respond, status);
+        flow.fail(format!("{} {why}", status.as_u16()));
+        count_failure(scope, Listener::Hbone);
+        return;
+    }
+    // The HBONE connection comes from the client pod's own IP (it is dialled from inside the
+    // client's netns), so in ambient that is the source the app sees; a sidecar uses 127.0.0.6.
+    let source = scope.placement.app_source(peer.ip(), dst.ip());
+    flow.set_route("app");
+    let app = match dial(scope, dst, source).await {
+        Ok(app) => app,
+        Err(e) => {
+            respond_error(respond, StatusCode::SERVICE_UNAVAILABLE);
+            flow.fail(format!("503 {e}"));
+            count_failure(scope, Listener::Hbone);
+            return;
+        }
+    };
+    let send = match respond_ok(respond) {
+        Ok(s) => s,
+        Err(e) => {
+            flow.fail(format!("sending 200: {e}"));
+            return;
+        }
+    };
+    let recv = req.into_body();
+    let result =
+        crate::hbone::stream::bidirectional(app, send, recv, flow.received(), flow.sent()).await;
+    super::account_bytes(scope, Listener::Hbone, &flow);
+    if let Err(e) = result {
+        flow.fail(format!("copy: {e}"));
+        count_failure(scope, Listener::Hbone);
+    }
+}
