@@ -9,6 +9,7 @@
 //! listeners.
 
 mod board;
+mod lifecycle;
 mod memory;
 mod pod;
 
@@ -20,17 +21,13 @@ use tokio::sync::watch;
 
 use board::{not_enrolled, now_ms};
 pub use board::{PodStatus, StatusBoard};
-use pod::{blocking, capture_fingerprint, outcome_label, Fingerprint, PodRules};
+use pod::{blocking, capture_fingerprint, Fingerprint, PodRules};
 
-use crate::capture::CaptureOptions;
 pub use crate::config::ReconcileConfig;
-use crate::config::MAX_ENROLL_BACKOFF;
 use crate::identity::manager::CertManager;
 use crate::k8s::status::{CaptureEvent, CaptureObserver, ObjectKey};
 use crate::metrics::{Metrics, OutcomeLabels};
-use crate::netns::NetNs;
 use crate::proxy::{PodProxy, ProxyContext};
-use crate::rules::ApplyOutcome;
 use crate::workload::enroll::{decide, DATAPLANE_MODE_LABEL};
 use crate::workload::file::SourceState;
 use crate::workload::{Directory, Pod, Snapshot};
@@ -253,146 +250,6 @@ impl Reconciler {
         }
     }
 
-    async fn enroll(&mut self, pod: &Pod, snapshot: &Snapshot, previous_attempts: u32) -> Entry {
-        match self.try_enroll(pod, snapshot).await {
-            Ok(enrolled) => {
-                tracing::info!(pod = %pod.key(), rules = enrolled.last_outcome, "pod captured");
-                let key = pod.key();
-                self.reported.retain(|(k, _)| *k != key);
-                self.observer.notify(CaptureEvent::Captured(ObjectKey::pod(
-                    &pod.namespace,
-                    &pod.name,
-                )));
-                Entry::Enrolled(enrolled)
-            }
-            Err(error) => {
-                let attempts = previous_attempts + 1;
-                let backoff = Duration::from_secs(1 << attempts.min(5)).min(MAX_ENROLL_BACKOFF);
-                tracing::error!(pod = %pod.key(), %error, retry_in = ?backoff, "pod capture failed");
-                self.count_rules("failed");
-                self.report(ObjectKey::pod(&pod.namespace, &pod.name), &error);
-                Entry::Failed(Failed {
-                    pod: pod.clone(),
-                    fingerprint: capture_fingerprint(pod, snapshot),
-                    error,
-                    attempts,
-                    retry_at: Instant::now() + backoff,
-                })
-            }
-        }
-    }
-
-    async fn try_enroll(&self, pod: &Pod, snapshot: &Snapshot) -> Result<Enrolled, String> {
-        let key = pod.key();
-        if pod.ips.is_empty() {
-            return Err(format!(
-                "pod {key} has no IPs (expected at least one address in `ips`)"
-            ));
-        }
-        let options = CaptureOptions::from_annotations(&pod.annotations)
-            .map_err(|e| format!("pod {key}: {e}"))?;
-        let netns = self
-            .find_netns(pod)
-            .await
-            .map_err(|e| format!("pod {key}: {e}"))?;
-        let security = pod::security_for(
-            &self.config,
-            &self.certs,
-            &self.metrics,
-            pod,
-            snapshot,
-            &netns,
-        )
-        .map_err(|e| format!("pod {key}: {e}"))?;
-        let proxy = PodProxy::start(
-            self.ctx.clone(),
-            Arc::new(pod.clone()),
-            crate::socket::Placement::Ambient(netns.clone()),
-            security,
-            &self.data_runtime,
-        )
-        .map_err(|e| format!("pod {key}: {e}"))?;
-        let rules = PodRules {
-            netns,
-            backend: self.config.backend,
-            options,
-        };
-        let r = rules.clone();
-        let result = blocking(move || r.apply()).await?;
-        match result {
-            Ok(outcome) => {
-                let label = outcome_label(outcome);
-                self.count_rules(label);
-                Ok(Enrolled {
-                    pod: pod.clone(),
-                    fingerprint: capture_fingerprint(pod, snapshot),
-                    rules,
-                    _proxy: proxy,
-                    last_outcome: label,
-                    next_verify: Instant::now() + self.config.verify_interval,
-                })
-            }
-            Err(e) => {
-                // Nothing half-installed: take back whatever part of the rules went in.
-                let _ = blocking(move || rules.remove()).await;
-                drop(proxy);
-                Err(format!("pod {key}: {e}"))
-            }
-        }
-    }
-
-    /// Re-checks a captured pod's rules when due; drift is repaired by the apply.
-    async fn verify(&self, mut e: Enrolled) -> Enrolled {
-        if Instant::now() < e.next_verify {
-            return e;
-        }
-        e.next_verify = Instant::now() + self.config.verify_interval;
-        let rules = e.rules.clone();
-        let result = match blocking(move || rules.apply()).await {
-            Ok(x) => x,
-            Err(join) => {
-                tracing::error!(pod = %e.pod.key(), error = %join, "rule check did not run");
-                return e;
-            }
-        };
-        match result {
-            Ok(outcome) => {
-                let label = outcome_label(outcome);
-                if outcome == ApplyOutcome::Repaired {
-                    tracing::warn!(pod = %e.pod.key(), "redirect rules had drifted; repaired");
-                }
-                self.count_rules(label);
-                e.last_outcome = label;
-            }
-            Err(err) => {
-                tracing::error!(pod = %e.pod.key(), error = %err, "rule check failed");
-                self.count_rules("failed");
-            }
-        }
-        e
-    }
-
-    /// The pod's network namespace: the path the source gave, or else found on this node by
-    /// cgroup scan and then among pinned namespaces; in every case confirmed to hold the
-    /// pod's IPs (a wrong namespace must never be captured).
-    async fn find_netns(&self, pod: &Pod) -> Result<NetNs, String> {
-        let (path, uid, ips) = (pod.netns.clone(), pod.uid.clone(), pod.ips.clone());
-        let finder = crate::podns::Finder {
-            host_proc: self.config.host_proc.clone(),
-            netns_dir: Some(self.config.netns_dir.clone()),
-            netns_prefix: self.config.netns_prefix.clone(),
-        };
-        blocking(move || match path {
-            Some(path) => {
-                let netns = NetNs::open(&path).map_err(|e| e.to_string())?;
-                crate::podns::confirm_ips(&netns, &ips).map_err(|e| e.to_string())?;
-                Ok(netns)
-            }
-            None => finder.find(&uid, &ips).map_err(|e| e.to_string()),
-        })
-        .await?
-    }
-
     /// Removes the rules a previous run installed for pods that are no longer captured.
     async fn forget_departed(&self, previous: BTreeMap<String, memory::Remembered>) {
         for (uid, was) in previous {
@@ -464,23 +321,6 @@ impl Reconciler {
                 }
             }
         }
-    }
-
-    async fn release(&self, entry: Entry) {
-        let pod = entry_pod(&entry);
-        self.observer.notify(CaptureEvent::Released(ObjectKey::pod(
-            &pod.namespace,
-            &pod.name,
-        )));
-        let Entry::Enrolled(e) = entry else { return };
-        let key = e.pod.key();
-        let Enrolled { rules, _proxy, .. } = e;
-        match blocking(move || rules.remove()).await {
-            Ok(Ok(())) => tracing::info!(pod = %key, "pod released"),
-            Ok(Err(err)) => tracing::error!(pod = %key, error = %err, "removing rules failed"),
-            Err(err) => tracing::error!(pod = %key, error = %err, "removing rules did not run"),
-        }
-        drop(_proxy);
     }
 
     fn count_rules(&self, outcome: &'static str) {
