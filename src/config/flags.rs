@@ -13,8 +13,8 @@ use clap::Args;
 
 use super::{
     Backend, DaemonIdentity, MtlsMode, ReconcileConfig, RunConfig, SidecarConfig, Source,
-    DEFAULT_ADMIN_ADDR, DEFAULT_CERT_VALIDITY, DEFAULT_METRICS_ADDR, DEFAULT_POOL_IDLE_SECS,
-    DEFAULT_READINESS_ADDR, DEFAULT_TRUST_DOMAIN, PROXY_GID, PROXY_UID,
+    DEFAULT_ADMIN_ADDR, DEFAULT_CERT_VALIDITY, DEFAULT_DRAIN_SECS, DEFAULT_METRICS_ADDR,
+    DEFAULT_POOL_IDLE_SECS, DEFAULT_READINESS_ADDR, DEFAULT_TRUST_DOMAIN, PROXY_GID, PROXY_UID,
 };
 
 /// Flags of `ambit run`.
@@ -93,6 +93,10 @@ pub struct RunArgs {
     /// Seconds an unused pooled HBONE connection stays open.
     #[arg(long, default_value_t = DEFAULT_POOL_IDLE_SECS)]
     pub pool_idle_secs: u64,
+    /// On SIGTERM: seconds live connections may run on (listeners closed, GOAWAY sent to HBONE
+    /// peers) before they are cut and the daemon exits.
+    #[arg(long, default_value_t = DEFAULT_DRAIN_SECS)]
+    pub drain_secs: u64,
 }
 
 impl RunArgs {
@@ -123,6 +127,7 @@ impl RunArgs {
             },
             ca_dir: self.ca_dir,
             cert_validity: Duration::from_secs(self.cert_validity_secs),
+            drain: Duration::from_secs(self.drain_secs),
             poll_interval: Duration::from_millis(self.poll_ms),
             admin_addr: self.admin,
             metrics_addr: self.metrics,

@@ -91,10 +91,40 @@ pub const POOL_EVICT_INTERVAL: Duration = Duration::from_secs(1);
 /// Default seconds an unused pooled HBONE connection stays open.
 pub const DEFAULT_POOL_IDLE_SECS: u64 = 60;
 
+/// Deadline for the TLS and HTTP/2 handshakes of an accepted 15008 connection: a client that
+/// opens TCP and says nothing is dropped after this.
+pub const HBONE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// 15008 connections of one pod that may be in their handshake at once; beyond it new ones are
+/// closed at accept, so a flood against one pod cannot take the node's file descriptors.
+pub const MAX_PENDING_HANDSHAKES_PER_POD: usize = 256;
+/// 15008 connections from one source address that may be in their handshake at once, across
+/// every pod of the node, so one client cannot starve the others.
+pub const MAX_PENDING_HANDSHAKES_PER_SOURCE: usize = 64;
+/// Largest HTTP/2 header block accepted (a CONNECT needs a few hundred bytes).
+pub const H2_MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+/// Streams reset by the client before we accepted them, tolerated at once (rapid-reset bound).
+pub const H2_MAX_PENDING_ACCEPT_RESETS: usize = 100;
+/// Streams we reset that may still be pending at once.
+pub const H2_MAX_CONCURRENT_RESETS: usize = 100;
+/// HTTP/2 PING interval on idle and busy HBONE connections (ztunnel's 10 s).
+pub const H2_PING_INTERVAL: Duration = Duration::from_secs(10);
+/// A PING not answered within this closes the connection: a dead peer is detected within
+/// [`H2_PING_INTERVAL`] + this, about 30 s (ztunnel's 20 s).
+pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest a draining daemon lets live connections finish after SIGTERM (`--drain-secs`).
+pub const DEFAULT_DRAIN_SECS: u64 = 30;
+
 // ---- Sockets and copying ----------------------------------------------------------------------
 
 /// Backlog of the capture listeners; connections queue here while the daemon is busy.
 pub const LISTEN_BACKLOG: i32 = 1024;
+/// TCP keepalive on every proxied socket: idle time before the first probe. Long enough not
+/// to wake idle apps, short enough that a vanished peer is freed within minutes, not hours.
+pub const TCP_KEEPALIVE_TIME: Duration = Duration::from_secs(120);
+/// TCP keepalive: interval between probes.
+pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// TCP keepalive: unanswered probes before the connection is dropped.
+pub const TCP_KEEPALIVE_RETRIES: u32 = 4;
 /// TCP copy: first buffer (most connections are small).
 pub const COPY_INITIAL_BUFFER: usize = 4 * 1024;
 /// TCP copy: buffer once a connection has moved [`COPY_GROW_AFTER_MEDIUM`] bytes.
@@ -244,6 +274,8 @@ pub struct RunConfig {
     pub ca_dir: PathBuf,
     /// Lifetime of issued workload certificates.
     pub cert_validity: Duration,
+    /// Longest live connections may run on after SIGTERM before they are cut.
+    pub drain: Duration,
 }
 
 /// The workload source.
