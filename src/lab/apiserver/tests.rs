@@ -1061,6 +1061,7 @@ async fn publish_round_trips_through_the_kube_source_conversion_and_merges_three
                 },
             ],
         }],
+        istio: Vec::new(),
         rejected: Vec::new(),
     };
     snap.pods[1].host_network = true;
