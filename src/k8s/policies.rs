@@ -185,3 +185,40 @@ fn strip(obj: &mut DynamicObject) {
         map.remove("status");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use kube::core::Status;
+
+    use super::*;
+
+    #[test]
+    fn only_404_means_absent() {
+        let api = |code| kube::Error::Api(Status::failure("x", "NotFound").with_code(code).boxed());
+        assert!(is_not_found(&watcher::Error::InitialListFailed(api(404))));
+        assert!(is_not_found(&watcher::Error::WatchStartFailed(api(404))));
+        assert!(!is_not_found(&watcher::Error::InitialListFailed(api(403))));
+        assert!(!is_not_found(&watcher::Error::InitialListFailed(api(500))));
+        assert!(!is_not_found(&watcher::Error::NoResourceVersion));
+    }
+
+    #[test]
+    fn strips_what_is_never_read_and_keeps_the_dry_run_annotation() {
+        let mut obj: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "p", "namespace": "n", "managedFields": [{"manager": "kubectl"}],
+                         "annotations": {LAST_APPLIED: "{}", "istio.io/dry-run": "true"}},
+            "spec": {"action": "DENY"}, "status": {"conditions": []}
+        }))
+        .unwrap();
+        strip(&mut obj);
+        let v = serde_json::to_value(&obj).unwrap();
+        assert!(v["metadata"].get("managedFields").is_none());
+        assert_eq!(
+            v["metadata"]["annotations"],
+            serde_json::json!({"istio.io/dry-run": "true"})
+        );
+        assert!(v.get("status").is_none());
+        assert_eq!(v["spec"]["action"], "DENY");
+    }
+}
