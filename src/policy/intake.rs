@@ -60,7 +60,7 @@ impl PolicySnapshot {
         }
         let envelope = match Envelope::deserialize(value) {
             Ok(e) => e,
-            Err(e) => return self.fail_closed(&id, "", e.to_string(), Target::All),
+            Err(e) => return self.fail_closed(&id, "object", e.to_string(), Target::All),
         };
         let group_ok = envelope
             .api_version
@@ -109,9 +109,14 @@ impl PolicySnapshot {
                 };
                 self.add_scoped(policy, scope);
             }
-            Err(r) if !r.fail_closed => {
-                let effect = "ignored (an AUDIT policy only logs)".into();
-                self.reject(&id, &r.invalid.field, r.invalid.reason, effect);
+            // A log-only policy changes no access, so refusing it opens nothing.
+            Err(r) if !r.fail_closed || dry_run => {
+                let effect = if dry_run {
+                    "ignored (a dry-run policy is not enforced)"
+                } else {
+                    "ignored (an AUDIT policy only logs)"
+                };
+                self.reject(&id, &r.invalid.field, r.invalid.reason, effect.into());
             }
             Err(r) => self.fail_closed(&id, &r.invalid.field, r.invalid.reason, r.target),
         }
@@ -148,10 +153,7 @@ impl PolicySnapshot {
             return;
         }
         let effect = format!("every connection denied to {scope}");
-        let why = format!(
-            "{id} is invalid ({}): {reason}; ambit denies its scope",
-            field_or_object(field)
-        );
+        let why = format!("{id} is invalid ({field}): {reason}; ambit denies its scope");
         self.reject(id, field, reason, effect);
         self.add_scoped(CompiledPolicy::fail_closed(id.clone(), why), scope);
     }
@@ -254,13 +256,5 @@ fn kind_word(kind: RefKind) -> &'static str {
         RefKind::NamespaceLabel => "Namespace",
         RefKind::MtlsDefault => "Flag",
         RefKind::Other => "Unknown",
-    }
-}
-
-fn field_or_object(field: &str) -> &str {
-    if field.is_empty() {
-        "object"
-    } else {
-        field
     }
 }

@@ -89,6 +89,22 @@ fn an_invalid_audit_policy_is_only_reported() {
 }
 
 #[test]
+fn an_invalid_dry_run_policy_is_only_reported() {
+    let mut dry = ap(
+        "foo",
+        "dry",
+        json!({"action": "DENY", "rules": [{"to": [{"operation": {"ports": ["x"]}}]}]}),
+    );
+    dry["metadata"]["annotations"] = json!({"istio.io/dry-run": "true"});
+    let w = world(vec![dry]);
+    assert_eq!(
+        only_rejection(&w).effect,
+        "ignored (a dry-run policy is not enforced)"
+    );
+    assert!(allowed(&w, "bar", "client", "foo/web", 80));
+}
+
+#[test]
 fn deny_without_rules_is_rejected_and_fails_closed() {
     // Istio's webhook refuses it; ztunnel would ignore it. ambit denies its scope.
     let w = world(vec![ap("foo", "deny-nothing", json!({"action": "DENY"}))]);
@@ -160,7 +176,10 @@ fn envelope_problems() {
     // A top-level field that is not Kubernetes'.
     let mut extra = ap("foo", "extra", json!({}));
     extra["specs"] = json!({});
-    assert!(only_rejection(&world(vec![extra])).reason.contains("specs"));
+    let w = world(vec![extra]);
+    let r = only_rejection(&w);
+    assert_eq!(r.field, "object");
+    assert!(r.reason.contains("specs"), "{r:?}");
     // Kubernetes' own fields are fine.
     let mut full = ap("foo", "full", json!({"rules": [{}]}));
     full["metadata"]["uid"] = json!("1234");
