@@ -17,6 +17,14 @@ use super::*;
 use crate::identity::Identity;
 use crate::workload::{Namespace, Pod, Snapshot};
 
+/// The snapshot is shared between the control and data runtimes.
+#[test]
+fn snapshot_and_decision_cross_threads() {
+    fn shared<T: Send + Sync>() {}
+    shared::<PolicySnapshot>();
+    shared::<Decision>();
+}
+
 /// An AuthorizationPolicy object.
 fn ap(ns: &str, name: &str, spec: Value) -> Value {
     json!({
