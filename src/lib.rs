@@ -19,6 +19,7 @@ pub mod lab;
 pub mod metrics;
 pub mod netns;
 pub mod podns;
+pub mod policy;
 pub mod proxy;
 pub mod reconcile;
 pub mod rules;

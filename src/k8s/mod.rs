@@ -1,8 +1,9 @@
-//! The Kubernetes side of ambit: watching the cluster ([`source`]), converting objects to the
-//! workload model ([`convert`]), and reporting capture back as annotations and Events
-//! ([`status`]).
+//! The Kubernetes side of ambit: watching the cluster ([`source`], Istio policies in
+//! [`policies`]), converting objects to the workload model ([`convert`]), and reporting capture
+//! back as annotations and Events ([`status`]).
 
 pub mod convert;
+pub mod policies;
 pub mod source;
 pub mod status;
 

@@ -1,5 +1,6 @@
 //! The Kubernetes workload source: kube-rs watchers (list + watch, with backoff) over Pods,
-//! Namespaces, Services and EndpointSlices, folded into the same [`SourceState`] the local
+//! Namespaces, Services and EndpointSlices, and Istio's AuthorizationPolicies and
+//! PeerAuthentications ([`super::policies`]), folded into the same [`SourceState`] the local
 //! file source produces, so everything downstream is unchanged.
 //!
 //! Two Pod watches run: this node's pods (field selector `spec.nodeName`) drive capture and are
@@ -34,17 +35,19 @@ struct Stores {
     namespaces: Store<K8sNamespace>,
     services: Store<K8sService>,
     slices: Store<EndpointSlice>,
+    /// Istio AuthorizationPolicies and PeerAuthentications (see [`super::policies`]).
+    policies: Vec<super::policies::PolicyWatch>,
 }
 
 /// Shared between the watch tasks and the snapshot builder.
 #[derive(Default)]
-struct Signals {
-    changed: Notify,
+pub(super) struct Signals {
+    pub(super) changed: Notify,
     errors: std::sync::Mutex<HashMap<&'static str, String>>,
 }
 
 impl Signals {
-    fn report(&self, kind: &'static str, result: Result<(), String>) {
+    pub(super) fn report(&self, kind: &'static str, result: Result<(), String>) {
         let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
         let changed = match result {
             Ok(()) => errors.remove(kind).is_some(),
@@ -121,12 +124,13 @@ pub fn watch_cluster(client: Client, node: &str) -> watch::Receiver<SourceState>
             &signals,
         ),
         slices: spawn_reflector(
-            Api::all(client),
+            Api::all(client.clone()),
             watcher::Config::default(),
             strip,
             "endpointslices",
             &signals,
         ),
+        policies: super::policies::spawn(&client, &signals),
     };
     let (tx, rx) = watch::channel(SourceState::default());
     tokio::spawn(build_snapshots(stores, signals, tx));
@@ -180,6 +184,10 @@ async fn build_snapshots(stores: Stores, signals: Arc<Signals>, tx: watch::Sende
     };
     if ready.await.is_err() {
         return;
+    }
+    // Policies too: listed, or known not to exist (CRDs not installed).
+    for mut policy in stores.policies.iter().cloned() {
+        policy.settled().await;
     }
     tracing::info!("Kubernetes caches synced");
     loop {
@@ -247,5 +255,6 @@ fn snapshot_of(stores: &Stores) -> Snapshot {
         })
         .collect();
     snapshot.services.sort_by_key(|s| s.key());
+    snapshot.istio = super::policies::objects(&stores.policies);
     snapshot
 }

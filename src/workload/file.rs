@@ -25,7 +25,7 @@ pub enum SourceError {
         source: std::io::Error,
     },
     /// The file is not a valid workload document.
-    #[error("workload file {path} is not valid (expected JSON {{\"namespaces\": [...], \"pods\": [...], \"services\": [...]}}): {source}")]
+    #[error("workload file {path} is not valid (expected JSON {{\"namespaces\": [...], \"pods\": [...], \"services\": [...], \"istio\": [...]}}): {source}")]
     Parse {
         /// The file.
         path: PathBuf,
@@ -57,6 +57,9 @@ struct RawDocument {
     pods: Vec<serde_json::Value>,
     #[serde(default)]
     services: Vec<super::Service>,
+    /// Istio policy objects, kept raw: each is checked on its own by the policy engine.
+    #[serde(default)]
+    istio: Vec<serde_json::Value>,
 }
 
 /// Reads and parses the workload file once. Malformed pod entries land in
@@ -73,6 +76,7 @@ pub fn load(path: &Path) -> Result<Snapshot, SourceError> {
     let mut snapshot = Snapshot {
         namespaces: raw.namespaces,
         services: raw.services,
+        istio: raw.istio,
         ..Snapshot::default()
     };
     for (index, value) in raw.pods.into_iter().enumerate() {
@@ -186,6 +190,32 @@ mod tests {
         );
         let err = load(&dir.join("missing.json")).unwrap_err().to_string();
         assert!(err.contains("missing.json"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn keeps_istio_objects_raw_so_a_bad_one_hides_nothing() {
+        let dir = std::env::temp_dir().join(format!("ambit-wl-istio-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("istio.json");
+        std::fs::write(
+            &path,
+            r#"{"pods":[{"uid":"1","name":"p","namespace":"a","node":"n1","ips":["10.0.0.2"]}],
+                "istio":[{"apiVersion":"security.istio.io/v1","kind":"AuthorizationPolicy",
+                          "metadata":{"name":"deny","namespace":"a"},"spec":{"action":"DENY","rules":[{}]}},
+                         {"kind":"AuthorizationPolicy","spec":{"rulez":[]}}, 7]}"#,
+        )
+        .unwrap();
+        let snap = load(&path).unwrap();
+        assert_eq!(snap.pods.len(), 1);
+        assert_eq!(
+            snap.istio.len(),
+            3,
+            "kept as written; the policy engine judges each"
+        );
+        let policies =
+            crate::policy::PolicySnapshot::build(&snap, &crate::policy::PolicyConfig::default());
+        assert_eq!(policies.rejected().len(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

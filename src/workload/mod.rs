@@ -95,6 +95,11 @@ pub struct Snapshot {
     /// Services with their endpoints.
     #[serde(default)]
     pub services: Vec<Service>,
+    /// Istio `security.istio.io` objects (AuthorizationPolicy, PeerAuthentication) exactly as
+    /// `kubectl get -o json` prints them. Kept raw: [`crate::policy::PolicySnapshot::build`]
+    /// reads them, so a malformed one is rejected there on its own and never hides a pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub istio: Vec<serde_json::Value>,
     /// Pod entries the source could not understand; reported, never captured.
     #[serde(skip)]
     pub rejected: Vec<RejectedPod>,

@@ -8,8 +8,10 @@
 //!
 //! What it serves (JSON only):
 //! * core `v1` `pods`, `namespaces` (cluster-scoped), `services`, `events`;
-//!   `discovery.k8s.io/v1` `endpointslices`; `events.k8s.io/v1` `events` — under the real
-//!   paths (`/api/v1/namespaces/{ns}/pods/{name}`, `/apis/discovery.k8s.io/v1/endpointslices`);
+//!   `discovery.k8s.io/v1` `endpointslices`; `events.k8s.io/v1` `events`; Istio's
+//!   `security.istio.io/v1` `authorizationpolicies` and `peerauthentications` (as if the CRDs
+//!   were installed) — under the real paths (`/api/v1/namespaces/{ns}/pods/{name}`,
+//!   `/apis/discovery.k8s.io/v1/endpointslices`);
 //! * GET, LIST (field and label selectors), WATCH (`?watch=true`), POST, PUT, PATCH (merge,
 //!   strategic-merge treated as merge, JSON patch, apply treated as merge), DELETE;
 //! * discovery documents: `/version`, `/api`, `/apis`, `/api/v1`, `/apis/{group}[/{version}]`;
@@ -44,6 +46,8 @@ mod select;
 mod store;
 mod watch;
 
+#[cfg(test)]
+mod policy_tests;
 #[cfg(test)]
 mod tests;
 
@@ -163,6 +167,26 @@ pub(crate) const RESOURCES: &[ResourceType] = &[
         kind: "Event",
         namespaced: true,
         short_names: &["ev"],
+    },
+    // Istio's security CRDs, as if installed: stored and served like any other kind (no schema
+    // validation; ambit's policy engine does its own).
+    ResourceType {
+        group: "security.istio.io",
+        version: "v1",
+        plural: "authorizationpolicies",
+        singular: "authorizationpolicy",
+        kind: "AuthorizationPolicy",
+        namespaced: true,
+        short_names: &["ap"],
+    },
+    ResourceType {
+        group: "security.istio.io",
+        version: "v1",
+        plural: "peerauthentications",
+        singular: "peerauthentication",
+        kind: "PeerAuthentication",
+        namespaced: true,
+        short_names: &["pa"],
     },
 ];
 

@@ -379,7 +379,10 @@ async fn crud_list_selectors_and_errors() {
     assert_eq!((version.major.as_str(), version.minor.as_str()), VERSION);
     let groups = c.list_api_groups().await.unwrap();
     let group_names: Vec<&str> = groups.groups.iter().map(|g| g.name.as_str()).collect();
-    assert_eq!(group_names, ["discovery.k8s.io", "events.k8s.io"]);
+    assert_eq!(
+        group_names,
+        ["discovery.k8s.io", "events.k8s.io", "security.istio.io"]
+    );
     let core = c.list_core_api_resources("v1").await.unwrap();
     assert!(core
         .resources
@@ -1061,6 +1064,7 @@ async fn publish_round_trips_through_the_kube_source_conversion_and_merges_three
                 },
             ],
         }],
+        istio: Vec::new(),
         rejected: Vec::new(),
     };
     snap.pods[1].host_network = true;
