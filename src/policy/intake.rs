@@ -19,7 +19,7 @@ use super::scope::{Scope, Target};
 use super::snapshot::Scoped;
 use super::{PolicySnapshot, PolicyWarning, RejectedPolicy};
 // The label stays the reconciler's constant.
-use crate::reconcile::MTLS_MODE_LABEL;
+use crate::config::MTLS_MODE_LABEL;
 use crate::workload::Snapshot;
 
 impl PolicySnapshot {
