@@ -51,7 +51,7 @@ pub type Router = Arc<dyn Fn(&str) -> Reply + Send + Sync>;
 /// Binds `addr` now (so errors surface at start-up) and serves `router` on it until the task
 /// is dropped.
 pub async fn serve(addr: SocketAddr, name: &'static str, router: Router) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await.map_err(|e| {
+    let listener = bind_shared(addr).map_err(|e| {
         std::io::Error::new(e.kind(), format!("cannot bind {name} endpoint {addr}: {e}"))
     })?;
     tracing::info!(%addr, "{name} endpoint listening");
@@ -82,6 +82,25 @@ pub async fn serve(addr: SocketAddr, name: &'static str, router: Router) -> std:
         }
     });
     Ok(())
+}
+
+/// Binds with SO_REUSEPORT: during an upgrade the next daemon binds the node's ports while
+/// this one still serves them (both run as the same user, which the kernel requires).
+fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 fn to_response(reply: Reply) -> Response<Full<Bytes>> {

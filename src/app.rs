@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::admin::{self, Reply, Router};
 use crate::config::{RunConfig, Source};
+use crate::drain::DrainTrigger;
 use crate::flows::FlowTable;
 use crate::identity::manager::CertManager;
 use crate::k8s::status::{CaptureObserver, KubeReporter, LogOnly};
@@ -51,6 +52,7 @@ pub fn run(config: RunConfig) -> anyhow::Result<()> {
 async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let flows = Arc::new(FlowTable::default());
+    let (trigger, drain) = crate::drain::channel();
     let board = Arc::new(StatusBoard::default());
     let (directory_tx, directory_rx) = watch::channel(Arc::new(Directory::default()));
     let ca = crate::identity::ca::Ca::load(&config.ca_dir)
@@ -63,6 +65,8 @@ async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Resul
         directory: directory_rx,
         flows: flows.clone(),
         metrics: metrics.clone(),
+        handshakes: Arc::default(),
+        drain: drain.clone(),
     };
 
     let m = metrics.clone();
@@ -76,7 +80,7 @@ async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Resul
         "/healthz/ready" => Reply::text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         _ => Reply::text(StatusCode::NOT_FOUND, "try /healthz/ready\n"),
     });
-    let admin_router = admin_routes(board.clone(), flows, metrics, config.clone());
+    let admin_router = admin_routes(board.clone(), flows.clone(), metrics, config.clone());
     admin::serve(config.metrics_addr, "metrics", metrics_router).await?;
     admin::serve(config.readiness_addr, "readiness", readiness_router).await?;
     admin::serve(config.admin_addr, "admin", admin_router).await?;
@@ -98,12 +102,40 @@ async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Resul
     let reconciler = Reconciler::new(config.reconcile.clone(), ctx, data, board, certs, observer);
     tracing::info!(node = %config.reconcile.node, source = %config.source,
         backend = %config.reconcile.backend, "ambit running");
+    // Kept (not polled) through the drain, so the pods' proxies stay until the end.
+    let run = reconciler.run(source, directory_tx);
+    tokio::pin!(run);
     tokio::select! {
-        _ = reconciler.run(source, directory_tx) => {}
+        _ = &mut run => {}
         r = shutdown_signal() => r?,
     }
-    tracing::info!("shutting down");
+    drain_then_stop(&trigger, &flows, config.drain).await;
     Ok(())
+}
+
+/// SIGTERM's graceful phase: listeners close (a successor daemon's take over), HBONE peers get
+/// GOAWAY, and live connections run on until none is left or `deadline` passes; whatever is
+/// still open then is cut when the data runtime stops. The rules stay, so pods stay captured
+/// (fail closed) until the next daemon adopts them.
+pub(crate) async fn drain_then_stop(trigger: &DrainTrigger, flows: &FlowTable, deadline: Duration) {
+    tracing::info!(
+        live = flows.live_count(),
+        ?deadline,
+        "draining: listeners closed, GOAWAY to HBONE peers"
+    );
+    trigger.start();
+    let started = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    while flows.live_count() > 0 && started.elapsed() < deadline {
+        tick.tick().await;
+    }
+    match flows.live_count() {
+        0 => tracing::info!(after = ?started.elapsed(), "drained; shutting down"),
+        n => tracing::warn!(
+            cut = n,
+            "drain deadline passed; cutting the remaining connections"
+        ),
+    }
 }
 
 fn admin_routes(

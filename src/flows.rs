@@ -171,6 +171,11 @@ pub struct FlowTable {
 }
 
 impl FlowTable {
+    /// Flows still open.
+    pub fn live_count(&self) -> usize {
+        lock(&self.live).len()
+    }
+
     /// Registers a new live flow.
     pub fn start(
         self: &Arc<Self>,

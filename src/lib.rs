@@ -10,6 +10,7 @@ pub mod config;
 pub mod copy;
 #[cfg(feature = "lab")]
 pub mod demo;
+pub mod drain;
 pub mod flows;
 pub mod hbone;
 pub mod identity;

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub hbone_dials: Counter,
     /// HBONE connections accepted on 15008 (handshakes completed).
     pub hbone_accepted: Counter,
+    /// 15008 connections closed at accept because too many handshakes were pending, by reason.
+    pub handshakes_shed: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -59,6 +61,7 @@ impl Default for Metrics {
             rule_applies: Family::default(),
             hbone_dials: Counter::default(),
             hbone_accepted: Counter::default(),
+            handshakes_shed: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -91,6 +94,11 @@ impl Default for Metrics {
             "hbone_accepted",
             "HBONE connections accepted on 15008",
             m.hbone_accepted.clone(),
+        );
+        registry.register(
+            "hbone_handshakes_shed",
+            "15008 connections closed at accept: too many pending handshakes (per pod or source)",
+            m.handshakes_shed.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -80,6 +80,7 @@ async fn serve(config: SidecarConfig) -> anyhow::Result<()> {
 
     let metrics = Arc::new(Metrics::default());
     let flows = Arc::new(FlowTable::default());
+    let (trigger, drain) = crate::drain::channel();
     let daemon = DaemonIdentity::default();
     let (directory_tx, directory_rx) = watch::channel(Arc::new(Directory::new(&snapshot, &daemon)));
     let ctx = ProxyContext {
@@ -88,6 +89,8 @@ async fn serve(config: SidecarConfig) -> anyhow::Result<()> {
         directory: directory_rx,
         flows: flows.clone(),
         metrics: metrics.clone(),
+        handshakes: Arc::default(),
+        drain: drain.clone(),
     };
     let security = PodSecurity::new(
         identity,
@@ -136,6 +139,8 @@ async fn serve(config: SidecarConfig) -> anyhow::Result<()> {
         _ = follow => {}
         r = crate::app::shutdown_signal() => r?,
     }
+    let deadline = std::time::Duration::from_secs(crate::config::DEFAULT_DRAIN_SECS);
+    crate::app::drain_then_stop(&trigger, &flows, deadline).await;
     Ok(())
 }
 

@@ -3,8 +3,10 @@
 //!
 //! - [`pool`]: the client side; pooled, multiplexed connections from one pod to peers;
 //! - [`server`]: the 15008 side; terminates tunnels and connects to the app;
-//! - [`stream`]: copying between TCP and tunnel streams with half-close.
+//! - [`stream`]: copying between TCP and tunnel streams with half-close;
+//! - [`keepalive`]: HTTP/2 PING keepalive, so a dead peer is noticed within about 30 s.
 
+pub mod keepalive;
 pub mod pool;
 pub mod server;
 pub mod stream;

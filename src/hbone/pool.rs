@@ -17,7 +17,7 @@ use h2::client::SendRequest;
 use rustls::pki_types::ServerName;
 
 use crate::config::{
-    H2_CONNECTION_WINDOW as CONNECTION_WINDOW, H2_MAX_FRAME as MAX_FRAME,
+    H2_CONNECTION_WINDOW as CONNECTION_WINDOW, H2_MAX_FRAME as MAX_FRAME, H2_MAX_HEADER_LIST_SIZE,
     H2_STREAM_WINDOW as STREAM_WINDOW, HBONE_DIAL_TIMEOUT as DIAL_TIMEOUT,
     POOL_MAX_STREAMS_PER_CONNECTION as MAX_STREAMS_PER_CONNECTION,
 };
@@ -82,8 +82,23 @@ struct Conn {
 }
 
 impl Conn {
+    /// Whether new streams may go on this connection: not closed, not failed by keepalive, and
+    /// no GOAWAY received. h2 records a GOAWAY as a connection error that `poll_ready` reports
+    /// at once, so the check never waits (a connection merely at its stream limit is usable).
     fn usable(&self) -> bool {
-        !self.closed.load(Ordering::Acquire)
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut send = self.send.clone();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        match send.poll_ready(&mut cx) {
+            std::task::Poll::Ready(Err(_)) => {
+                self.closed.store(true, Ordering::Release);
+                false
+            }
+            _ => true,
+        }
     }
 }
 
@@ -93,6 +108,14 @@ pub struct Lease {
     /// Request sender on the connection.
     pub send: SendRequest<Bytes>,
     conn: Conn,
+}
+
+impl Lease {
+    /// Takes the connection out of service (a stream failed on it before any byte was sent):
+    /// the next checkout dials afresh instead of finding it.
+    pub fn discard(&self) {
+        self.conn.closed.store(true, Ordering::Release);
+    }
 }
 
 impl Drop for Lease {
@@ -182,6 +205,9 @@ impl Pool {
                 c.usable() && !idle
             });
         }
+        // Keys with no connection left go too (a pod IP reused later starts from nothing);
+        // a slot held by a checkout is not empty-and-idle, so it stays.
+        lock(&self.slots).retain(|_, slot| slot.try_lock().map_or(true, |c| !c.is_empty()));
     }
 
     /// Connections currently pooled (for the admin page).
@@ -219,13 +245,14 @@ impl Pool {
                 expected: expected.clone(),
                 reason: e.to_string(),
             })?;
-        let (send, connection) = h2::client::Builder::new()
+        let (send, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
             .max_send_buffer_size(STREAM_WINDOW as usize)
             .initial_max_send_streams(MAX_STREAMS_PER_CONNECTION)
             .enable_push(false)
+            .max_header_list_size(H2_MAX_HEADER_LIST_SIZE)
             .handshake::<_, Bytes>(tls)
             .await
             .map_err(|e| DialError::Http2 {
@@ -234,9 +261,15 @@ impl Pool {
             })?;
         let closed = Arc::new(AtomicBool::new(false));
         let flag = closed.clone();
+        let keepalive = super::keepalive::watch_or_never(connection.ping_pong());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "HBONE connection ended");
+            tokio::select! {
+                ended = &mut connection => if let Err(e) = ended {
+                    tracing::debug!(%peer, error = %e, "HBONE connection ended");
+                },
+                dead = keepalive => {
+                    tracing::warn!(%peer, error = %dead, "HBONE peer unresponsive; connection closed");
+                }
             }
             flag.store(true, Ordering::Release);
         });

@@ -14,7 +14,10 @@ use http::{Response, StatusCode};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use crate::config::{H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_SERVER_MAX_STREAMS, H2_STREAM_WINDOW};
+use crate::config::{
+    H2_CONNECTION_WINDOW, H2_MAX_CONCURRENT_RESETS, H2_MAX_FRAME, H2_MAX_HEADER_LIST_SIZE,
+    H2_MAX_PENDING_ACCEPT_RESETS, H2_SERVER_MAX_STREAMS, H2_STREAM_WINDOW, HBONE_HANDSHAKE_TIMEOUT,
+};
 use crate::identity::Identity;
 
 /// An HBONE connection whose TLS and HTTP/2 handshakes are complete.
@@ -37,10 +40,23 @@ pub enum AcceptError {
     /// The HTTP/2 preface or settings exchange failed.
     #[error("HTTP/2 handshake: {0}")]
     Http2(h2::Error),
+    /// The client did not complete both handshakes in time.
+    #[error("TLS and HTTP/2 handshakes not completed within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
-/// Runs the TLS and HTTP/2 handshakes of one accepted TCP connection with `tls`.
+/// Runs the TLS and HTTP/2 handshakes of one accepted TCP connection with `tls`, within
+/// [`HBONE_HANDSHAKE_TIMEOUT`]: a client that connects and stays silent is dropped.
 pub async fn accept(
+    tcp: TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+) -> Result<Accepted, AcceptError> {
+    tokio::time::timeout(HBONE_HANDSHAKE_TIMEOUT, handshake(tcp, tls))
+        .await
+        .map_err(|_| AcceptError::Timeout(HBONE_HANDSHAKE_TIMEOUT))?
+}
+
+async fn handshake(
     tcp: TcpStream,
     tls: Arc<rustls::ServerConfig>,
 ) -> Result<Accepted, AcceptError> {
@@ -55,6 +71,10 @@ pub async fn accept(
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .max_frame_size(H2_MAX_FRAME)
         .max_concurrent_streams(H2_SERVER_MAX_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST_SIZE)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+        .max_concurrent_reset_streams(H2_MAX_CONCURRENT_RESETS)
+        .max_send_buffer_size(H2_STREAM_WINDOW as usize)
         .handshake::<_, Bytes>(tls)
         .await
         .map_err(AcceptError::Http2)?;

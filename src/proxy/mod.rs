@@ -10,6 +10,7 @@
 //! [`crate::hbone::stream`]; the HBONE wire protocol from [`crate::hbone`], which imports
 //! nothing from here.
 
+pub mod admission;
 mod inbound;
 mod outbound;
 mod tunnel;
@@ -47,6 +48,10 @@ pub struct ProxyContext {
     pub flows: Arc<FlowTable>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// 15008 handshakes in progress per source address, node-wide.
+    pub handshakes: Arc<admission::HandshakeSlots>,
+    /// Tells accept loops and HBONE server connections to drain.
+    pub drain: crate::drain::DrainWatcher,
 }
 
 /// Errors from starting a pod's proxy.
@@ -130,6 +135,8 @@ pub(crate) struct PodScope {
     pub placement: socket::Placement,
     pub ctx: ProxyContext,
     pub security: PodSecurity,
+    /// 15008 connections of this pod still in their handshake (see [`admission`]).
+    pub pending_handshakes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl PodScope {
@@ -167,6 +174,7 @@ impl PodProxy {
             placement,
             ctx,
             security,
+            pending_handshakes: Arc::default(),
         });
         let pool = scope.security.pool.clone();
         let evictor = runtime.spawn(async move {
@@ -193,9 +201,16 @@ impl PodProxy {
     }
 }
 
+/// Accepts until the pod is released (the task is aborted) or the daemon drains (the listener is
+/// closed by returning; queued connections then migrate to a successor daemon's listener).
 async fn accept_loop(scope: Arc<PodScope>, kind: Listener, listener: TcpListener) {
+    let drain = scope.ctx.drain.clone();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = drain.started() => return,
+        };
+        let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -204,7 +219,32 @@ async fn accept_loop(scope: Arc<PodScope>, kind: Listener, listener: TcpListener
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
+        socket::tune_accepted(&stream);
+        let peer = socket::canonical(peer);
+        // Unauthenticated clients are bounded before any TLS work (see `admission`).
+        let handshake = match kind {
+            Listener::Hbone => match scope
+                .ctx
+                .handshakes
+                .admit(&scope.pending_handshakes, peer.ip())
+            {
+                Ok(guard) => Some(guard),
+                Err(shed) => {
+                    scope
+                        .ctx
+                        .metrics
+                        .handshakes_shed
+                        .get_or_create(&crate::metrics::OutcomeLabels {
+                            outcome: shed.as_str(),
+                        })
+                        .inc();
+                    tracing::debug!(pod = %scope.key, %peer, reason = shed.as_str(), "15008 connection shed");
+                    socket::close_with_reset(stream);
+                    continue;
+                }
+            },
+            _ => None,
+        };
         scope
             .ctx
             .metrics
@@ -214,12 +254,11 @@ async fn accept_loop(scope: Arc<PodScope>, kind: Listener, listener: TcpListener
             })
             .inc();
         let scope = scope.clone();
-        let peer = socket::canonical(peer);
         tokio::spawn(async move {
             match kind {
                 Listener::Outbound => outbound::serve(&scope, stream, peer).await,
                 Listener::Inbound => inbound::serve(&scope, stream, peer).await,
-                Listener::Hbone => tunnel::serve_connection(scope, stream, peer).await,
+                Listener::Hbone => tunnel::serve_connection(scope, stream, peer, handshake).await,
             }
         });
     }

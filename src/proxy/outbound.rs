@@ -109,6 +109,60 @@ pub(crate) async fn serve(scope: &PodScope, stream: TcpStream, peer: SocketAddr)
     }
 }
 
+/// Why a CONNECT stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    /// No connection to the peer (dial, TLS, credentials) or a malformed request.
+    #[error("{0}")]
+    Connection(String),
+    /// HTTP/2 failed on an established connection before any response; the connection was
+    /// discarded from the pool.
+    #[error("{0}")]
+    Stream(String),
+}
+
+/// A pooled connection to `via` and a CONNECT stream on it, with its response.
+async fn open_stream(
+    scope: &PodScope,
+    request: &TunnelRequest,
+    via: SocketAddr,
+    identity: &Identity,
+) -> Result<
+    (
+        crate::hbone::pool::Lease,
+        http::Response<h2::RecvStream>,
+        h2::SendStream<bytes::Bytes>,
+    ),
+    OpenError,
+> {
+    let dst = request.target;
+    let lease = scope
+        .security
+        .pool
+        .checkout(via, identity)
+        .await
+        .map_err(|e| OpenError::Connection(e.to_string()))?;
+    let built = hbone::build_request(request)
+        .map_err(|e| OpenError::Connection(format!("building CONNECT: {e}")))?;
+    let opened = async {
+        let mut send = lease.send.clone().ready().await?;
+        let (response, stream) = send.send_request(built, false)?;
+        Ok::<_, h2::Error>((response.await?, stream))
+    };
+    match tokio::time::timeout(HBONE_DIAL_TIMEOUT, opened).await {
+        Ok(Ok((response, stream))) => Ok((lease, response, stream)),
+        Ok(Err(e)) => {
+            lease.discard();
+            Err(OpenError::Stream(format!(
+                "HBONE CONNECT to {dst} via {via}: {e}"
+            )))
+        }
+        Err(_) => Err(OpenError::Connection(format!(
+            "HBONE CONNECT to {dst} via {via}: no response"
+        ))),
+    }
+}
+
 /// Opens a CONNECT stream to `dst` through `via` and copies the client connection through it.
 async fn tunnel(
     scope: &PodScope,
@@ -119,30 +173,27 @@ async fn tunnel(
     via: SocketAddr,
     identity: &Identity,
 ) -> Result<(), String> {
-    let lease = scope
-        .security
-        .pool
-        .checkout(via, identity)
-        .await
-        .map_err(|e| e.to_string())?;
-    let request = hbone::build_request(&TunnelRequest {
+    let request = TunnelRequest {
         target: dst,
         client: client_addr,
         baggage: vec![
             ("k8s.namespace.name".into(), scope.pod.namespace.clone()),
             ("k8s.pod.name".into(), scope.pod.name.clone()),
         ],
-    })
-    .map_err(|e| format!("building CONNECT: {e}"))?;
-    let opened = async {
-        let mut send = lease.send.clone().ready().await?;
-        let (response, stream) = send.send_request(request, false)?;
-        Ok::<_, h2::Error>((response.await?, stream))
     };
-    let (response, send_stream) = tokio::time::timeout(HBONE_DIAL_TIMEOUT, opened)
-        .await
-        .map_err(|_| format!("HBONE CONNECT to {dst} via {via}: no response"))?
-        .map_err(|e| format!("HBONE CONNECT to {dst} via {via}: {e}"))?;
+    let (lease, response, send_stream) = match open_stream(scope, &request, via, identity).await {
+        Ok(opened) => opened,
+        // The stream failed at the HTTP/2 level before the app sent a byte through it (a
+        // GOAWAY raced the checkout, the peer restarted): safe to try once more on a fresh
+        // connection, which the discarded one no longer shadows.
+        Err(OpenError::Stream(first)) => {
+            tracing::debug!(pod = %scope.key, %via, error = %first, "retrying CONNECT on a fresh connection");
+            open_stream(scope, &request, via, identity)
+                .await
+                .map_err(|e| e.to_string())?
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     if response.status() != http::StatusCode::OK {
         return Err(format!(
             "HBONE CONNECT to {dst} via {via}: peer answered {}",

@@ -10,6 +10,7 @@ use h2::server::SendResponse;
 use http::{Request, StatusCode};
 use tokio::net::TcpStream;
 
+use super::admission::HandshakeGuard;
 use super::{count_failure, dial, PodScope};
 use crate::config::{HBONE_PORT, PROXY_PORTS};
 use crate::flows::Listener;
@@ -17,8 +18,16 @@ use crate::hbone::server::{respond_error, respond_ok, Accepted};
 use crate::hbone::{forwarded_for, parse_target};
 use crate::identity::Identity;
 
-/// Serves one accepted TCP connection on 15008 until it closes.
-pub(crate) async fn serve_connection(scope: Arc<PodScope>, tcp: TcpStream, peer: SocketAddr) {
+/// Serves one accepted TCP connection on 15008 until it closes. `handshake` is its admission
+/// slot, released once the handshakes are done. The connection is pinged (a dead client is
+/// dropped) and, when the daemon drains, sent a GOAWAY so the client opens new streams
+/// elsewhere while the streams it has run to their end.
+pub(crate) async fn serve_connection(
+    scope: Arc<PodScope>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    handshake: Option<HandshakeGuard>,
+) {
     let config = match (scope.security.server_tls)() {
         Ok(c) => c,
         Err(e) => {
@@ -36,9 +45,29 @@ pub(crate) async fn serve_connection(scope: Arc<PodScope>, tcp: TcpStream, peer:
             return;
         }
     };
+    drop(handshake);
     scope.ctx.metrics.hbone_accepted.inc();
     let client_id = Arc::new(client_id);
-    while let Some(next) = conn.accept().await {
+    let keepalive = crate::hbone::keepalive::watch_or_never(conn.ping_pong());
+    tokio::pin!(keepalive);
+    let drain = scope.ctx.drain.clone();
+    let mut draining = false;
+    loop {
+        let next = tokio::select! {
+            next = conn.accept() => next,
+            dead = &mut keepalive => {
+                tracing::info!(pod = %scope.key, %peer, error = %dead, "closing HBONE connection");
+                break;
+            }
+            _ = drain.started(), if !draining => {
+                // GOAWAY: the client stops opening streams here; the connection must still be
+                // polled (below) for its open streams to finish.
+                draining = true;
+                conn.graceful_shutdown();
+                continue;
+            }
+        };
+        let Some(next) = next else { break };
         match next {
             Ok((req, respond)) => {
                 let (scope, client_id) = (scope.clone(), client_id.clone());

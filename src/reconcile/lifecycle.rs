@@ -86,7 +86,11 @@ impl Reconciler {
             options,
         };
         let r = rules.clone();
-        let result = blocking(move || r.apply()).await?;
+        let result = blocking(move || {
+            crate::rules::route::enable_listener_migration(&r.netns);
+            r.apply()
+        })
+        .await?;
         match result {
             Ok(outcome) => {
                 let label = outcome_label(outcome);

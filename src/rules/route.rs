@@ -57,6 +57,26 @@ fn our_routes(ns: &NetNs, family: Family) -> Result<Vec<String>, RulesError> {
         .collect())
 }
 
+/// Lets a second daemon take over the pod's listeners without dropping a connection: with
+/// `net.ipv4.tcp_migrate_req=1` in the pod's netns, connections queued on a closing SO_REUSEPORT
+/// listener move to another listener of its group instead of being reset (Linux 5.14+; the
+/// sysctl is per netns and covers IPv6 too). Best effort: an older kernel only loses the
+/// upgrade's zero-gap guarantee, so a failure is logged, not returned.
+pub fn enable_listener_migration(ns: &NetNs) {
+    let result = run(
+        ns,
+        "sh",
+        &["-c", "echo 1 > /proc/sys/net/ipv4/tcp_migrate_req"],
+        None,
+    );
+    match result {
+        Ok(out) if out.success => {}
+        Ok(out) => tracing::debug!(netns = %ns.path().display(), stderr = %out.stderr.trim(),
+            "net.ipv4.tcp_migrate_req not available"),
+        Err(e) => tracing::debug!(error = %e, "net.ipv4.tcp_migrate_req not set"),
+    }
+}
+
 /// Whether IPv6 is usable on `lo` in the namespace. `/proc/sys/net` shows the namespace of the
 /// process that opens it, so the file is read by a process spawned inside the namespace.
 fn ipv6_enabled(ns: &NetNs) -> Result<bool, RulesError> {
