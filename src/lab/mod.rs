@@ -8,12 +8,18 @@
 //!
 //! A [`Lab`] returned by [`Lab::up`] owns what it created and removes it when dropped, also
 //! when a test panics. [`Lab::load`] reopens an existing lab without taking ownership.
+//!
+//! This file holds the spec, the [`Lab`] value and its lifecycle (up, load, detach); its errors
+//! are in `error.rs`, and the accessors for its nodes, pods, namespaces and workload file in
+//! `access.rs`.
 
+mod access;
 // Kubernetes mode: the stand-in API server and publishing to it.
 pub mod apiserver;
 mod cleanup;
 pub mod cli;
 mod daemon;
+mod error;
 pub mod kubelet;
 mod state;
 mod topology;
@@ -23,19 +29,17 @@ pub mod traffic;
 mod tests;
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 pub use cleanup::down_by_name;
 pub use daemon::{HttpResponse, ADMIN_PORT, READY_PORT, STOP_GRACE};
+pub use error::LabError;
 pub use state::{
     LabNode, LabPod, LabState, AMBIENT_LABEL, FABRIC_IPV4, FABRIC_IPV6, POD_GATEWAY_V4,
     POD_GATEWAY_V6,
 };
 
-use crate::netns::{NetNs, NetNsError};
-use crate::workload::Snapshot;
 use daemon::Daemon;
 
 /// Directory holding one subdirectory per lab.
@@ -48,104 +52,6 @@ pub const MAX_NODES: usize = 9;
 pub const CA_DIR: &str = "ca";
 /// Most pods per node.
 pub const MAX_PODS_PER_NODE: usize = 60;
-
-/// Errors from building, using or removing a lab.
-#[derive(Debug, thiserror::Error)]
-pub enum LabError {
-    /// The spec or a lab name is not acceptable.
-    #[error("invalid lab spec: {0}")]
-    Spec(String),
-    /// A lab of that name (or namespaces with its names) already exists.
-    #[error("lab {name:?} already exists ({detail}); remove it with `ambit lab down {name}`")]
-    Exists {
-        /// Lab name.
-        name: String,
-        /// What was found.
-        detail: String,
-    },
-    /// A lab, node or pod of that name does not exist.
-    #[error("no {what} named {name:?}{known}")]
-    NotFound {
-        /// `lab`, `node` or `pod`.
-        what: &'static str,
-        /// Name that was asked for.
-        name: String,
-        /// The names that do exist, formatted for the message.
-        known: String,
-    },
-    /// An external command (`ip`, `sysctl`) failed.
-    #[error("`{command}` failed ({status}): {stderr}")]
-    Command {
-        /// Command line.
-        command: String,
-        /// Exit status.
-        status: String,
-        /// What it printed on stderr.
-        stderr: String,
-    },
-    /// The lab's CA could not be created.
-    #[error("cannot create the lab CA: {0}")]
-    Ca(String),
-    /// A file or process operation failed.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// Underlying error.
-        source: std::io::Error,
-    },
-    /// `lab.json` or the workload file could not be encoded or parsed.
-    #[error("{}: {source}", path.display())]
-    Json {
-        /// The file.
-        path: PathBuf,
-        /// Underlying error.
-        source: serde_json::Error,
-    },
-    /// A lab namespace could not be opened or entered.
-    #[error(transparent)]
-    NetNs(#[from] NetNsError),
-    /// A daemon failed to start, exited, or did not become ready.
-    #[error("ambit on node {node}: {message}\n--- last lines of {} ---\n{tail}", log.display())]
-    Daemon {
-        /// Node name.
-        node: String,
-        /// What went wrong.
-        message: String,
-        /// The daemon's log file.
-        log: PathBuf,
-        /// Its last lines.
-        tail: String,
-    },
-    /// An HTTP request to a daemon endpoint failed or returned an unexpected status.
-    #[error("GET {url} in node {node}: {message}")]
-    Http {
-        /// Node whose namespace the request was made in.
-        node: String,
-        /// `http://127.0.0.1:<port><path>`.
-        url: String,
-        /// What went wrong (status and body, or the I/O error).
-        message: String,
-    },
-    /// The lab's stand-in API server failed to start, answer, stop, or take the workloads.
-    #[error("stand-in API server: {message}\n--- last lines of {} ---\n{tail}", log.display())]
-    ApiServer {
-        /// What went wrong.
-        message: String,
-        /// The stand-in's log file.
-        log: PathBuf,
-        /// Its last lines.
-        tail: String,
-    },
-    /// Removing the lab left something behind.
-    #[error("lab {name} was not removed completely:\n  {}", problems.join("\n  "))]
-    Teardown {
-        /// Lab name.
-        name: String,
-        /// One line per leftover.
-        problems: Vec<String>,
-    },
-}
 
 /// What [`Lab::up`] builds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -353,152 +259,6 @@ impl Lab {
         state.daemons = daemons.iter().map(|(n, d)| (n.clone(), d.pid)).collect();
         state.apiserver = self.apiserver_pid();
         state.save()
-    }
-
-    /// Lab name.
-    pub fn name(&self) -> &str {
-        &self.state.name
-    }
-
-    /// Lab directory (`/run/ambit/lab/<name>`).
-    pub fn dir(&self) -> &Path {
-        &self.state.dir
-    }
-
-    /// The lab's full description, as in `lab.json` (daemon pids as of loading).
-    pub fn state(&self) -> &LabState {
-        &self.state
-    }
-
-    /// Kubernetes namespace of the pods.
-    pub fn namespace(&self) -> &str {
-        &self.state.namespace
-    }
-
-    /// Nodes in order.
-    pub fn nodes(&self) -> &[LabNode] {
-        &self.state.nodes
-    }
-
-    /// Node `name` (`n1`, ...).
-    pub fn node(&self, name: &str) -> Result<&LabNode, LabError> {
-        let nodes = &self.state.nodes;
-        nodes
-            .iter()
-            .find(|n| n.name == name)
-            .ok_or_else(|| LabError::NotFound {
-                what: "node",
-                name: name.to_string(),
-                known: known_names(nodes.iter().map(|n| &n.name)),
-            })
-    }
-
-    /// Pods in order, node by node.
-    pub fn pods(&self) -> &[LabPod] {
-        &self.state.pods
-    }
-
-    /// Pods on node `node`.
-    pub fn pods_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a LabPod> + 'a {
-        self.state.pods.iter().filter(move |p| p.node == node)
-    }
-
-    /// Pod `name` (`n1-p1`, ...).
-    pub fn pod(&self, name: &str) -> Result<&LabPod, LabError> {
-        let pods = &self.state.pods;
-        pods.iter()
-            .find(|p| p.name == name)
-            .ok_or_else(|| LabError::NotFound {
-                what: "pod",
-                name: name.to_string(),
-                known: known_names(pods.iter().map(|p| &p.name)),
-            })
-    }
-
-    /// Opens pod `name`'s network namespace.
-    pub fn pod_netns(&self, name: &str) -> Result<NetNs, LabError> {
-        Ok(NetNs::open(&self.pod(name)?.netns_path)?)
-    }
-
-    /// Opens node `node`'s network namespace.
-    pub fn node_netns(&self, node: &str) -> Result<NetNs, LabError> {
-        Ok(NetNs::open(&self.node(node)?.netns_path)?)
-    }
-
-    /// Opens the fabric network namespace.
-    pub fn fabric_netns(&self) -> Result<NetNs, LabError> {
-        Ok(NetNs::open(state::netns_path(&self.state.fabric_netns))?)
-    }
-
-    /// Network namespace name for `target`: a pod name, a node name, `fab`, or a namespace
-    /// name of this lab (for `ambit lab exec`).
-    pub fn netns_name_of(&self, target: &str) -> Result<&str, LabError> {
-        let s = &self.state;
-        if target == "fab" || target == s.fabric_netns {
-            return Ok(&s.fabric_netns);
-        }
-        if let Some(n) = s
-            .nodes
-            .iter()
-            .find(|n| n.name == target || n.netns_name == target)
-        {
-            return Ok(&n.netns_name);
-        }
-        if let Some(p) = s
-            .pods
-            .iter()
-            .find(|p| p.name == target || p.netns_name == target)
-        {
-            return Ok(&p.netns_name);
-        }
-        let names = s.nodes.iter().map(|n| &n.name);
-        Err(LabError::NotFound {
-            what: "node or pod",
-            name: target.to_string(),
-            known: known_names(names.chain(s.pods.iter().map(|p| &p.name))),
-        })
-    }
-
-    /// Fabric bridge IPv4 address: reachable from every pod, not part of the mesh.
-    pub fn fabric_ipv4(&self) -> Ipv4Addr {
-        self.state.fabric_ipv4
-    }
-
-    /// Fabric bridge IPv6 address.
-    pub fn fabric_ipv6(&self) -> Ipv6Addr {
-        self.state.fabric_ipv6
-    }
-
-    /// Path of the workload file the daemons read.
-    pub fn workloads_path(&self) -> PathBuf {
-        self.state.workloads_path()
-    }
-
-    /// Reads the current workload file.
-    pub fn workloads(&self) -> Result<Snapshot, LabError> {
-        state::read_snapshot(&self.workloads_path())
-    }
-
-    /// Replaces the workload file (atomically). In Kubernetes mode, also makes the stand-in
-    /// API server's objects match it (when the stand-in is running).
-    pub fn write_workloads(&self, snapshot: &Snapshot) -> Result<(), LabError> {
-        let _guard = lock(&self.workloads_lock);
-        state::write_snapshot(&self.workloads_path(), snapshot)?;
-        self.publish_if_kube(snapshot)
-    }
-
-    /// Reads the workload file, lets `change` edit it, writes it back atomically and returns
-    /// what was written. In Kubernetes mode, also publishes it (see [`Lab::write_workloads`]).
-    pub fn update_workloads(
-        &self,
-        change: impl FnOnce(&mut Snapshot),
-    ) -> Result<Snapshot, LabError> {
-        let _guard = lock(&self.workloads_lock);
-        let mut snapshot = self.workloads()?;
-        change(&mut snapshot);
-        state::write_snapshot(&self.workloads_path(), &snapshot)?;
-        self.publish_if_kube(&snapshot)?;
-        Ok(snapshot)
     }
 }
 

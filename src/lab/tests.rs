@@ -10,6 +10,7 @@ use socket2::{Domain, Socket, Type};
 
 use super::topology::{existing_netns, is_lab_netns};
 use super::*;
+use crate::netns::NetNs;
 
 fn spec(nodes: usize, pods_per_node: usize) -> LabSpec {
     LabSpec {
