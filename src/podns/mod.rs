@@ -21,13 +21,19 @@
 //! blocking thread.
 
 pub mod cgroup;
+mod confirm;
+mod error;
+mod finder;
 mod scan;
 
 #[cfg(test)]
 mod tests;
 
 pub use cgroup::{normalize_uid, pod_from_cgroup, pod_uid_from_cgroup, CgroupPod};
+pub use confirm::{addresses, confirm_ips};
+pub use error::DiscoveryError;
+pub use finder::Finder;
 pub use scan::{
-    addresses, confirm_ips, find_named_netns, find_pod_netns, find_pod_netns_indexed, index_pods,
-    DiscoveryError, Finder, DEFAULT_HOST_PROC, DEFAULT_NETNS_DIR,
+    find_named_netns, find_pod_netns, find_pod_netns_indexed, index_pods, DEFAULT_HOST_PROC,
+    DEFAULT_NETNS_DIR,
 };
