@@ -33,7 +33,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 pub use cleanup::down_by_name;
-pub use daemon::{HttpResponse, ADMIN_PORT, READY_PORT, STOP_GRACE};
+pub use daemon::{HttpResponse, Retiring, ADMIN_PORT, READY_PORT, STOP_GRACE};
 pub use error::LabError;
 pub use state::{
     LabNode, LabPod, LabState, AMBIENT_LABEL, FABRIC_IPV4, FABRIC_IPV6, POD_GATEWAY_V4,

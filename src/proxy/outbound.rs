@@ -157,9 +157,14 @@ async fn open_stream(
                 "HBONE CONNECT to {dst} via {via}: {e}"
             )))
         }
-        Err(_) => Err(OpenError::Connection(format!(
-            "HBONE CONNECT to {dst} via {via}: no response"
-        ))),
+        Err(_) => {
+            // No answer at all: the connection is likely dead; later tunnels must not wait on
+            // it too. Not retried: the client has waited long enough.
+            lease.discard();
+            Err(OpenError::Connection(format!(
+                "HBONE CONNECT to {dst} via {via}: no response"
+            )))
+        }
     }
 }
 

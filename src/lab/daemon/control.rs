@@ -23,6 +23,12 @@ impl Lab {
         extra_args: &[String],
     ) -> Result<u32, LabError> {
         self.node(node)?;
+        let args = self.daemon_args(node, extra_args);
+        self.start_process(node, binary, &args)
+    }
+
+    /// The arguments of `ambit run` for `node` in this lab, then `extra_args`.
+    pub(super) fn daemon_args(&self, node: &str, extra_args: &[String]) -> Vec<std::ffi::OsString> {
         let mut args: Vec<std::ffi::OsString> = vec!["run".into(), "--node".into(), node.into()];
         // Kubernetes mode: the daemon watches the lab's stand-in API server.
         if self.state.kube {
@@ -39,7 +45,7 @@ impl Lab {
             self.dir().join(super::super::CA_DIR).into(),
         ]);
         args.extend(extra_args.iter().map(Into::into));
-        self.start_process(node, binary, &args)
+        args
     }
 
     /// Starts `<binary> sidecar --pod <ns>/<pod> --workloads … --ca-dir … <extra_args>` inside
@@ -206,7 +212,7 @@ impl Lab {
             .unwrap_or_default()
     }
 
-    fn daemon_error(&self, node: &str, message: String) -> LabError {
+    pub(super) fn daemon_error(&self, node: &str, message: String) -> LabError {
         let log = self.daemon_log_path(node);
         LabError::Daemon {
             node: node.to_string(),

@@ -6,6 +6,7 @@
 
 mod control;
 mod http;
+mod upgrade;
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -19,6 +20,7 @@ use crate::netns::NetNs;
 
 pub(crate) use http::http_get_addr;
 pub use http::HttpResponse;
+pub use upgrade::Retiring;
 
 /// Port of the daemon's readiness endpoint (`/healthz/ready`).
 pub const READY_PORT: u16 = 15021;
