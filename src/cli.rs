@@ -50,12 +50,18 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
-        Command::Run(args) => app::run(args.into_config()),
+        Command::Run(args) => {
+            crate::limits::raise_open_files_logged();
+            app::run(args.into_config())
+        }
         #[cfg(feature = "lab")]
         Command::Lab(cmd) => crate::lab::cli::run(cmd),
         #[cfg(feature = "lab")]
         Command::Demo(args) => crate::demo::run(args),
-        Command::Sidecar(args) => crate::sidecar::run(args.into_config()),
+        Command::Sidecar(args) => {
+            crate::limits::raise_open_files_logged();
+            crate::sidecar::run(args.into_config())
+        }
         Command::Ca(CaCommand::Init { dir }) => crate::identity::ca::init(&dir)
             .map(|_| println!("CA created in {}", dir.display()))
             .map_err(anyhow::Error::from),
