@@ -27,4 +27,5 @@ pub mod reconcile;
 pub mod rules;
 pub mod sidecar;
 pub mod socket;
+pub mod uninstall;
 pub mod workload;

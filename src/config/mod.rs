@@ -353,6 +353,28 @@ pub struct SidecarConfig {
     pub poll_interval: Duration,
 }
 
+/// Settings of `ambit uninstall`: which pods to release and how to find their namespaces.
+#[derive(Clone, Debug)]
+pub struct UninstallConfig {
+    /// The daemon's state directory: every pod remembered there is released.
+    pub state_dir: Option<PathBuf>,
+    /// Besides the remembered pods, every pod of `node` that this source lists.
+    pub source: Option<Source>,
+    /// This node's name (needed with a source).
+    pub node: Option<String>,
+    /// Where the host's /proc is (finding pod namespaces by cgroup).
+    pub host_proc: PathBuf,
+    /// Where named network namespaces are pinned.
+    pub netns_dir: PathBuf,
+    /// Only pinned namespaces whose names start with this are considered.
+    pub netns_prefix: Option<String>,
+    /// The admin endpoint of a daemon on this node: if something answers there, a daemon
+    /// still runs and would put the rules back, so uninstall refuses unless `force`.
+    pub admin_addr: SocketAddr,
+    /// Go on although a daemon seems to run.
+    pub force: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
