@@ -5,6 +5,8 @@
 //! when the `Cluster` is dropped, also when the test panics.
 #![allow(dead_code)]
 
+pub mod capture;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -15,6 +17,8 @@ use serde_json::Value;
 
 /// How long any awaited condition may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
+/// How long a refused connection may take to be closed, or an error response to arrive.
+pub const PROMPT: Duration = Duration::from_secs(5);
 /// Port of the echo servers the tests start in pods.
 pub const APP_PORT: u16 = 8080;
 
