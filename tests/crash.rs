@@ -7,7 +7,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -93,12 +92,6 @@ impl Drop for Client {
     }
 }
 
-/// The daemon's state directory (as the DaemonSet keeps one), the only argument added to the
-/// harness's own.
-fn state_arg(state: &Path, node: &str) -> String {
-    format!("--state-dir={}", state.join(node).display())
-}
-
 /// Whether process `pid` has exited (gone, or a zombie not reaped yet).
 fn exited(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -113,15 +106,7 @@ fn exited(pid: u32) -> bool {
 /// SIGKILLs the daemon of `victim` while n1-p1 connects to n2-p1 every 20 ms, restarts it,
 /// and checks the fabric capture and the time until service is back.
 async fn sigkill_and_restart(victim: &str) {
-    let state: PathBuf =
-        std::env::temp_dir().join(format!("ambit-crash-{}-{victim}", std::process::id()));
-    let c = Cluster::start_with(
-        2,
-        1,
-        "iptables",
-        |_| {},
-        |node| vec![state_arg(&state, node)],
-    );
+    let c = Cluster::start_stateful(2, 1, "iptables");
     let server_ns = c.lab.pod_netns("n2-p1").expect("pod netns");
     let _server = Server::start(&server_ns, "[::]:8080".parse().expect("address"))
         .await
@@ -153,19 +138,8 @@ async fn sigkill_and_restart(victim: &str) {
         failed >= DOWN_ATTEMPTS
     });
 
-    let bin = Path::new(env!("CARGO_BIN_EXE_ambit"));
     let restarted = Instant::now();
-    c.lab
-        .start_daemon(
-            victim,
-            bin,
-            &[
-                format!("--rules={}", c.backend),
-                "--verify-secs=1".into(),
-                state_arg(&state, victim),
-            ],
-        )
-        .expect("restart the daemon");
+    c.start_daemon(victim);
     let back = client
         .wait("served after the restart", restarted, |a| a.ok)
         .await;
@@ -216,7 +190,6 @@ async fn sigkill_and_restart(victim: &str) {
          restart (readiness 200 seen {ready_after:?} after it)",
         restarted - killed
     );
-    let _ = std::fs::remove_dir_all(&state);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -73,6 +73,33 @@ impl Cluster {
         cluster
     }
 
+    /// Like [`Cluster::start`], with the arguments of [`Cluster::start_daemon`]: every daemon
+    /// keeps its capture memory in `<lab dir>/state-<node>`, as the DaemonSet does.
+    pub fn start_stateful(nodes: usize, pods: usize, backend: &'static str) -> Cluster {
+        let lab = Lab::up(&LabSpec {
+            nodes,
+            pods_per_node: pods,
+            ..LabSpec::default()
+        })
+        .expect("lab up");
+        let cluster = Cluster { lab, backend };
+        for node in cluster.lab.nodes() {
+            cluster.start_daemon(&node.name);
+        }
+        for node in cluster.lab.nodes() {
+            cluster
+                .lab
+                .wait_ready(&node.name, DEADLINE)
+                .expect("daemon ready");
+        }
+        cluster
+    }
+
+    /// The state directory [`Cluster::start_daemon`] gives the daemon of `node`.
+    pub fn state_dir(&self, node: &str) -> std::path::PathBuf {
+        self.lab.dir().join(format!("state-{node}"))
+    }
+
     /// The flows recorded by the daemon on `node`.
     pub fn flows(&self, node: &str) -> Vec<Value> {
         let body = self.lab.admin_get(node, "/flows").expect("GET /flows");
@@ -296,10 +323,7 @@ impl Cluster {
             format!("--rules={}", self.backend),
             "--verify-secs=1".to_string(),
             format!("--netns-prefix={}-", self.lab.name()),
-            format!(
-                "--state-dir={}",
-                self.lab.dir().join(format!("state-{node}")).display()
-            ),
+            format!("--state-dir={}", self.state_dir(node).display()),
         ];
         self.lab
             .start_daemon(node, Path::new(env!("CARGO_BIN_EXE_ambit")), &args)
