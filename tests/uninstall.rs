@@ -101,14 +101,19 @@ async fn release_every_pod(backend: &'static str) {
         "{}",
         text(&out.stderr)
     );
-    assert!(rules::installed(&pods[0].2, b).expect("installed").has_rules());
+    assert!(rules::installed(&pods[0].2, b)
+        .expect("installed")
+        .has_rules());
 
     // Daemons gone: the rules stay, so the pods are cut off (fail closed).
     for node in ["n1", "n2"] {
         c.lab.stop_daemon(node).expect("stop daemon");
     }
     for (name, _, ns) in &pods {
-        assert!(!capture_left(ns).is_empty(), "{name} lost its rules at stop");
+        assert!(
+            !capture_left(ns).is_empty(),
+            "{name} lost its rules at stop"
+        );
     }
     let payload = ambit::lab::traffic::pattern(1000);
     let cut = exchange(&pods[0].2, c.v4("n2-p1"), &payload, PROMPT).await;
