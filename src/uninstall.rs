@@ -103,8 +103,8 @@ pub fn uninstall(config: &UninstallConfig) -> Result<Report, UninstallError> {
     let mut targets: Vec<Target> = remembered.into_iter().map(from_memory).collect();
     let mut kube = None;
     if let (Some(source), Some(node)) = (&config.source, &config.node) {
-        let (snapshot, client) = list_pods(source, node)?;
-        kube = client;
+        let (snapshot, session) = list_pods(source, node)?;
+        kube = session;
         targets.extend(from_source(config, &snapshot, node, kube.is_some()));
     }
 
@@ -147,8 +147,9 @@ pub fn uninstall(config: &UninstallConfig) -> Result<Report, UninstallError> {
         })?;
         report.memory_cleared = Some(kept.is_empty());
     }
-    if let Some(client) = kube {
-        report.annotations_removed = remove_annotations(client, unannotate);
+    if let Some(kube) = kube {
+        (report.annotations_removed, report.annotations_failed) =
+            remove_annotations(kube, unannotate);
     }
     Ok(report)
 }
@@ -257,11 +258,15 @@ fn find_netns(finder: &crate::podns::Finder, pod: &Pod) -> Result<NetNs, String>
     }
 }
 
+/// A Kubernetes client and the runtime its connection tasks live on (a client is only usable
+/// on the runtime that made it).
+struct Kube {
+    rt: tokio::runtime::Runtime,
+    client: kube::Client,
+}
+
 /// The source's snapshot, and with Kubernetes the client (for the annotations).
-fn list_pods(
-    source: &Source,
-    node: &str,
-) -> Result<(Snapshot, Option<kube::Client>), UninstallError> {
+fn list_pods(source: &Source, node: &str) -> Result<(Snapshot, Option<Kube>), UninstallError> {
     let failed = |reason: String| UninstallError::Source {
         node: node.to_string(),
         reason,
@@ -270,36 +275,41 @@ fn list_pods(
         Source::File(path) => crate::workload::file::load(path)
             .map(|s| (s, None))
             .map_err(|e| failed(e.to_string())),
-        Source::Kube { kubeconfig } => runtime()
-            .map_err(|e| failed(format!("starting a runtime: {e}")))?
-            .block_on(async {
-                let client = crate::k8s::client(kubeconfig.as_deref()).await?;
-                let mut rx = crate::k8s::source::watch_cluster(client.clone(), node);
-                let synced = rx.wait_for(|s| s.synced);
-                let state = tokio::time::timeout(KUBE_LIST_TIMEOUT, synced)
-                    .await
-                    .map_err(|_| anyhow::anyhow!("not listed within {KUBE_LIST_TIMEOUT:?}"))?
-                    .map_err(|_| anyhow::anyhow!("the watch ended before listing"))?
-                    .clone();
-                anyhow::Ok(((*state.snapshot).clone(), Some(client)))
-            })
-            .map_err(|e| failed(format!("{e:#}"))),
+        Source::Kube { kubeconfig } => {
+            let rt = runtime().map_err(|e| failed(format!("starting a runtime: {e}")))?;
+            let (snapshot, client) = rt
+                .block_on(async {
+                    let client = crate::k8s::client(kubeconfig.as_deref()).await?;
+                    let mut rx = crate::k8s::source::watch_cluster(client.clone(), node);
+                    let synced = rx.wait_for(|s| s.synced);
+                    let state = tokio::time::timeout(KUBE_LIST_TIMEOUT, synced)
+                        .await
+                        .map_err(|_| anyhow::anyhow!("not listed within {KUBE_LIST_TIMEOUT:?}"))?
+                        .map_err(|_| anyhow::anyhow!("the watch ended before listing"))?
+                        .clone();
+                    anyhow::Ok(((*state.snapshot).clone(), client))
+                })
+                .map_err(|e| failed(format!("{e:#}")))?;
+            Ok((snapshot, Some(Kube { rt, client })))
+        }
     }
 }
 
-fn remove_annotations(client: kube::Client, pods: Vec<ObjectKey>) -> usize {
-    let Ok(rt) = runtime() else { return 0 };
+/// Removes the redirection annotation of `pods`: (removed, failed).
+fn remove_annotations(kube: Kube, pods: Vec<ObjectKey>) -> (usize, usize) {
+    let Kube { rt, client } = kube;
     rt.block_on(async {
-        let mut removed = 0;
+        let (mut removed, mut failed) = (0, 0);
         for key in pods {
             match crate::k8s::status::clear_redirection(&client, &key).await {
                 Ok(()) => removed += 1,
                 Err(e) => {
-                    tracing::warn!(pod = %key.name, error = %e, "could not remove the redirection annotation")
+                    failed += 1;
+                    tracing::warn!(pod = %format!("{}/{}", key.namespace, key.name), error = %e, "could not remove the redirection annotation")
                 }
             }
         }
-        removed
+        (removed, failed)
     })
 }
 

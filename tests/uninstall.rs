@@ -9,6 +9,7 @@ mod support;
 
 use std::process::{Command, Output};
 
+use ambit::k8s::status::REDIRECTION_ANNOTATION;
 use ambit::lab::traffic::{exchange, Server};
 use ambit::netns::NetNs;
 use ambit::rules::{self, Backend};
@@ -176,4 +177,59 @@ async fn uninstall_releases_every_pod_iptables() {
 #[tokio::test(flavor = "multi_thread")]
 async fn uninstall_releases_every_pod_nftables() {
     release_every_pod("nftables").await;
+}
+
+/// Kubernetes mode, without the capture memory: the pods of the node come from the API (their
+/// namespaces found by cgroup scan, as the daemon finds them), and their redirection
+/// annotation goes with their rules.
+#[tokio::test(flavor = "multi_thread")]
+async fn uninstall_from_the_api_releases_pods_and_removes_annotations() {
+    let c = Cluster::start_kube(1, 2, true, |_| {});
+    let redirection = |pod: &str| {
+        c.api_pod(pod).and_then(|p| {
+            p["metadata"]["annotations"][REDIRECTION_ANNOTATION]
+                .as_str()
+                .map(str::to_string)
+        })
+    };
+    for pod in ["n1-p1", "n1-p2"] {
+        c.wait_state(pod, "enrolled");
+        wait_until(&format!("{pod} annotated"), || redirection(pod).is_some());
+    }
+    c.lab.stop_daemon("n1").expect("stop daemon");
+
+    let kubeconfig = c.lab.kubeconfig_path().display().to_string();
+    let prefix = format!("{}-", c.lab.name());
+    let out = uninstall(
+        &c,
+        "n1",
+        &[
+            "--kube",
+            "--kubeconfig",
+            &kubeconfig,
+            "--node",
+            "n1",
+            "--netns-prefix",
+            &prefix,
+        ],
+    );
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{said}{}", text(&out.stderr));
+    println!("ambit uninstall --kube:\n{said}{}", text(&out.stderr));
+    assert!(said.contains("2 released"), "{said}");
+    assert!(
+        said.contains("2 redirection annotation(s) removed"),
+        "{said}"
+    );
+    for pod in ["n1-p1", "n1-p2"] {
+        let ns = c.lab.pod_netns(pod).expect("pod netns");
+        let left = capture_left(&ns);
+        assert!(left.is_empty(), "{pod} still has: {left:#?}");
+        assert_eq!(redirection(pod), None, "{pod} still annotated");
+    }
+    let server_ns = c.lab.pod_netns("n1-p2").expect("pod netns");
+    let _server = Server::start(&server_ns, "[::]:8080".parse().expect("address"))
+        .await
+        .expect("echo server");
+    send(&c, "n1-p1", c.v4("n1-p2")).await;
 }

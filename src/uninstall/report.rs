@@ -51,6 +51,8 @@ pub struct Report {
     pub memory_cleared: Option<bool>,
     /// Redirection annotations removed through the Kubernetes API.
     pub annotations_removed: usize,
+    /// Redirection annotations that could not be removed (the pod is released all the same).
+    pub annotations_failed: usize,
 }
 
 impl Report {
@@ -115,6 +117,13 @@ impl fmt::Display for Report {
                 f,
                 "; {} redirection annotation(s) removed",
                 self.annotations_removed
+            )?;
+        }
+        if self.annotations_failed > 0 {
+            write!(
+                f,
+                "; {} redirection annotation(s) could not be removed (see the warnings)",
+                self.annotations_failed
             )?;
         }
         Ok(())

@@ -177,6 +177,7 @@ fn report_lines_say_what_was_done_where() {
         pods: vec![line, failed],
         memory_cleared: Some(false),
         annotations_removed: 0,
+        annotations_failed: 0,
     };
     assert_eq!(report.failures(), 1);
     assert_eq!(
