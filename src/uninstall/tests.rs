@@ -46,10 +46,14 @@ fn config(state_dir: &Path, admin: SocketAddr) -> UninstallConfig {
     }
 }
 
-/// An address nothing listens on: a listener bound then closed.
-fn closed_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+/// An address nothing listens on, reserved while the returned socket (bound, never
+/// listening) lives, so no parallel test can start listening there.
+fn closed_port() -> (socket2::Socket, SocketAddr) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    (s, addr)
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -95,7 +99,8 @@ fn uninstall_releases_remembered_pods_clears_memory_and_is_idempotent() {
     let entries = BTreeMap::from([("u1".to_string(), captured), ("u2".to_string(), gone)]);
     memory::save(&path, &entries).unwrap();
 
-    let report = uninstall(&config(&dir, closed_port())).unwrap();
+    let (_reserved, nobody) = closed_port();
+    let report = uninstall(&config(&dir, nobody)).unwrap();
     let outcome = |pod: &str| {
         report
             .pods
@@ -118,11 +123,11 @@ fn uninstall_releases_remembered_pods_clears_memory_and_is_idempotent() {
     );
 
     // Again: nothing remembered, nothing to do, no error.
-    let again = uninstall(&config(&dir, closed_port())).unwrap();
+    let again = uninstall(&config(&dir, nobody)).unwrap();
     assert!(again.pods.is_empty() && again.failures() == 0, "{again:?}");
     // With the memory back (say restored from a backup), the pod is already clean.
     memory::save(&path, &entries).unwrap();
-    let restored = uninstall(&config(&dir, closed_port())).unwrap();
+    let restored = uninstall(&config(&dir, nobody)).unwrap();
     assert_eq!(restored.pods[0].outcome, Outcome::AlreadyClean);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -146,7 +151,8 @@ fn an_unreadable_memory_is_an_error_and_left_in_place() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = memory::path_in(&dir);
     std::fs::write(&path, "{not json").unwrap();
-    let err = uninstall(&config(&dir, closed_port())).unwrap_err();
+    let (_reserved, nobody) = closed_port();
+    let err = uninstall(&config(&dir, nobody)).unwrap_err();
     assert!(err.to_string().contains("captured.json"), "{err}");
     assert!(path.exists());
     std::fs::remove_dir_all(&dir).unwrap();
