@@ -2,15 +2,35 @@
 //!
 //! They run on the control runtime, apart from the data path, so a slow scrape never stalls
 //! traffic. Each server is a tiny router over hyper's HTTP/1 connection handling.
+//!
+//! Metrics and readiness listen on the node's addresses, so every connection is bounded
+//! ([`EndpointLimits`]): the request head must arrive within a timeout and fit a small
+//! buffer, a request may carry no body, each connection serves one request and lives a
+//! bounded time, and each server holds a bounded number of connections, making room for a
+//! new one by closing the oldest idle one ([`slots`]).
+
+mod slots;
+#[cfg(test)]
+mod tests;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
+
+use crate::config::{
+    ENDPOINT_CONNECTION_LIFETIME, ENDPOINT_HEADER_READ_TIMEOUT, ENDPOINT_MAX_CONNECTIONS,
+    ENDPOINT_MAX_HEADERS, ENDPOINT_MAX_REQUEST_HEAD,
+};
+
+/// hyper refuses (panics on) a read buffer smaller than this.
+const HYPER_MIN_BUFFER: usize = 8 * 1024;
 
 /// A response from a route: status, content type, body.
 pub struct Reply {
@@ -48,39 +68,47 @@ impl Reply {
 /// Maps a request path to a reply.
 pub type Router = Arc<dyn Fn(&str) -> Reply + Send + Sync>;
 
-/// Binds `addr` now (so errors surface at start-up) and serves `router` on it until the task
-/// is dropped.
+/// The bounds every connection of an endpoint server lives within (defaults: the
+/// `ENDPOINT_*` constants of [`crate::config`], where each is explained).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointLimits {
+    /// Time to send the whole request head.
+    pub header_read_timeout: Duration,
+    /// Longest life of a connection, reply included.
+    pub connection_lifetime: Duration,
+    /// Connections held at once.
+    pub max_connections: usize,
+    /// Largest request head in bytes.
+    pub max_request_head: usize,
+    /// Most header fields.
+    pub max_headers: usize,
+}
+
+impl Default for EndpointLimits {
+    fn default() -> Self {
+        EndpointLimits {
+            header_read_timeout: ENDPOINT_HEADER_READ_TIMEOUT,
+            connection_lifetime: ENDPOINT_CONNECTION_LIFETIME,
+            max_connections: ENDPOINT_MAX_CONNECTIONS,
+            max_request_head: ENDPOINT_MAX_REQUEST_HEAD,
+            max_headers: ENDPOINT_MAX_HEADERS,
+        }
+    }
+}
+
+/// Binds `addr` now (so errors surface at start-up) and serves `router` on it, within the
+/// default [`EndpointLimits`], until the task is dropped.
 pub async fn serve(addr: SocketAddr, name: &'static str, router: Router) -> std::io::Result<()> {
     let listener = bind_shared(addr).map_err(|e| {
         std::io::Error::new(e.kind(), format!("cannot bind {name} endpoint {addr}: {e}"))
     })?;
     tracing::info!(%addr, "{name} endpoint listening");
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "{name}: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let router = router.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let reply = router(req.uri().path());
-                    async move { Ok::<_, Infallible>(to_response(reply)) }
-                });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await
-                {
-                    tracing::debug!(error = %e, "{name}: connection error");
-                }
-            });
-        }
-    });
+    tokio::spawn(serve_listener(
+        listener,
+        name,
+        router,
+        EndpointLimits::default(),
+    ));
     Ok(())
 }
 
@@ -101,6 +129,88 @@ fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     TcpListener::from_std(socket.into())
+}
+
+/// Serves `router` on connections accepted from `listener`, within `limits`, forever.
+pub async fn serve_listener(
+    listener: TcpListener,
+    name: &'static str,
+    router: Router,
+    limits: EndpointLimits,
+) {
+    let slots = slots::Slots::new(limits.max_connections);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of descriptors, or the peer gave up before accept: try again shortly.
+                tracing::warn!(error = %e, "{name}: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (ticket, evicted) = slots.admit();
+        if evicted {
+            tracing::debug!(%peer, "{name}: at {} connections, closed the oldest idle one", limits.max_connections);
+        }
+        let router = router.clone();
+        tokio::spawn(async move {
+            let mut ticket = ticket;
+            let busy = ticket.busy.clone();
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                busy.store(true, Ordering::Release);
+                let reply = refusal(&req).unwrap_or_else(|| router(req.uri().path()));
+                async move { Ok::<_, Infallible>(to_response(reply)) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let conn = builder(&limits).serve_connection(io, service);
+            tokio::select! {
+                r = tokio::time::timeout(limits.connection_lifetime, conn) => match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "{name}: connection error"),
+                    Err(_) => tracing::debug!(%peer, "{name}: connection outlived {:?}, closed", limits.connection_lifetime),
+                },
+                // Only an eviction completes this (the sender is dropped, never used).
+                _ = &mut ticket.evicted => tracing::debug!(%peer, "{name}: evicted to make room"),
+            }
+            drop(ticket);
+        });
+    }
+}
+
+/// hyper's HTTP/1 settings for one endpoint connection.
+fn builder(limits: &EndpointLimits) -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // One request per connection: no idle keep-alive connection to bound.
+        .keep_alive(false)
+        .max_buf_size(limits.max_request_head.max(HYPER_MIN_BUFFER))
+        .max_header_size(limits.max_request_head)
+        .max_headers(limits.max_headers);
+    b
+}
+
+/// The reply to a request the endpoints do not take: another method than GET/HEAD (405), or
+/// a body (413: nothing here reads one).
+fn refusal(req: &Request<Incoming>) -> Option<Reply> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Some(Reply::text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD\n",
+        ));
+    }
+    let headers = req.headers();
+    let declared = headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0");
+    if declared || headers.contains_key(hyper::header::TRANSFER_ENCODING) {
+        return Some(Reply::text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "requests carry no body here\n",
+        ));
+    }
+    None
 }
 
 fn to_response(reply: Reply) -> Response<Full<Bytes>> {

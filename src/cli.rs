@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::app;
-use crate::config::flags::{RunArgs, SidecarArgs};
+use crate::config::flags::{RunArgs, SidecarArgs, UninstallArgs};
 
 /// ambit: node-level ambient service-mesh daemon.
 #[derive(Parser, Debug)]
@@ -34,6 +34,10 @@ enum Command {
     /// Manage the mesh CA.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Leave the mesh for good on this node: release every pod the node's daemon captured
+    /// (redirect rules of both backends and policy routes removed in each pod's namespace),
+    /// clear the capture memory, report per pod. Run it after the daemon has stopped.
+    Uninstall(UninstallArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -50,12 +54,19 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
-        Command::Run(args) => app::run(args.into_config()),
+        Command::Run(args) => {
+            crate::limits::raise_open_files_logged();
+            app::run(args.into_config())
+        }
         #[cfg(feature = "lab")]
         Command::Lab(cmd) => crate::lab::cli::run(cmd),
         #[cfg(feature = "lab")]
         Command::Demo(args) => crate::demo::run(args),
-        Command::Sidecar(args) => crate::sidecar::run(args.into_config()),
+        Command::Sidecar(args) => {
+            crate::limits::raise_open_files_logged();
+            crate::sidecar::run(args.into_config())
+        }
+        Command::Uninstall(args) => crate::uninstall::run(args.into_config()),
         Command::Ca(CaCommand::Init { dir }) => crate::identity::ca::init(&dir)
             .map(|_| println!("CA created in {}", dir.display()))
             .map_err(anyhow::Error::from),

@@ -17,6 +17,7 @@ pub mod identity;
 pub mod k8s;
 #[cfg(feature = "lab")]
 pub mod lab;
+pub mod limits;
 pub mod metrics;
 pub mod netns;
 pub mod podns;
@@ -26,4 +27,5 @@ pub mod reconcile;
 pub mod rules;
 pub mod sidecar;
 pub mod socket;
+pub mod uninstall;
 pub mod workload;

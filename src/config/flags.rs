@@ -13,8 +13,9 @@ use clap::Args;
 
 use super::{
     Backend, DaemonIdentity, MtlsMode, ReconcileConfig, RunConfig, SidecarConfig, Source,
-    DEFAULT_ADMIN_ADDR, DEFAULT_CERT_VALIDITY, DEFAULT_DRAIN_SECS, DEFAULT_METRICS_ADDR,
-    DEFAULT_POOL_IDLE_SECS, DEFAULT_READINESS_ADDR, DEFAULT_TRUST_DOMAIN, PROXY_GID, PROXY_UID,
+    UninstallConfig, DEFAULT_ADMIN_ADDR, DEFAULT_CERT_VALIDITY, DEFAULT_DRAIN_SECS,
+    DEFAULT_METRICS_ADDR, DEFAULT_POOL_IDLE_SECS, DEFAULT_READINESS_ADDR, DEFAULT_TRUST_DOMAIN,
+    PROXY_GID, PROXY_UID,
 };
 
 /// Flags of `ambit run`.
@@ -194,6 +195,69 @@ impl SidecarArgs {
     }
 }
 
+/// Flags of `ambit uninstall`.
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("pods").required(true).multiple(true)
+    .args(["state_dir", "workloads", "kube"]))]
+pub struct UninstallArgs {
+    /// The daemon's state directory (`ambit run --state-dir`, /var/run/ambit in the
+    /// DaemonSet): every pod remembered there is released, then the memory is cleared.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Also release every pod of --node listed in this workload file.
+    #[arg(long, conflicts_with = "kube", requires = "node")]
+    pub workloads: Option<PathBuf>,
+    /// Also release every pod of --node that the Kubernetes API lists, and remove their
+    /// `ambient.istio.io/redirection` annotation.
+    #[arg(long, requires = "node")]
+    pub kube: bool,
+    /// Kubeconfig for --kube (default: the in-cluster service account).
+    #[arg(long, env = "AMBIT_KUBECONFIG", requires = "kube")]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name (with --workloads or --kube).
+    #[arg(long, env = "AMBIT_NODE")]
+    pub node: Option<String>,
+    /// The host's /proc, scanned to find pod namespaces.
+    #[arg(long, default_value = "/proc")]
+    pub host_proc: PathBuf,
+    /// Directory of pinned network namespaces, scanned by pod IP.
+    #[arg(long, default_value = "/var/run/netns")]
+    pub netns_dir: PathBuf,
+    /// Only pinned namespaces whose names start with this are scanned.
+    #[arg(long)]
+    pub netns_prefix: Option<String>,
+    /// Admin endpoint of this node's daemon; if it answers, the daemon still runs and the
+    /// command refuses (the daemon would put the rules back).
+    #[arg(long, default_value = DEFAULT_ADMIN_ADDR)]
+    pub admin: SocketAddr,
+    /// Release the pods even though a daemon answers on --admin.
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl UninstallArgs {
+    /// The typed settings of `ambit uninstall`.
+    pub fn into_config(self) -> UninstallConfig {
+        let source = match (self.workloads, self.kube) {
+            (Some(path), _) => Some(Source::File(path)),
+            (None, true) => Some(Source::Kube {
+                kubeconfig: self.kubeconfig,
+            }),
+            (None, false) => None,
+        };
+        UninstallConfig {
+            state_dir: self.state_dir,
+            source,
+            node: self.node,
+            host_proc: self.host_proc,
+            netns_dir: self.netns_dir,
+            netns_prefix: self.netns_prefix,
+            admin_addr: self.admin,
+            force: self.force,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -257,5 +321,32 @@ mod tests {
         assert!(e.contains("--admin"), "{e}");
         let e = parse(&["--poll-ms", "5"]).unwrap_err();
         assert!(e.contains("--poll-ms"), "{e}");
+    }
+
+    #[derive(Parser)]
+    struct Uninstall {
+        #[command(flatten)]
+        args: UninstallArgs,
+    }
+
+    fn uninstall(args: &[&str]) -> Result<UninstallConfig, String> {
+        Uninstall::try_parse_from(std::iter::once(&"ambit").chain(args))
+            .map(|c| c.args.into_config())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn uninstall_needs_pods_to_release_and_a_node_with_a_source() {
+        let c = uninstall(&["--state-dir", "/var/run/ambit"]).unwrap();
+        assert!(c.source.is_none() && !c.force);
+        assert_eq!(c.admin_addr.to_string(), "127.0.0.1:15000");
+        let e = uninstall(&[]).unwrap_err();
+        assert!(e.contains("--state-dir"), "{e}");
+        let e = uninstall(&["--kube"]).unwrap_err();
+        assert!(e.contains("--node"), "{e}");
+        let c = uninstall(&["--workloads", "w.json", "--node", "n1"]).unwrap();
+        assert!(matches!(c.source, Some(Source::File(_))));
+        let e = uninstall(&["--workloads", "w.json", "--kube", "--node", "n1"]).unwrap_err();
+        assert!(e.contains("cannot be used with"), "{e}");
     }
 }

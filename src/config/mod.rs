@@ -36,6 +36,30 @@ pub const STATUS_PORT: u16 = 15020;
 /// Envoy's Prometheus port and the readiness port.
 pub const SIDECAR_EXCLUDED_INBOUND_PORTS: [u16; 2] = [15090, 15021];
 
+// ---- HTTP endpoints (admin, metrics, readiness) -----------------------------------------------
+// Metrics and readiness listen on every node address, so anyone on the network can open
+// connections to them. Their clients (kubelet probes, Prometheus) send one small GET at once
+// and read a reply of at most a few MiB, so anything slower or larger is not a client and is
+// bounded instead of being held forever.
+
+/// A client must send its whole request head within this. Kubelet probes time out after 1 s
+/// by default and Prometheus sends its request at once, so 5 s only ever cuts idle or
+/// trickling connections.
+pub const ENDPOINT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a connection to an endpoint lives, reply included: bounds a client that reads the
+/// reply slowly. Above Prometheus' default scrape timeout (10 s).
+pub const ENDPOINT_CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+/// Connections one endpoint server holds at once. At the cap a new connection is still
+/// accepted and the oldest connection that has not sent a request is closed instead (the
+/// oldest of all if every one has), so a flood of idle connections costs at most this many
+/// descriptors and never locks out the next probe or scrape.
+pub const ENDPOINT_MAX_CONNECTIONS: usize = 64;
+/// Largest request head (request line and headers) in bytes; larger gets 431. Also the read
+/// buffer size, hyper's smallest (8 KiB): a GET from a probe or a scraper is a few hundred.
+pub const ENDPOINT_MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// Most header fields in a request (Prometheus sends about 5).
+pub const ENDPOINT_MAX_HEADERS: usize = 32;
+
 // ---- Marks and routing ------------------------------------------------------------------------
 
 /// Mark on every daemon socket in a pod netns (`SO_MARK`, Istio's 1337); the rules skip it.
@@ -327,6 +351,28 @@ pub struct SidecarConfig {
     pub threads: usize,
     /// Workload-file poll interval.
     pub poll_interval: Duration,
+}
+
+/// Settings of `ambit uninstall`: which pods to release and how to find their namespaces.
+#[derive(Clone, Debug)]
+pub struct UninstallConfig {
+    /// The daemon's state directory: every pod remembered there is released.
+    pub state_dir: Option<PathBuf>,
+    /// Besides the remembered pods, every pod of `node` that this source lists.
+    pub source: Option<Source>,
+    /// This node's name (needed with a source).
+    pub node: Option<String>,
+    /// Where the host's /proc is (finding pod namespaces by cgroup).
+    pub host_proc: PathBuf,
+    /// Where named network namespaces are pinned.
+    pub netns_dir: PathBuf,
+    /// Only pinned namespaces whose names start with this are considered.
+    pub netns_prefix: Option<String>,
+    /// The admin endpoint of a daemon on this node: if something answers there, a daemon
+    /// still runs and would put the rules back, so uninstall refuses unless `force`.
+    pub admin_addr: SocketAddr,
+    /// Go on although a daemon seems to run.
+    pub force: bool,
 }
 
 #[cfg(test)]

@@ -118,6 +118,11 @@ async fn report(client: Client, recorder: Recorder, mut rx: mpsc::UnboundedRecei
     }
 }
 
+/// Removes the redirection annotation of a released pod (a pod that is gone needs nothing).
+pub async fn clear_redirection(client: &Client, key: &ObjectKey) -> Result<(), String> {
+    annotate(client, key, None).await
+}
+
 /// Sets (or, with `None`, removes) the redirection annotation with a JSON merge patch.
 async fn annotate(client: &Client, key: &ObjectKey, value: Option<&str>) -> Result<(), String> {
     let api: Api<K8sPod> = Api::namespaced(client.clone(), &key.namespace);

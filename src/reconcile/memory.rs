@@ -50,15 +50,62 @@ impl Remembered {
     }
 }
 
+/// Name of the memory file in the state directory.
+pub const MEMORY_FILE: &str = "captured.json";
+
+/// Where the memory of a state directory is kept.
+pub fn path_in(state_dir: &Path) -> PathBuf {
+    state_dir.join(MEMORY_FILE)
+}
+
+/// The memory file exists but cannot be read or parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// Reading failed.
+    #[error("cannot read the capture memory {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not a JSON map of pod UID to captured namespace.
+    #[error(
+        "the capture memory {path} is not a JSON map of pod UID to captured namespace: {source}"
+    )]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: serde_json::Error,
+    },
+}
+
+/// Reads the remembered captures (by pod UID): empty if the file does not exist, an error if
+/// it exists but cannot be used.
+pub fn read(path: &Path) -> Result<BTreeMap<String, Remembered>, MemoryError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(source) => {
+            return Err(MemoryError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    serde_json::from_slice(&bytes).map_err(|source| MemoryError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Reads the remembered captures (by pod UID); a missing or unreadable file is an empty memory.
 pub fn load(path: &Path) -> BTreeMap<String, Remembered> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-            tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable capture memory");
-            BTreeMap::new()
-        }),
-        Err(_) => BTreeMap::new(),
-    }
+    read(path).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "ignoring unreadable capture memory");
+        BTreeMap::new()
+    })
 }
 
 /// Writes the memory atomically (temp file + rename).
@@ -95,6 +142,13 @@ mod tests {
         );
         std::fs::write(&path, "not json").unwrap();
         assert!(load(&path).is_empty());
+        let e = read(&path).unwrap_err().to_string();
+        assert!(e.contains("captured.json") && e.contains("JSON map"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            read(&path).unwrap().is_empty(),
+            "a missing file is an empty memory"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -10,7 +10,7 @@
 
 mod board;
 mod lifecycle;
-mod memory;
+pub mod memory;
 mod pod;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -104,11 +104,7 @@ impl Reconciler {
         mut source: watch::Receiver<SourceState>,
         directory: watch::Sender<Arc<Directory>>,
     ) {
-        let memory_path = self
-            .config
-            .state_dir
-            .as_ref()
-            .map(|d| d.join("captured.json"));
+        let memory_path = self.config.state_dir.as_ref().map(|d| memory::path_in(d));
         let mut previous = memory_path.as_deref().map(memory::load);
         let mut last: Option<Arc<Snapshot>> = None;
         loop {

@@ -28,7 +28,7 @@ mod render_tests;
 pub mod route;
 pub mod sidecar;
 #[cfg(test)]
-mod testns;
+pub(crate) mod testns;
 
 pub use sidecar::{apply_sidecar, counters, remove_sidecar, RuleCounter, SidecarRuleSet};
 

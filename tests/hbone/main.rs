@@ -7,7 +7,7 @@
 //! The tests' own HBONE client runs in the fabric namespace, whose traffic no pod captures.
 //!
 //! This file holds the shared [`World`] (a lab with an echo server in every pod); `client` is
-//! the tests' own HBONE client, `capture` a tcpdump capture in the fabric. The tests are in
+//! the tests' own HBONE client; the tcpdump capture in the fabric is `support::capture`. The tests are in
 //! `wire` (encryption on the wire), `certs` (certificates and identities, rotation), `tunnels`
 //! (CONNECT status codes, pooled connections) and `modes` (strict and permissive mTLS).
 #![cfg(feature = "lab")]
@@ -15,18 +15,13 @@
 #[path = "../support/mod.rs"]
 mod support;
 
-mod capture;
 mod certs;
 mod client;
 mod modes;
 mod tunnels;
 mod wire;
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -49,11 +44,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use capture::*;
 use client::*;
-
-/// How long a refused connection may take to be closed, or an error response to arrive.
-const PROMPT: Duration = Duration::from_secs(5);
+use support::capture::*;
 
 /// A lab with an echo server on port 8080 in every pod.
 struct World {

@@ -5,6 +5,8 @@
 //! when the `Cluster` is dropped, also when the test panics.
 #![allow(dead_code)]
 
+pub mod capture;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -15,6 +17,8 @@ use serde_json::Value;
 
 /// How long any awaited condition may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
+/// How long a refused connection may take to be closed, or an error response to arrive.
+pub const PROMPT: Duration = Duration::from_secs(5);
 /// Port of the echo servers the tests start in pods.
 pub const APP_PORT: u16 = 8080;
 
@@ -67,6 +71,33 @@ impl Cluster {
                 .expect("daemon ready");
         }
         cluster
+    }
+
+    /// Like [`Cluster::start`], with the arguments of [`Cluster::start_daemon`]: every daemon
+    /// keeps its capture memory in `<lab dir>/state-<node>`, as the DaemonSet does.
+    pub fn start_stateful(nodes: usize, pods: usize, backend: &'static str) -> Cluster {
+        let lab = Lab::up(&LabSpec {
+            nodes,
+            pods_per_node: pods,
+            ..LabSpec::default()
+        })
+        .expect("lab up");
+        let cluster = Cluster { lab, backend };
+        for node in cluster.lab.nodes() {
+            cluster.start_daemon(&node.name);
+        }
+        for node in cluster.lab.nodes() {
+            cluster
+                .lab
+                .wait_ready(&node.name, DEADLINE)
+                .expect("daemon ready");
+        }
+        cluster
+    }
+
+    /// The state directory [`Cluster::start_daemon`] gives the daemon of `node`.
+    pub fn state_dir(&self, node: &str) -> std::path::PathBuf {
+        self.lab.dir().join(format!("state-{node}"))
     }
 
     /// The flows recorded by the daemon on `node`.
@@ -292,10 +323,7 @@ impl Cluster {
             format!("--rules={}", self.backend),
             "--verify-secs=1".to_string(),
             format!("--netns-prefix={}-", self.lab.name()),
-            format!(
-                "--state-dir={}",
-                self.lab.dir().join(format!("state-{node}")).display()
-            ),
+            format!("--state-dir={}", self.state_dir(node).display()),
         ];
         self.lab
             .start_daemon(node, Path::new(env!("CARGO_BIN_EXE_ambit")), &args)

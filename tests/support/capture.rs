@@ -1,14 +1,25 @@
 //! A packet capture in the fabric: tcpdump on one interface of a namespace, flushed with a
-//! sentinel segment, and its output parsed into TCP segments.
+//! sentinel segment, and its output parsed into TCP segments. Shared by the tests that prove
+//! what crossed the wire (HBONE encryption, no plaintext after a crash).
 
-use super::*;
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ambit::lab::traffic::connect;
+use ambit::netns::NetNs;
+
+use super::{DEADLINE, PROMPT};
 
 /// `tcpdump` writing every TCP segment on one interface of a namespace to a file.
 ///
 /// tcpdump takes packets from the kernel's ring in order but block by block, so stopping it
 /// right after some traffic may lose the tail. [`Capture::flush`] sends a sentinel segment and
 /// waits until it is in the file: everything before it is then there too.
-pub(crate) struct Capture {
+pub struct Capture {
     child: Child,
     file: PathBuf,
     /// tcpdump's stderr, line by line.
@@ -17,7 +28,7 @@ pub(crate) struct Capture {
 
 impl Capture {
     /// Starts tcpdump on `iface` in `ns` and waits until it is listening.
-    pub(crate) fn start(ns: &NetNs, iface: &str, file: &Path) -> Capture {
+    pub fn start(ns: &NetNs, iface: &str, file: &Path) -> Capture {
         let mut cmd = Command::new("tcpdump");
         cmd.args(["-i", iface, "-B", "16384", "-U", "-nn", "-Z", "root", "-w"])
             .arg(file)
@@ -57,7 +68,7 @@ impl Capture {
 
     /// tcpdump's one-line-per-packet rendering of the file so far (a packet being written
     /// may be cut short; the lines before it are complete).
-    fn read(&self) -> String {
+    pub fn read(&self) -> String {
         let out = Command::new("tcpdump")
             .args(["-r"])
             .arg(&self.file)
@@ -70,7 +81,7 @@ impl Capture {
 
     /// Connects from `ns` to `sentinel` (any outcome: a SYN is enough) and waits until that
     /// segment is in the file.
-    pub(crate) async fn flush(&self, ns: &NetNs, sentinel: SocketAddr) {
+    pub async fn flush(&self, ns: &NetNs, sentinel: SocketAddr) {
         let _ = tokio::time::timeout(PROMPT, connect(ns, sentinel)).await;
         let until = Instant::now() + DEADLINE;
         let seen = |text: &str| {
@@ -89,7 +100,7 @@ impl Capture {
 
     /// Stops tcpdump (SIGTERM), waits for it, checks that the kernel dropped no packet, and
     /// returns the file's bytes and tcpdump's one-line-per-packet rendering of it.
-    pub(crate) fn stop(mut self) -> (Vec<u8>, String) {
+    pub fn stop(mut self) -> (Vec<u8>, String) {
         let pid = self.child.id() as libc::pid_t;
         // SAFETY: plain kill(2) of our own child, which has not been reaped yet.
         unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -123,16 +134,16 @@ impl Drop for Capture {
 }
 
 /// One TCP segment as `tcpdump -nn` prints it.
-pub(crate) struct Segment {
-    pub(crate) src: (IpAddr, u16),
-    pub(crate) dst: (IpAddr, u16),
+pub struct Segment {
+    pub src: (IpAddr, u16),
+    pub dst: (IpAddr, u16),
     /// TCP payload length.
-    pub(crate) len: usize,
+    pub len: usize,
 }
 
 /// Parses a `tcpdump -nn` line of a TCP segment
 /// (`<time> IP[6] <ip>.<port> > <ip>.<port>: Flags [..], ..., length <n>`).
-pub(crate) fn segment(line: &str) -> Option<Segment> {
+pub fn segment(line: &str) -> Option<Segment> {
     let words: Vec<&str> = line.split_whitespace().collect();
     if words.len() < 5 || !matches!(words[1], "IP" | "IP6") || words[3] != ">" {
         return None;
@@ -155,7 +166,7 @@ pub(crate) fn segment(line: &str) -> Option<Segment> {
 }
 
 /// Occurrences of `needle` in `haystack`.
-pub(crate) fn count(haystack: &[u8], needle: &[u8]) -> usize {
+pub fn count(haystack: &[u8], needle: &[u8]) -> usize {
     haystack
         .windows(needle.len())
         .filter(|w| *w == needle)
