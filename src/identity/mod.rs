@@ -16,6 +16,8 @@
 //! server accepts any client of its own trust domain whose chain leads to the roots.
 
 pub mod ca;
+pub mod cert;
+pub mod csr;
 mod keys;
 pub mod manager;
 pub mod spiffe;
