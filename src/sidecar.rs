@@ -73,9 +73,9 @@ async fn serve(config: SidecarConfig) -> anyhow::Result<()> {
 
     let identity = Identity::new(&config.trust_domain, &pod.namespace, &pod.service_account)?;
     let ca = crate::identity::ca::Ca::load(&config.ca_dir)?;
-    let certs = Arc::new(CertManager::new(ca));
+    let certs = Arc::new(CertManager::new(Arc::new(ca)));
     certs.set_allowed([identity.clone()].into());
-    certs.get(&identity)?;
+    certs.ensure(&identity).await?;
     tokio::spawn(certs.clone().run_rotation());
 
     let metrics = Arc::new(Metrics::default());
