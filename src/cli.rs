@@ -30,7 +30,7 @@ enum Command {
     Demo(crate::demo::DemoArgs),
     /// Run the proxy as a sidecar of one pod (inside its network namespace): Istio's sidecar
     /// rules, then the proxy as UID/GID 1337. For comparing the two topologies.
-    Sidecar(SidecarArgs),
+    Sidecar(Box<SidecarArgs>),
     /// Manage the mesh CA.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -43,6 +43,10 @@ enum CaCommand {
         /// Directory to write ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem into.
         dir: PathBuf,
     },
+    /// Run the CA service: signs workload certificates from CSRs over Istio's gRPC API
+    /// (IstioCertificateService), for node daemons (the pods of their own node only) and
+    /// sidecars (their own identity only). The only process that reads ca-key.pem.
+    Serve(Box<crate::ca::args::CaServeArgs>),
 }
 
 /// Entry point of the binary.
@@ -50,12 +54,13 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
-        Command::Run(args) => app::run(args.into_config()),
+        Command::Run(args) => args.into_config().and_then(app::run),
         #[cfg(feature = "lab")]
         Command::Lab(cmd) => crate::lab::cli::run(cmd),
         #[cfg(feature = "lab")]
         Command::Demo(args) => crate::demo::run(args),
-        Command::Sidecar(args) => crate::sidecar::run(args.into_config()),
+        Command::Sidecar(args) => args.into_config().and_then(crate::sidecar::run),
+        Command::Ca(CaCommand::Serve(args)) => args.config().and_then(crate::ca::serve::run),
         Command::Ca(CaCommand::Init { dir }) => crate::identity::ca::init(&dir)
             .map(|_| println!("CA created in {}", dir.display()))
             .map_err(anyhow::Error::from),

@@ -1,8 +1,16 @@
 //! Signing a checked CSR for an authorized identity: what the CA service does per request.
 
+use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
-use super::{Ca, SignedLeaf};
+use rcgen::string::Ia5String;
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use super::{to_offset, Ca, SignedLeaf, CLOCK_SKEW};
 use crate::identity::csr::CheckedCsr;
 use crate::identity::{Identity, IdentityError};
 
@@ -22,6 +30,55 @@ impl Ca {
             problem: e.to_string(),
         })?;
         self.sign_leaf(id, csr.public_key(), validity, now)
+    }
+
+    /// A TLS server certificate (fresh ECDSA P-256 key) for the CA service itself, with DNS
+    /// and IP SANs, so that clients can check they reached the CA by its name. Returns the
+    /// chain (leaf first) and the key.
+    pub fn issue_server_cert(
+        &self,
+        dns_names: &[String],
+        ips: &[IpAddr],
+        validity: Duration,
+        now: SystemTime,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), IdentityError> {
+        let err = |problem: String| IdentityError::Issue {
+            identity: format!("CA service server certificate {dns_names:?} {ips:?}"),
+            problem,
+        };
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        if let Some(first) = dns_names.first() {
+            params
+                .distinguished_name
+                .push(DnType::CommonName, first.clone());
+        }
+        for name in dns_names {
+            let dns = Ia5String::try_from(name.clone())
+                .map_err(|e| err(format!("DNS name {name:?}: {e}")))?;
+            params.subject_alt_names.push(SanType::DnsName(dns));
+        }
+        params
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let not_after = now
+            .checked_add(validity)
+            .unwrap_or(self.not_after)
+            .min(self.not_after);
+        params.not_before = to_offset(now.checked_sub(CLOCK_SKEW).unwrap_or(now)).map_err(err)?;
+        params.not_after = to_offset(not_after).map_err(err)?;
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| err(e.to_string()))?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| err(e.to_string()))?;
+        let mut chain = vec![cert.der().clone()];
+        chain.extend(self.chain.iter().cloned());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        Ok((chain, key))
     }
 }
 
