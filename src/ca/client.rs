@@ -80,34 +80,11 @@ impl CaClient {
                 .map_err(|e| file_err(&config.root, e.to_string()))?;
         }
         let roots = Arc::new(roots);
-        let (host, _) = split_host_port(&config.address)?;
-        let name = config
-            .server_name
-            .clone()
-            .unwrap_or_else(|| host.to_string());
-        let server_name = ServerName::try_from(name.clone()).map_err(|e| IdentityError::Issue {
-            identity: "-".into(),
-            problem: format!("CA server name {name:?}: {e}"),
-        })?;
-        let mut tls_config = ClientConfig::builder_with_provider(tls::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(roots.clone())
-            .with_no_client_auth();
-        tls_config.alpn_protocols = vec![crate::config::GRPC_ALPN.to_vec()];
-        let connector = Connector {
-            address: config.address.clone(),
-            server_name,
-            tls: tokio_rustls::TlsConnector::from(Arc::new(tls_config)),
-        };
-        let uri = format!("https://{}", config.address);
-        let endpoint = Endpoint::from_shared(uri.clone())
-            .map_err(|e| IdentityError::Issue {
-                identity: "-".into(),
-                problem: format!("CA address {uri:?}: {e}"),
-            })?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT);
-        let channel = endpoint.connect_with_connector_lazy(connector);
+        let channel = channel(
+            &config.address,
+            config.server_name.as_deref(),
+            roots.clone(),
+        )?;
         Ok(CaClient {
             client: IstioCertificateServiceClient::new(channel),
             config,
@@ -199,6 +176,49 @@ impl CaClient {
             )
         })
     }
+}
+
+/// A lazily connecting gRPC channel to the CA service at `address` (`host:port`): TLS 1.3,
+/// ALPN h2, the service's certificate verified against `roots` for `server_name` (default: the
+/// host of `address`), with connect and request deadlines.
+pub fn channel(
+    address: &str,
+    server_name: Option<&str>,
+    roots: Arc<RootCertStore>,
+) -> Result<Channel, IdentityError> {
+    let config_err = |problem: String| IdentityError::Issue {
+        identity: "-".into(),
+        problem,
+    };
+    let (host, _) = split_host_port(address)?;
+    let name = server_name.unwrap_or(host).to_string();
+    let server_name = ServerName::try_from(name.clone())
+        .map_err(|e| config_err(format!("CA server name {name:?}: {e}")))?;
+    let mut tls_config = ClientConfig::builder_with_provider(tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls_config.alpn_protocols = vec![crate::config::GRPC_ALPN.to_vec()];
+    let connector = Connector {
+        address: address.to_string(),
+        server_name,
+        tls: tokio_rustls::TlsConnector::from(Arc::new(tls_config)),
+    };
+    let uri = format!("https://{address}");
+    let endpoint = Endpoint::from_shared(uri.clone())
+        .map_err(|e| config_err(format!("CA address {uri:?}: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT);
+    Ok(endpoint.connect_with_connector_lazy(connector))
+}
+
+/// Reads the PEM root file a client trusts.
+pub fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, IdentityError> {
+    let mut roots = RootCertStore::empty();
+    for c in read_roots(path)? {
+        roots.add(c).map_err(|e| file_err(path, e.to_string()))?;
+    }
+    Ok(Arc::new(roots))
 }
 
 impl Issuer for CaClient {

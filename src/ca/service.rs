@@ -230,6 +230,8 @@ fn impersonated_identity(req: &IstioCertificateRequest) -> Result<Option<&str>, 
     }
 }
 
+/// One PEM certificate with `\n` line ends (as istiod sends and as files on disk have).
 fn to_pem(der: &[u8]) -> String {
-    pem::encode(&pem::Pem::new("CERTIFICATE", der))
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new("CERTIFICATE", der), config)
 }
