@@ -466,3 +466,44 @@ async fn requested_validity_is_capped_and_rotation_goes_through_the_ca() {
     });
     send(&c, "n1-p1", c.v4("n2-p1")).await;
 }
+
+/// a (deploy/): the DaemonSet mounts no CA key, only the root and a projected token; the
+/// `cacerts` Secret is mounted by the CA service's Deployment alone.
+#[test]
+fn deploy_mounts_the_ca_key_only_into_the_ca_service() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let mut mounts_key = Vec::new();
+    for file in ["ambit.yaml", "ambit-ca.yaml"] {
+        let text = std::fs::read_to_string(root.join(file)).expect("manifest");
+        for doc in text.split("\n---\n") {
+            let kind = doc
+                .lines()
+                .find_map(|l| l.strip_prefix("kind: "))
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            if doc.contains("secretName: cacerts") {
+                mounts_key.push(format!("{file}: {kind}"));
+            }
+            if kind == "DaemonSet" {
+                assert!(
+                    !doc.contains("ca-key"),
+                    "{file}: the DaemonSet names ca-key"
+                );
+                assert!(
+                    doc.contains("name: istio-ca-root-cert"),
+                    "{file}: no root ConfigMap"
+                );
+                assert!(
+                    doc.contains("audience: istio-ca"),
+                    "{file}: no projected token"
+                );
+                assert!(
+                    doc.contains("--ca-address"),
+                    "{file}: no CA service address"
+                );
+            }
+        }
+    }
+    assert_eq!(mounts_key, ["ambit-ca.yaml: Deployment"]);
+}
