@@ -239,7 +239,9 @@ fn daemons_start_get_ready_answer_and_stop() {
         "--insecure-local-ca-dir={}",
         lab.dir().join(CA_DIR).display()
     );
-    let pid = lab.start_daemon("n1", &bin, std::slice::from_ref(&local)).unwrap();
+    let pid = lab
+        .start_daemon("n1", &bin, std::slice::from_ref(&local))
+        .unwrap();
     lab.wait_ready("n1", Duration::from_secs(20)).unwrap();
     assert_eq!(Lab::load(lab.name()).unwrap().daemon_pid("n1"), Some(pid));
     let body = lab.admin_get("n1", "/config_dump").unwrap();

@@ -5,6 +5,8 @@
 //! when the `Cluster` is dropped, also when the test panics.
 #![allow(dead_code)]
 
+pub mod ca;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
