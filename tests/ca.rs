@@ -205,3 +205,77 @@ fn deploy_mounts_the_ca_key_only_into_the_ca_service() {
     }
     assert_eq!(mounts_key, ["ambit-ca.yaml: Deployment"]);
 }
+
+/// Bench (ignored; run with `cargo test --release --test ca -- --ignored --nocapture`):
+/// enrollment latency, from a pod's label to the first connection to it carried over HBONE,
+/// with certificates from the CA service and, for comparison, from a local CA key.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn bench_enrollment_latency_ca_service_vs_local_key() {
+    const PODS: usize = 12;
+    for mode in ["ca-service", "local-key"] {
+        let lab = Lab::up(&LabSpec {
+            nodes: 2,
+            pods_per_node: PODS,
+            namespace_ambient: false,
+            ..LabSpec::default()
+        })
+        .expect("lab up");
+        lab.update_workloads(|s| label(s, "n2-p1", "istio.io/dataplane-mode", "ambient"))
+            .expect("label");
+        let ca_dir = lab.dir().join(CA_DIR);
+        let c = Cluster::on_lab(lab, "iptables", |_| {
+            let mut args = vec!["--poll-ms=10".to_string()];
+            if mode == "local-key" {
+                args.push(format!("--insecure-local-ca-dir={}", ca_dir.display()));
+            }
+            args
+        });
+        c.wait_state("n2-p1", "enrolled");
+        let any = "[::]:8080".parse().expect("addr");
+        let mut servers = Vec::new();
+        for i in 1..=PODS {
+            let ns = c.lab.pod_netns(&format!("n1-p{i}")).expect("ns");
+            servers.push(Server::start(&ns, any).await.expect("echo"));
+        }
+        let client = c.lab.pod_netns("n2-p1").expect("ns");
+        let mut took = Vec::new();
+        for i in 1..=PODS {
+            let pod = format!("n1-p{i}");
+            let started = std::time::Instant::now();
+            c.lab
+                .update_workloads(|s| label(s, &pod, "istio.io/dataplane-mode", "ambient"))
+                .expect("label");
+            loop {
+                let payload = b"ping".to_vec();
+                if let Ok(ex) =
+                    ambit::lab::traffic::exchange(&client, c.v4(&pod), &payload, DEADLINE).await
+                {
+                    let hbone = c
+                        .flows_from("n2", ex.local)
+                        .iter()
+                        .any(|f| f["route"] == "hbone" && f["error"].is_null());
+                    if hbone {
+                        break;
+                    }
+                }
+                assert!(
+                    started.elapsed() < DEADLINE,
+                    "{pod} never reached over HBONE"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            took.push(started.elapsed());
+        }
+        took.sort();
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "enrollment latency ({mode}, {PODS} pods, label -> first HBONE connection): \
+             p50 {:.0} ms, p99 {:.0} ms, min {:.0} ms",
+            ms(took[took.len() / 2]),
+            ms(took[(took.len() - 1) * 99 / 100]),
+            ms(took[0]),
+        );
+        drop(servers);
+    }
+}
