@@ -55,9 +55,7 @@ async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Resul
     let (trigger, drain) = crate::drain::channel();
     let board = Arc::new(StatusBoard::default());
     let (directory_tx, directory_rx) = watch::channel(Arc::new(Directory::default()));
-    let ca = crate::identity::ca::Ca::load(&config.ca_dir)
-        .with_context(|| format!("loading the mesh CA from {}", config.ca_dir.display()))?;
-    let certs = Arc::new(CertManager::new(ca).with_validity(config.cert_validity));
+    let certs = Arc::new(CertManager::new(config.ca.issuer()?).with_validity(config.cert_validity));
     tokio::spawn(certs.clone().run_rotation());
     let ctx = ProxyContext {
         trust_domain: config.reconcile.trust_domain.clone(),

@@ -30,7 +30,7 @@ enum Command {
     Demo(crate::demo::DemoArgs),
     /// Run the proxy as a sidecar of one pod (inside its network namespace): Istio's sidecar
     /// rules, then the proxy as UID/GID 1337. For comparing the two topologies.
-    Sidecar(SidecarArgs),
+    Sidecar(Box<SidecarArgs>),
     /// Manage the mesh CA.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -47,6 +47,10 @@ enum CaCommand {
         /// Directory to write ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem into.
         dir: PathBuf,
     },
+    /// Run the CA service: signs workload certificates from CSRs over Istio's gRPC API
+    /// (IstioCertificateService), for node daemons (the pods of their own node only) and
+    /// sidecars (their own identity only). The only process that reads ca-key.pem.
+    Serve(Box<crate::ca::args::CaServeArgs>),
 }
 
 /// Entry point of the binary.
@@ -56,7 +60,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => {
             crate::limits::raise_open_files_logged();
-            app::run(args.into_config())
+            args.into_config().and_then(app::run)
         }
         #[cfg(feature = "lab")]
         Command::Lab(cmd) => crate::lab::cli::run(cmd),
@@ -64,9 +68,13 @@ pub fn main() -> ExitCode {
         Command::Demo(args) => crate::demo::run(args),
         Command::Sidecar(args) => {
             crate::limits::raise_open_files_logged();
-            crate::sidecar::run(args.into_config())
+            args.into_config().and_then(crate::sidecar::run)
         }
         Command::Uninstall(args) => crate::uninstall::run(args.into_config()),
+        Command::Ca(CaCommand::Serve(args)) => {
+            crate::limits::raise_open_files_logged();
+            args.config().and_then(crate::ca::serve::run)
+        }
         Command::Ca(CaCommand::Init { dir }) => crate::identity::ca::init(&dir)
             .map(|_| println!("CA created in {}", dir.display()))
             .map_err(anyhow::Error::from),

@@ -3,7 +3,7 @@
 //!
 //! The process is started inside the pod's network namespace as root, installs Istio's classic
 //! sidecar rules there (`ISTIO_INBOUND` → 15006, the owner-based `ISTIO_OUTPUT` → 15001), opens
-//! its listeners and loads the CA, and then drops to the proxy user (UID/GID 1337, which the
+//! its listeners and gets its certificate, and then drops to the proxy user (UID/GID 1337, which the
 //! rules let through) for the rest of its life. It speaks HBONE to other sidecars and to
 //! ambient pods, so both topologies do the same cryptographic work.
 
@@ -59,6 +59,13 @@ async fn serve(config: SidecarConfig) -> anyhow::Result<()> {
     };
     let options = CaptureOptions::from_annotations(&pod.annotations)
         .with_context(|| format!("pod {}", config.pod))?;
+    // The certificate first: once the rules are in, root's own connections (this one to the
+    // CA) would be captured; later renewals run as the proxy user, which the rules let out.
+    let identity = Identity::new(&config.trust_domain, &pod.namespace, &pod.service_account)?;
+    let certs = Arc::new(CertManager::new(config.ca.issuer()?));
+    certs.set_allowed([identity.clone()].into());
+    certs.ensure(&identity).await?;
+    tokio::spawn(certs.clone().run_rotation());
     let here = NetNs::current()?;
     let outcome = rules::sidecar::apply_sidecar(
         &here,
@@ -70,13 +77,6 @@ async fn serve(config: SidecarConfig) -> anyhow::Result<()> {
     )
     .with_context(|| format!("installing the sidecar rules for {}", config.pod))?;
     tracing::info!(pod = %config.pod, ?outcome, "sidecar rules in place");
-
-    let identity = Identity::new(&config.trust_domain, &pod.namespace, &pod.service_account)?;
-    let ca = crate::identity::ca::Ca::load(&config.ca_dir)?;
-    let certs = Arc::new(CertManager::new(ca));
-    certs.set_allowed([identity.clone()].into());
-    certs.get(&identity)?;
-    tokio::spawn(certs.clone().run_rotation());
 
     let metrics = Arc::new(Metrics::default());
     let flows = Arc::new(FlowTable::default());

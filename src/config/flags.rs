@@ -76,10 +76,9 @@ pub struct RunArgs {
     /// Namespace of the daemon's own pods (never captured).
     #[arg(long, default_value = "istio-system")]
     pub daemon_namespace: String,
-    /// Directory with the mesh CA in Istio's plug-in layout (ca-cert.pem, ca-key.pem,
-    /// root-cert.pem, cert-chain.pem); create one with `ambit ca init <dir>`.
-    #[arg(long, env = "AMBIT_CA_DIR")]
-    pub ca_dir: PathBuf,
+    /// Where workload certificates come from (the CA service, normally).
+    #[command(flatten)]
+    pub ca: crate::ca::args::CaClientArgs,
     /// Trust domain of the mesh's SPIFFE identities.
     #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
@@ -102,8 +101,8 @@ pub struct RunArgs {
 
 impl RunArgs {
     /// The typed settings of `ambit run`.
-    pub fn into_config(self) -> RunConfig {
-        RunConfig {
+    pub fn into_config(self) -> anyhow::Result<RunConfig> {
+        Ok(RunConfig {
             reconcile: ReconcileConfig {
                 node: self.node,
                 daemon: DaemonIdentity {
@@ -126,7 +125,7 @@ impl RunArgs {
                     kubeconfig: self.kubeconfig,
                 },
             },
-            ca_dir: self.ca_dir,
+            ca: self.ca.source(true)?,
             cert_validity: Duration::from_secs(self.cert_validity_secs),
             drain: Duration::from_secs(self.drain_secs),
             poll_interval: Duration::from_millis(self.poll_ms),
@@ -137,7 +136,7 @@ impl RunArgs {
                 || std::thread::available_parallelism().map_or(2, |n| n.get()),
                 |n| n as usize,
             ),
-        }
+        })
     }
 }
 
@@ -150,9 +149,9 @@ pub struct SidecarArgs {
     /// Workload file (pods, namespaces, services).
     #[arg(long)]
     pub workloads: PathBuf,
-    /// Mesh CA directory (Istio plug-in layout).
-    #[arg(long)]
-    pub ca_dir: PathBuf,
+    /// Where the sidecar's certificate comes from (its own identity, its own token).
+    #[command(flatten)]
+    pub ca: crate::ca::args::CaClientArgs,
     /// Trust domain.
     #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
@@ -178,11 +177,11 @@ pub struct SidecarArgs {
 
 impl SidecarArgs {
     /// The typed settings of `ambit sidecar`.
-    pub fn into_config(self) -> SidecarConfig {
-        SidecarConfig {
+    pub fn into_config(self) -> anyhow::Result<SidecarConfig> {
+        Ok(SidecarConfig {
             pod: self.pod,
             workloads: self.workloads,
-            ca_dir: self.ca_dir,
+            ca: self.ca.source(false)?,
             trust_domain: self.trust_domain,
             uid: self.uid,
             gid: self.gid,
@@ -191,7 +190,7 @@ impl SidecarArgs {
             readiness_addr: self.readiness,
             threads: self.threads as usize,
             poll_interval: Duration::from_millis(200),
-        }
+        })
     }
 }
 
@@ -277,12 +276,16 @@ mod tests {
             "n1",
             "--workloads",
             "w.json",
-            "--ca-dir",
-            "ca",
+            "--ca-address",
+            "ambit-ca.istio-system.svc:15012",
+            "--ca-root",
+            "root-cert.pem",
+            "--ca-token",
+            "token",
         ];
         Cmd::try_parse_from(base.iter().chain(args))
-            .map(|c| c.run.into_config())
             .map_err(|e| e.to_string())
+            .and_then(|c| c.run.into_config().map_err(|e| e.to_string()))
     }
 
     #[test]
@@ -294,6 +297,46 @@ mod tests {
         assert_eq!(c.metrics_addr.port(), 15020);
         assert_eq!(c.readiness_addr.port(), 15021);
         assert_eq!(c.cert_validity, DEFAULT_CERT_VALIDITY);
+        assert!(matches!(c.ca, crate::ca::args::CaSource::Service(_)));
+    }
+
+    #[test]
+    fn ca_flags_need_each_other_or_the_insecure_local_key() {
+        let without = |drop: &str| {
+            let mut base = vec!["ambit", "--node", "n1", "--workloads", "w.json"];
+            for (flag, value) in [
+                ("--ca-address", "ca:15012"),
+                ("--ca-root", "root.pem"),
+                ("--ca-token", "token"),
+            ] {
+                if flag != drop {
+                    base.extend([flag, value]);
+                }
+            }
+            Cmd::try_parse_from(base)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        for flag in ["--ca-root", "--ca-token"] {
+            let e = without(flag).unwrap_err();
+            assert!(e.contains(flag), "{e}");
+        }
+        let e = without("--ca-address").unwrap_err();
+        assert!(e.contains("--ca-address"), "{e}");
+        let local = Cmd::try_parse_from([
+            "ambit",
+            "--node",
+            "n1",
+            "--workloads",
+            "w.json",
+            "--insecure-local-ca-dir",
+            "ca",
+        ])
+        .unwrap();
+        assert!(matches!(
+            local.run.into_config().unwrap().ca,
+            crate::ca::args::CaSource::InsecureLocal(_)
+        ));
     }
 
     #[test]

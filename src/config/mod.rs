@@ -174,6 +174,26 @@ pub const MAX_ENROLL_BACKOFF: Duration = Duration::from_secs(30);
 pub const DEFAULT_CERT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 /// Trust domain of SPIFFE identities unless configured otherwise (Kubernetes' and Istio's).
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+// ---- CA service (`ambit ca serve`) --------------------------------------------------------------
+
+/// Port of the CA service's gRPC API (istiod's CA port too).
+pub const CA_PORT: u16 = 15012;
+/// Default address of `ambit ca serve`.
+pub const DEFAULT_CA_LISTEN_ADDR: &str = "[::]:15012";
+/// Default metrics/readiness address of `ambit ca serve` (istiod's monitoring port).
+pub const DEFAULT_CA_METRICS_ADDR: &str = "[::]:15014";
+/// ALPN of the gRPC connection to the CA service.
+pub const GRPC_ALPN: &[u8] = b"h2";
+/// Audience a node's ServiceAccount token must carry for the CA (Istio's too).
+pub const DEFAULT_CA_TOKEN_AUDIENCE: &str = "istio-ca";
+/// The `clusterid` header sent to the CA (istiod's default cluster name).
+pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
+/// ServiceAccount of the ambit DaemonSet: trusted by the CA to ask for the identities of the
+/// pods on its node.
+pub const DEFAULT_TRUSTED_NODE_ACCOUNT: &str = "istio-system/ambit";
+/// Default longest lifetime the CA service grants.
+pub const DEFAULT_CA_MAX_VALIDITY: Duration = DEFAULT_CERT_VALIDITY;
+
 /// Namespace label choosing the inbound mTLS mode of its pods (ambit's own shorthand).
 pub const MTLS_MODE_LABEL: &str = "ambit.io/mtls-mode";
 
@@ -294,8 +314,8 @@ pub struct RunConfig {
     pub readiness_addr: SocketAddr,
     /// Worker threads of the data runtime.
     pub data_threads: usize,
-    /// The mesh CA directory.
-    pub ca_dir: PathBuf,
+    /// Where workload certificates come from.
+    pub ca: crate::ca::args::CaSource,
     /// Lifetime of issued workload certificates.
     pub cert_validity: Duration,
     /// Longest live connections may run on after SIGTERM before they are cut.
@@ -333,8 +353,8 @@ pub struct SidecarConfig {
     pub pod: String,
     /// Workload file (for the directory of destinations).
     pub workloads: PathBuf,
-    /// Mesh CA directory.
-    pub ca_dir: PathBuf,
+    /// Where the certificate comes from (the sidecar asks for its own identity).
+    pub ca: crate::ca::args::CaSource,
     /// Trust domain.
     pub trust_domain: String,
     /// The proxy user the process runs as once set up.

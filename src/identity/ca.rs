@@ -24,12 +24,15 @@ use rcgen::{
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 use rustls::server::ParsedCertificate;
-use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::{keys, tls, Identity, IdentityError};
+
+mod sign;
+
+pub use super::cert::{SignedLeaf, WorkloadCert};
 
 /// Signing certificate file name.
 pub const CA_CERT: &str = "ca-cert.pem";
@@ -206,6 +209,27 @@ impl Ca {
             identity: id.to_string(),
             problem,
         };
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| err(e.to_string()))?;
+        let leaf = self.sign_leaf(id, &key, validity, now)?;
+        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        WorkloadCert::new(id, leaf.chain, key_der, leaf.issued_at)
+    }
+
+    /// Signs a leaf for `id` over `public_key`: the identity as the only SAN (a URI), usable
+    /// for TLS server and client authentication, valid from `now - CLOCK_SKEW` to
+    /// `now + validity` (never beyond the CA's own expiry, which would make it unverifiable),
+    /// followed by the CA chain.
+    pub(crate) fn sign_leaf(
+        &self,
+        id: &Identity,
+        public_key: &impl rcgen::PublicKeyData,
+        validity: Duration,
+        now: SystemTime,
+    ) -> Result<SignedLeaf, IdentityError> {
+        let err = |problem: String| IdentityError::Issue {
+            identity: id.to_string(),
+            problem,
+        };
         // Certificates carry whole seconds; keep our own view equal to what is in the cert.
         let issued_at = UNIX_EPOCH + Duration::from_secs(unix_secs(now).max(0) as u64);
         let not_before = issued_at.checked_sub(CLOCK_SKEW).unwrap_or(UNIX_EPOCH);
@@ -239,35 +263,16 @@ impl Ca {
         params.not_before = to_offset(not_before).map_err(err)?;
         params.not_after = to_offset(not_after).map_err(err)?;
 
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| err(e.to_string()))?;
         let leaf = params
-            .signed_by(&key, &self.issuer)
+            .signed_by(public_key, &self.issuer)
             .map_err(|e| err(e.to_string()))?;
-        let leaf = leaf.der().clone();
-        let serial = X509Certificate::from_der(&leaf)
-            .map_err(|e| err(format!("re-parsing the new certificate: {e}")))?
-            .1
-            .raw_serial()
-            .to_vec();
-
         let mut chain = Vec::with_capacity(1 + self.chain.len());
-        chain.push(leaf);
+        chain.push(leaf.der().clone());
         chain.extend(self.chain.iter().cloned());
-        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        // Parsed once here so that building a TLS config per connection stays cheap.
-        let certified =
-            CertifiedKey::from_der(chain.clone(), key_der.clone_key(), &tls::provider())
-                .map_err(|e| err(e.to_string()))?;
-
-        Ok(WorkloadCert {
-            identity: id.clone(),
+        Ok(SignedLeaf {
             chain,
-            key: key_der,
-            not_before,
-            not_after,
             issued_at,
-            serial,
-            certified: Arc::new(certified),
+            not_after,
         })
     }
 
@@ -289,72 +294,6 @@ impl Ca {
     /// When the signing certificate expires; no leaf outlives it.
     pub fn not_after(&self) -> SystemTime {
         self.not_after
-    }
-}
-
-/// A workload's certificate chain and private key, valid for one identity.
-///
-/// Immutable: rotation produces a new `WorkloadCert`, so a connection that holds one keeps it.
-pub struct WorkloadCert {
-    /// The identity in the leaf's URI SAN.
-    pub identity: Identity,
-    /// Leaf first, then the CA chain.
-    pub chain: Vec<CertificateDer<'static>>,
-    /// The leaf's private key (PKCS#8, ECDSA P-256).
-    pub key: PrivateKeyDer<'static>,
-    /// The leaf's notBefore (back-dated by [`CLOCK_SKEW`]).
-    pub not_before: SystemTime,
-    /// The leaf's notAfter.
-    pub not_after: SystemTime,
-    /// When the leaf was issued (whole seconds).
-    pub issued_at: SystemTime,
-    /// The leaf's serial number (big-endian bytes).
-    pub serial: Vec<u8>,
-    certified: Arc<CertifiedKey>,
-}
-
-impl WorkloadCert {
-    /// When the certificate stops being valid.
-    pub fn expires_at(&self) -> SystemTime {
-        self.not_after
-    }
-
-    /// When to replace it: half-way between issuance and expiry, which leaves the other half
-    /// to retry if the CA is briefly unusable. The back-dating is not counted, so a short
-    /// validity still gets a useful first half.
-    pub fn refresh_at(&self) -> SystemTime {
-        let life = self
-            .not_after
-            .duration_since(self.issued_at)
-            .unwrap_or_default();
-        self.issued_at + life / 2
-    }
-
-    /// The end-entity certificate.
-    pub fn leaf(&self) -> &CertificateDer<'static> {
-        &self.chain[0]
-    }
-
-    /// The serial number as lowercase hex, for logs.
-    pub fn serial_hex(&self) -> String {
-        self.serial.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    /// The chain and key as rustls wants them, parsed once at issuance.
-    pub(crate) fn certified_key(&self) -> Arc<CertifiedKey> {
-        self.certified.clone()
-    }
-}
-
-impl fmt::Debug for WorkloadCert {
-    // The private key is deliberately left out.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkloadCert")
-            .field("identity", &self.identity.to_string())
-            .field("serial", &self.serial_hex())
-            .field("not_before", &fmt_time(self.not_before))
-            .field("not_after", &fmt_time(self.not_after))
-            .finish_non_exhaustive()
     }
 }
 

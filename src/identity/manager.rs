@@ -1,25 +1,37 @@
-//! Per-identity certificates: issued on first use, replaced at half-life, limited to the
-//! identities of pods enrolled on this node.
+//! Per-identity certificates: issued before a pod is enrolled ([`CertManager::ensure_all`]),
+//! replaced at half-life, limited to the identities of pods enrolled on this node.
 //!
 //! The hot path ([`CertManager::get`], [`CertManager::server_config`]) takes one read lock and
-//! clones an `Arc`. Signing happens outside the lock so that a slow RSA CA never stalls
-//! connections of other identities. A rotated certificate replaces the map entry; connections
-//! that already hold the old `Arc` (or a config built from it) are not affected.
+//! clones an `Arc`; it never issues, so a connection never waits for (or depends on) the CA:
+//! without a valid certificate it fails closed. Issuance goes through an [`Issuer`] (the CA
+//! service, or a local CA key in development), outside the lock, several identities at a time.
+//! A rotated certificate replaces the map entry; connections that already hold the old `Arc`
+//! (or a config built from it) are not affected. A failed rotation keeps the old certificate
+//! and is retried with backoff until it expires.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
 
+use futures_util::stream::{self, StreamExt};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use super::ca::fmt_time;
-use super::{tls, Ca, Identity, IdentityError, WorkloadCert};
+use super::issuer::Issuer;
+use super::{tls, Identity, IdentityError, WorkloadCert};
 
 /// Default lifetime of a workload certificate.
 pub use crate::config::DEFAULT_CERT_VALIDITY as DEFAULT_VALIDITY;
 
-/// Longest the rotation task sleeps between checks; also the retry delay after a failure.
+/// Longest the rotation task sleeps between checks; also the first retry delay after a failure.
 const MAX_POLL: Duration = Duration::from_secs(1);
+
+/// Longest delay between two attempts to renew a certificate that failed to renew.
+const MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// Issuance requests in flight at once (a burst of new pods, or many rotations falling due
+/// together, must not open hundreds of requests to the CA).
+pub const MAX_CONCURRENT_ISSUES: usize = 8;
 
 /// A certificate plus the server config built from it (lazily, at most once).
 struct Entry {
@@ -36,11 +48,19 @@ impl Entry {
     }
 }
 
+/// The last failed attempt to issue or renew an identity's certificate.
+struct Failure {
+    error: String,
+    attempts: u32,
+    retry_at: SystemTime,
+}
+
 #[derive(Default)]
 struct State {
     certs: HashMap<Identity, Arc<Entry>>,
     /// `None` until [`CertManager::set_allowed`] is first called: every identity is allowed.
     allowed: Option<HashSet<Identity>>,
+    failures: HashMap<Identity, Failure>,
 }
 
 impl State {
@@ -54,7 +74,7 @@ impl State {
 
 /// Hands out the current certificate of each local identity and keeps it fresh.
 pub struct CertManager {
-    ca: Ca,
+    issuer: Arc<dyn Issuer>,
     roots: Arc<RootCertStore>,
     validity: Duration,
     state: RwLock<State>,
@@ -63,6 +83,7 @@ pub struct CertManager {
 impl std::fmt::Debug for CertManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CertManager")
+            .field("issuer", &self.issuer.describe())
             .field("validity", &self.validity)
             .field("certs", &self.read().certs.len())
             .finish_non_exhaustive()
@@ -70,12 +91,12 @@ impl std::fmt::Debug for CertManager {
 }
 
 impl CertManager {
-    /// A manager issuing from `ca`, trusting `ca`'s roots, with [`DEFAULT_VALIDITY`] and every
-    /// identity allowed until [`set_allowed`](Self::set_allowed) is called.
-    pub fn new(ca: Ca) -> Self {
+    /// A manager issuing through `issuer`, trusting its roots, with [`DEFAULT_VALIDITY`] and
+    /// every identity allowed until [`set_allowed`](Self::set_allowed) is called.
+    pub fn new(issuer: Arc<dyn Issuer>) -> Self {
         CertManager {
-            roots: ca.roots(),
-            ca,
+            roots: issuer.roots(),
+            issuer,
             validity: DEFAULT_VALIDITY,
             state: RwLock::new(State::default()),
         }
@@ -97,6 +118,7 @@ impl CertManager {
     pub fn set_allowed(&self, ids: HashSet<Identity>) {
         let mut state = self.write();
         state.certs.retain(|id, _| ids.contains(id));
+        state.failures.retain(|id, _| ids.contains(id));
         state.allowed = Some(ids);
     }
 
@@ -107,11 +129,13 @@ impl CertManager {
 
     /// Drops the certificate of `id` (e.g. its last pod left); a later `get` issues a new one.
     pub fn forget(&self, id: &Identity) {
-        self.write().certs.remove(id);
+        let mut state = self.write();
+        state.certs.remove(id);
+        state.failures.remove(id);
     }
 
-    /// The current certificate for `id`, issued now if there is none (or if the one held has
-    /// expired because rotation is not running). Fails for identities not allowed here.
+    /// The current certificate for `id`. Never issues: fails for identities not allowed here
+    /// and for those without a valid certificate (saying why, e.g. the CA's last error).
     pub fn get(&self, id: &Identity) -> Result<Arc<WorkloadCert>, IdentityError> {
         Ok(self.entry(id)?.cert.clone())
     }
@@ -139,88 +163,158 @@ impl CertManager {
     }
 
     fn entry(&self, id: &Identity) -> Result<Arc<Entry>, IdentityError> {
-        {
-            let state = self.read();
-            if !state.allows(id) {
-                return Err(IdentityError::NotAllowed(id.clone()));
-            }
-            if let Some(e) = state.certs.get(id) {
-                if SystemTime::now() < e.cert.not_after {
-                    return Ok(e.clone());
-                }
-            }
-        }
-        let fresh = Entry::new(self.ca.issue(id, self.validity, SystemTime::now())?);
-        let mut state = self.write();
-        // Re-check: the allowed set may have changed while we were signing.
+        let state = self.read();
         if !state.allows(id) {
             return Err(IdentityError::NotAllowed(id.clone()));
         }
-        // Another caller may have issued one meanwhile; keep theirs so all callers agree.
-        if let Some(e) = state.certs.get(id) {
-            if SystemTime::now() < e.cert.not_after {
-                return Ok(e.clone());
+        match state.certs.get(id) {
+            Some(e) if SystemTime::now() < e.cert.not_after => Ok(e.clone()),
+            held => Err(IdentityError::NoCertificate {
+                identity: id.to_string(),
+                reason: match (state.failures.get(id), held) {
+                    (Some(f), _) => format!("last attempt to issue failed: {}", f.error),
+                    (None, Some(e)) => format!("expired at {}", fmt_time(e.cert.not_after)),
+                    (None, None) => "not issued yet".into(),
+                },
+            }),
+        }
+    }
+
+    /// The current certificate for `id`, issued now (through the issuer) if there is no
+    /// valid one.
+    pub async fn ensure(&self, id: &Identity) -> Result<Arc<WorkloadCert>, IdentityError> {
+        match self.get(id) {
+            Err(IdentityError::NoCertificate { .. }) => {
+                self.issue_one(id, None, SystemTime::now()).await
             }
+            held => held,
+        }
+    }
+
+    /// Makes sure each of `ids` has a valid certificate, issuing the missing ones, at most
+    /// [`MAX_CONCURRENT_ISSUES`] at a time. Returns how many could not be issued; their error
+    /// is what [`get`](Self::get) then reports.
+    pub async fn ensure_all(&self, ids: impl IntoIterator<Item = Identity>) -> usize {
+        let missing: HashSet<Identity> = ids
+            .into_iter()
+            .filter(|id| matches!(self.get(id), Err(IdentityError::NoCertificate { .. })))
+            .collect();
+        stream::iter(missing)
+            .map(|id| async move { self.issue_one(&id, None, SystemTime::now()).await.is_err() })
+            .buffer_unordered(MAX_CONCURRENT_ISSUES)
+            .filter(|failed| std::future::ready(*failed))
+            .count()
+            .await
+    }
+
+    /// Issues a certificate for `id` and stores it, unless `id` is no longer allowed or (for a
+    /// rotation, `replacing` the serial looked at) the held certificate changed meanwhile. A
+    /// failure is retried by rotation no earlier than a backoff after `now`.
+    async fn issue_one(
+        &self,
+        id: &Identity,
+        replacing: Option<&[u8]>,
+        now: SystemTime,
+    ) -> Result<Arc<WorkloadCert>, IdentityError> {
+        if !self.allowed(id) {
+            return Err(IdentityError::NotAllowed(id.clone()));
+        }
+        let issued = self.issuer.issue(id, self.validity).await;
+        let mut state = self.write();
+        let fresh = match issued {
+            Ok(cert) => Entry::new(cert),
+            Err(e) => {
+                let attempts = state.failures.get(id).map_or(0, |f| f.attempts) + 1;
+                let delay = (MAX_POLL * 2u32.saturating_pow(attempts - 1)).min(MAX_RETRY);
+                state.failures.insert(
+                    id.clone(),
+                    Failure {
+                        error: e.to_string(),
+                        attempts,
+                        retry_at: now.max(SystemTime::now()) + delay,
+                    },
+                );
+                drop(state);
+                tracing::warn!(identity = %id, error = %e, retry_in = ?delay,
+                    issuer = %self.issuer.describe(), "certificate issuance failed");
+                return Err(e);
+            }
+        };
+        // Re-check: the allowed set may have changed while we were waiting for the issuer.
+        if !state.allows(id) {
+            return Err(IdentityError::NotAllowed(id.clone()));
+        }
+        state.failures.remove(id);
+        let current = state.certs.get(id).cloned();
+        match (current, replacing) {
+            // Another caller stored a valid one meanwhile; keep theirs so all callers agree.
+            (Some(e), None) if SystemTime::now() < e.cert.not_after => return Ok(e.cert.clone()),
+            // Forgotten, or replaced by someone else, while we were renewing.
+            (None, Some(_)) => return Ok(fresh.cert.clone()),
+            (Some(e), Some(serial)) if e.cert.serial != serial => return Ok(e.cert.clone()),
+            _ => {}
         }
         state.certs.insert(id.clone(), fresh.clone());
         drop(state);
-        tracing::debug!(identity = %id, serial = %fresh.cert.serial_hex(),
-            not_after = %fmt_time(fresh.cert.not_after), "workload certificate issued");
-        Ok(fresh)
+        let verb = if replacing.is_some() {
+            "rotated"
+        } else {
+            "issued"
+        };
+        tracing::info!(identity = %id, serial = %fresh.cert.serial_hex(),
+            not_after = %fmt_time(fresh.cert.not_after), issuer = %self.issuer.describe(),
+            "workload certificate {verb}");
+        Ok(fresh.cert.clone())
     }
 
-    /// Re-issues every certificate whose refresh time is at or before `now`. Returns how many
-    /// were replaced and how many failed (a failure keeps the old certificate and is retried).
-    pub fn rotate_due(&self, now: SystemTime) -> (usize, usize) {
-        let due: Vec<(Identity, Vec<u8>)> = self
-            .read()
+    /// Renews every certificate whose refresh time is at or before `now` (and whose last
+    /// failed renewal, if any, is due for a retry), several at a time. Returns how many were
+    /// replaced and how many failed (a failure keeps the old certificate and is retried).
+    pub async fn rotate_due(&self, now: SystemTime) -> (usize, usize) {
+        let due: Vec<(Identity, Vec<u8>)> = {
+            let state = self.read();
+            state
+                .certs
+                .iter()
+                .filter(|(id, e)| {
+                    e.cert.refresh_at() <= now
+                        && state.failures.get(*id).is_none_or(|f| f.retry_at <= now)
+                })
+                .map(|(id, e)| (id.clone(), e.cert.serial.clone()))
+                .collect()
+        };
+        let results: Vec<bool> = stream::iter(due)
+            .map(
+                |(id, serial)| async move { self.issue_one(&id, Some(&serial), now).await.is_ok() },
+            )
+            .buffer_unordered(MAX_CONCURRENT_ISSUES)
+            .collect()
+            .await;
+        let rotated = results.iter().filter(|ok| **ok).count();
+        (rotated, results.len() - rotated)
+    }
+
+    /// The earliest time something is due: a refresh, or the retry of a failed renewal.
+    pub fn next_refresh(&self) -> Option<SystemTime> {
+        let state = self.read();
+        state
             .certs
             .iter()
-            .filter(|(_, e)| e.cert.refresh_at() <= now)
-            .map(|(id, e)| (id.clone(), e.cert.serial.clone()))
-            .collect();
-        let (mut rotated, mut failed) = (0, 0);
-        for (id, old_serial) in due {
-            match self.ca.issue(&id, self.validity, SystemTime::now()) {
-                Ok(cert) => {
-                    let serial = cert.serial_hex();
-                    let mut state = self.write();
-                    // Only replace what we looked at: it may have been forgotten meanwhile.
-                    if let Some(slot) = state.certs.get_mut(&id) {
-                        if slot.cert.serial == old_serial {
-                            *slot = Entry::new(cert);
-                            rotated += 1;
-                            tracing::info!(identity = %id, %serial, "workload certificate rotated");
-                        }
-                    }
-                }
-                Err(e) => {
-                    failed += 1;
-                    tracing::warn!(identity = %id, error = %e, "certificate rotation failed; will retry");
-                }
-            }
-        }
-        (rotated, failed)
-    }
-
-    /// The earliest refresh time among the held certificates.
-    pub fn next_refresh(&self) -> Option<SystemTime> {
-        self.read()
-            .certs
-            .values()
-            .map(|e| e.cert.refresh_at())
+            .map(|(id, e)| match state.failures.get(id) {
+                Some(f) => f.retry_at.max(e.cert.refresh_at()),
+                None => e.cert.refresh_at(),
+            })
             .min()
     }
 
-    /// Rotation loop: sleeps until the earliest refresh time (waking at least every second, so
-    /// certificates issued meanwhile are noticed) and re-issues what is due. Runs forever; abort
+    /// Rotation loop: sleeps until the next refresh or retry (waking at least every second, so
+    /// certificates issued meanwhile are noticed) and renews what is due. Runs forever; abort
     /// the task to stop it.
     pub async fn run_rotation(self: Arc<Self>) {
         loop {
+            self.rotate_due(SystemTime::now()).await;
             let now = SystemTime::now();
-            let (_, failed) = self.rotate_due(now);
             let wait = match self.next_refresh() {
-                _ if failed > 0 => MAX_POLL,
                 Some(at) => at.duration_since(now).unwrap_or_default().min(MAX_POLL),
                 None => MAX_POLL,
             };

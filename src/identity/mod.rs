@@ -4,8 +4,9 @@
 //! The flow is:
 //!
 //! ```text
-//! CA directory (ca-cert/ca-key/root-cert/cert-chain.pem) ─► Ca::load
-//!   └─► CertManager::get(identity) ─► WorkloadCert (leaf + chain + key, rotated at half-life)
+//! Issuer: CA service client (CSR over gRPC, key stays local)  or  local Ca::load (dev only)
+//!   └─► CertManager::ensure(identity) ─► WorkloadCert (leaf + chain + key, rotated at half-life)
+//!         └─► CertManager::get(identity) on the hot path (never issues)
 //!         └─► tls::client_config / tls::server_config ─► tokio-rustls connect / accept
 //!               └─► tls::peer_identity(conn) ─► policy and access logs
 //! ```
@@ -16,6 +17,9 @@
 //! server accepts any client of its own trust domain whose chain leads to the roots.
 
 pub mod ca;
+pub mod cert;
+pub mod csr;
+pub mod issuer;
 mod keys;
 pub mod manager;
 pub mod spiffe;
@@ -74,6 +78,16 @@ pub enum IdentityError {
         identity: String,
         /// What went wrong.
         problem: String,
+    },
+
+    /// No valid certificate is held for the identity (never issued, expired, or the last
+    /// issuance failed); connections that need it are refused rather than sent without one.
+    #[error("no valid certificate for {identity}: {reason}")]
+    NoCertificate {
+        /// The identity.
+        identity: String,
+        /// Why: the last issuance error, or that none was asked for yet.
+        reason: String,
     },
 
     /// The identity does not belong to a pod enrolled on this node, so no certificate is issued.

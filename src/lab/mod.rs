@@ -16,6 +16,7 @@
 mod access;
 // Kubernetes mode: the stand-in API server and publishing to it.
 pub mod apiserver;
+pub mod ca;
 mod cleanup;
 pub mod cli;
 mod daemon;

@@ -234,7 +234,14 @@ fn fake_daemon(dir: &Path) -> PathBuf {
 fn daemons_start_get_ready_answer_and_stop() {
     let lab = Lab::up(&spec(2, 1)).unwrap();
     let bin = fake_daemon(lab.dir());
-    let pid = lab.start_daemon("n1", &bin, &[]).unwrap();
+    // The fake speaks to no CA: no CA service is started for it.
+    let local = format!(
+        "--insecure-local-ca-dir={}",
+        lab.dir().join(CA_DIR).display()
+    );
+    let pid = lab
+        .start_daemon("n1", &bin, std::slice::from_ref(&local))
+        .unwrap();
     lab.wait_ready("n1", Duration::from_secs(20)).unwrap();
     assert_eq!(Lab::load(lab.name()).unwrap().daemon_pid("n1"), Some(pid));
     let body = lab.admin_get("n1", "/config_dump").unwrap();
@@ -254,7 +261,7 @@ fn daemons_start_get_ready_answer_and_stop() {
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
 
     // A daemon that exits is reported with its log.
-    lab.start_daemon("n2", &bin, &["--fail".to_string()])
+    lab.start_daemon("n2", &bin, &["--fail".to_string(), local.clone()])
         .unwrap();
     let err = lab.wait_ready("n2", Duration::from_secs(20)).unwrap_err();
     let text = err.to_string();
@@ -262,7 +269,7 @@ fn daemons_start_get_ready_answer_and_stop() {
     assert!(text.contains("failing on purpose"), "{text}");
 
     // Drop stops a daemon that is still running.
-    let pid = lab.start_daemon("n2", &bin, &[]).unwrap();
+    let pid = lab.start_daemon("n2", &bin, &[local]).unwrap();
     lab.wait_ready("n2", Duration::from_secs(20)).unwrap();
     drop(lab);
     assert!(!Path::new(&format!("/proc/{pid}")).exists());

@@ -25,6 +25,7 @@ use pod::{blocking, capture_fingerprint, Fingerprint, PodRules};
 
 pub use crate::config::ReconcileConfig;
 use crate::identity::manager::CertManager;
+use crate::identity::Identity;
 use crate::k8s::status::{CaptureEvent, CaptureObserver, ObjectKey};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::proxy::{PodProxy, ProxyContext};
@@ -177,6 +178,20 @@ impl Reconciler {
             if let Some(entry) = self.entries.remove(&uid) {
                 self.release(entry).await;
             }
+        }
+        // Certificates for the pods about to be (re)tried are asked for together, before
+        // enrolling: enrollment then only checks that one is held, and fails without it.
+        let due: Vec<Identity> = wanted
+            .iter()
+            .filter(|(uid, _)| match self.entries.get(**uid) {
+                None => true,
+                Some(Entry::Failed(f)) => Instant::now() >= f.retry_at,
+                Some(Entry::Enrolled(_)) => false,
+            })
+            .filter_map(|(_, p)| pod::identity_of(&self.config, p).ok())
+            .collect();
+        if !due.is_empty() {
+            self.certs.ensure_all(due).await;
         }
         for (uid, pod) in wanted {
             let entry = match self.entries.remove(uid) {

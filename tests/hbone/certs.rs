@@ -84,21 +84,26 @@ async fn bad_client_certificates_are_refused() {
 }
 
 /// c: a client refuses a server that presents another identity than the destination pod's
-/// (n2's daemon runs with trust domain evil.local): the app's connection is closed at once
-/// without data, the outbound flow names the identity mismatch, and the app in the
-/// destination pod never sees a connection.
+/// (n2's daemon runs with trust domain evil.local and, since the CA service would never sign
+/// that, the lab's CA key itself, as a compromised node holding the key could): the app's
+/// connection is closed at once without data, the outbound flow names the identity mismatch,
+/// and the app in the destination pod never sees a connection.
 #[tokio::test(flavor = "multi_thread")]
 async fn server_with_another_identity_is_refused() {
-    let c = Cluster::start_with(
-        2,
-        1,
-        "iptables",
-        |_| {},
-        |node| match node {
-            "n2" => vec!["--trust-domain=evil.local".into()],
-            _ => Vec::new(),
-        },
-    );
+    let lab = ambit::lab::Lab::up(&ambit::lab::LabSpec {
+        nodes: 2,
+        pods_per_node: 1,
+        ..ambit::lab::LabSpec::default()
+    })
+    .expect("lab up");
+    let ca_dir = lab.dir().join(ambit::lab::CA_DIR);
+    let c = Cluster::on_lab(lab, "iptables", |node| match node {
+        "n2" => vec![
+            "--trust-domain=evil.local".into(),
+            format!("--insecure-local-ca-dir={}", ca_dir.display()),
+        ],
+        _ => Vec::new(),
+    });
     let w = World::start(c).await;
     let dst = w.c.v4("n2-p1");
     let mut app = connect(&w.pod_ns("n1-p1"), dst)

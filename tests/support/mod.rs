@@ -5,6 +5,7 @@
 //! when the `Cluster` is dropped, also when the test panics.
 #![allow(dead_code)]
 
+pub mod ca;
 pub mod capture;
 
 use std::net::SocketAddr;
@@ -55,6 +56,16 @@ impl Cluster {
         })
         .expect("lab up");
         lab.update_workloads(edit).expect("edit workloads");
+        Self::on_lab(lab, backend, node_args)
+    }
+
+    /// Starts one daemon per node of an existing `lab` (with `node_args` each) and waits
+    /// until all are ready.
+    pub fn on_lab(
+        lab: Lab,
+        backend: &'static str,
+        node_args: impl Fn(&str) -> Vec<String>,
+    ) -> Cluster {
         let cluster = Cluster { lab, backend };
         for node in cluster.lab.nodes() {
             let mut args = vec![format!("--rules={backend}"), "--verify-secs=1".into()];

@@ -188,6 +188,8 @@ impl Lab {
 
     /// Makes the stand-in's objects match `snapshot`, from a thread in the fabric namespace.
     fn publish(&self, snapshot: &Snapshot) -> Result<SyncReport, LabError> {
+        let nodes: Vec<String> = self.nodes().iter().map(|n| n.name.clone()).collect();
+        let snapshot = &crate::lab::ca::with_daemon_pods(self.name(), &nodes, snapshot);
         let published = self.dir().join(PUBLISHED_FILE);
         let old: Option<Snapshot> = state::read_snapshot(&published).ok();
         let host_ips: BTreeMap<String, Vec<IpAddr>> = self

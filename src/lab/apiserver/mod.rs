@@ -14,6 +14,8 @@
 //!   `/apis/discovery.k8s.io/v1/endpointslices`);
 //! * GET, LIST (field and label selectors), WATCH (`?watch=true`), POST, PUT, PATCH (merge,
 //!   strategic-merge treated as merge, JSON patch, apply treated as merge), DELETE;
+//! * `authentication.k8s.io/v1` `tokenreviews` (create only), for tokens the lab minted into
+//!   [`tokenreview::TOKENS_FILE`] beside the state file;
 //! * discovery documents: `/version`, `/api`, `/apis`, `/api/v1`, `/apis/{group}[/{version}]`;
 //! * test controls outside the Kubernetes paths: `POST /standin/drop-watches` (end every open
 //!   watch now) and `POST /standin/expire-history` (forget the event history, so a watch
@@ -44,6 +46,7 @@ mod lab;
 mod publish;
 mod select;
 mod store;
+pub mod tokenreview;
 mod watch;
 
 #[cfg(test)]

@@ -12,8 +12,10 @@ use crate::workload::enroll::SIDECAR_STATUS_ANNOTATION;
 
 impl Lab {
     /// Starts `<binary> run --node <node> --workloads <lab dir>/workloads.json
-    /// --ca-dir <lab dir>/ca <extra_args>` (in Kubernetes mode `--kube --kubeconfig
-    /// <lab dir>/kubeconfig` instead of `--workloads …`)
+    /// --ca-address … --ca-root … --ca-token … <extra_args>` (in Kubernetes mode `--kube
+    /// --kubeconfig <lab dir>/kubeconfig` instead of `--workloads …`; the CA flags name the
+    /// lab's CA service, started first if needed, and a token minted for the node's daemon,
+    /// unless `extra_args` choose `--insecure-local-ca-dir`)
     /// inside node `node`'s namespace, logging to `<lab dir>/ambit-<node>.log`, and records its
     /// pid in `lab.json`. Returns the pid.
     pub fn start_daemon(
@@ -23,12 +25,18 @@ impl Lab {
         extra_args: &[String],
     ) -> Result<u32, LabError> {
         self.node(node)?;
-        let args = self.daemon_args(node, extra_args);
+        let args = self.daemon_args(node, binary, extra_args)?;
         self.start_process(node, binary, &args)
     }
 
-    /// The arguments of `ambit run` for `node` in this lab, then `extra_args`.
-    pub(super) fn daemon_args(&self, node: &str, extra_args: &[String]) -> Vec<std::ffi::OsString> {
+    /// The arguments of `ambit run` for `node` in this lab (with a fresh CA token), then
+    /// `extra_args`.
+    pub(super) fn daemon_args(
+        &self,
+        node: &str,
+        binary: &Path,
+        extra_args: &[String],
+    ) -> Result<Vec<std::ffi::OsString>, LabError> {
         let mut args: Vec<std::ffi::OsString> = vec!["run".into(), "--node".into(), node.into()];
         // Kubernetes mode: the daemon watches the lab's stand-in API server.
         if self.state.kube {
@@ -40,15 +48,14 @@ impl Lab {
         } else {
             args.extend(["--workloads".into(), self.workloads_path().into()]);
         }
-        args.extend([
-            "--ca-dir".into(),
-            self.dir().join(super::super::CA_DIR).into(),
-        ]);
+        let token = super::super::ca::TokenSpec::daemon(node, self.name());
+        args.extend(self.ca_client_args(node, &token, binary, extra_args)?);
         args.extend(extra_args.iter().map(Into::into));
-        args
+        Ok(args)
     }
 
-    /// Starts `<binary> sidecar --pod <ns>/<pod> --workloads … --ca-dir … <extra_args>` inside
+    /// Starts `<binary> sidecar --pod <ns>/<pod> --workloads … --ca-address … <extra_args>`
+    /// (with a token bound to the pod) inside
     /// pod `pod`'s namespace (sidecar topology), logging to `<lab dir>/ambit-<pod>.log`. Its
     /// readiness and admin endpoints are then reached with [`Lab::wait_ready`] and
     /// [`Lab::admin_get`] under the pod's name.
@@ -65,9 +72,16 @@ impl Lab {
             format!("{}/{}", p.namespace, p.name).into(),
             "--workloads".into(),
             self.workloads_path().into(),
-            "--ca-dir".into(),
-            self.dir().join(super::super::CA_DIR).into(),
         ];
+        // The sidecar's own token, bound to its pod.
+        let token = super::super::ca::TokenSpec {
+            namespace: p.namespace.clone(),
+            service_account: p.service_account.clone(),
+            node: p.node.clone(),
+            pod: Some((p.name.clone(), p.uid.clone())),
+            ..super::super::ca::TokenSpec::daemon(&p.node, self.name())
+        };
+        args.extend(self.ca_client_args(pod, &token, binary, extra_args)?);
         args.extend(extra_args.iter().map(Into::into));
         self.start_process(pod, binary, &args)
     }
@@ -95,7 +109,7 @@ impl Lab {
     }
 
     /// Starts a process for `target` (a node or a pod) in its namespace and records it.
-    fn start_process(
+    pub(crate) fn start_process(
         &self,
         target: &str,
         binary: &Path,

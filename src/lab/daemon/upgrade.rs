@@ -71,7 +71,7 @@ impl Lab {
     ) -> Result<Retiring, LabError> {
         let ns = self.target_netns(node)?;
         let next_log = self.dir().join(format!("ambit-{node}.next.log"));
-        let args = self.daemon_args(node, extra_args);
+        let args = self.daemon_args(node, binary, extra_args)?;
         let mut successor = spawn(&ns, node, binary, &args, &next_log)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

@@ -249,6 +249,18 @@ fn route(shared: &Arc<Shared>, segs: &[String], req: &Req) -> Reply {
             Reply::Json(200, json!({"resourceVersion": rv.to_string()}))
         }
         ["standin", ..] => not_found(),
+        ["apis", "authentication.k8s.io", "v1", "tokenreviews"] if req.method == Method::POST => {
+            let registry = shared
+                .store()
+                .state_file()
+                .map(|f| f.with_file_name(super::tokenreview::TOKENS_FILE));
+            let (code, value) = super::tokenreview::review(
+                registry.as_deref(),
+                &req.body,
+                std::time::SystemTime::now(),
+            );
+            Reply::Json(code, value)
+        }
         ["api", "v1", rest @ ..] => resource_route(shared, "", "v1", rest, req),
         ["apis", group, version, rest @ ..] => resource_route(shared, group, version, rest, req),
         _ if !get => method_not_allowed(&req.method),

@@ -17,7 +17,7 @@ mod patch;
 mod persist;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
@@ -91,6 +91,11 @@ pub(crate) struct Store {
 }
 
 impl Store {
+    /// The state file, if the store persists (the TokenReview registry lives beside it).
+    pub fn state_file(&self) -> Option<&Path> {
+        self.state_file.as_deref()
+    }
+
     pub fn resource_version(&self) -> u64 {
         self.rv
     }

@@ -42,6 +42,15 @@ fn lab_kube_mode_publishes_workloads_that_nodes_read_with_kube() {
             anyhow::Ok(pods.list(&lp).await?.items)
         })
         .unwrap()
+        .into_iter()
+        // Besides the lab's pods, n1 runs the DaemonSet pod the lab publishes per node (the
+        // pod the daemon's CA token is bound to).
+        .filter(|p| {
+            let daemon = p.namespace().as_deref() == Some(crate::lab::ca::DAEMON_NAMESPACE);
+            assert!(!daemon || p.name_any() == "ambit-n1", "{}", p.name_any());
+            !daemon
+        })
+        .collect::<Vec<_>>()
     };
     let pods = list_n1();
     let got: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
@@ -138,7 +147,8 @@ fn lab_kube_mode_publishes_workloads_that_nodes_read_with_kube() {
     let rv_after = block_on_in_netns(&fabric, || async {
         let client = client_from_kubeconfig(&kubeconfig).await?;
         let list = Api::<Pod>::all(client).list(&ListParams::default()).await?;
-        assert_eq!(list.items.len(), 3);
+        // 3 lab pods and the 2 DaemonSet pods.
+        assert_eq!(list.items.len(), 5);
         anyhow::Ok(list.metadata.resource_version.unwrap())
     })
     .unwrap();
