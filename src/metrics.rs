@@ -29,6 +29,18 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of policy denials.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// The configuration that denied, e.g. `AuthorizationPolicy shop/deny-db`, or
+    /// [`NO_ALLOW_MATCHED`] when ALLOW policies apply and none matched.
+    pub policy: String,
+}
+
+/// The `policy` label of a denial that no single policy made: ALLOW policies apply to the
+/// workload and none of them matched.
+pub const NO_ALLOW_MATCHED: &str = "(no ALLOW policy matched)";
+
 /// Every metric the daemon exports.
 pub struct Metrics {
     registry: Registry,
@@ -46,6 +58,9 @@ pub struct Metrics {
     pub hbone_dials: Counter,
     /// HBONE connections accepted on 15008 (handshakes completed).
     pub hbone_accepted: Counter,
+    /// Inbound connections denied by policy (at connect, or closed later by a policy change),
+    /// per deciding policy.
+    pub policy_denials: Family<PolicyLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -59,6 +74,7 @@ impl Default for Metrics {
             rule_applies: Family::default(),
             hbone_dials: Counter::default(),
             hbone_accepted: Counter::default(),
+            policy_denials: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -92,6 +108,11 @@ impl Default for Metrics {
             "HBONE connections accepted on 15008",
             m.hbone_accepted.clone(),
         );
+        registry.register(
+            "policy_denials",
+            "Inbound connections denied by policy, by the policy that denied",
+            m.policy_denials.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -121,6 +142,16 @@ mod tests {
         let text = m.encode();
         assert!(
             text.contains(r#"ambit_connections_opened_total{listener="outbound"} 1"#),
+            "{text}"
+        );
+        m.policy_denials
+            .get_or_create(&PolicyLabels {
+                policy: "AuthorizationPolicy lab/deny".into(),
+            })
+            .inc();
+        let text = m.encode();
+        assert!(
+            text.contains(r#"ambit_policy_denials_total{policy="AuthorizationPolicy lab/deny"} 1"#),
             "{text}"
         );
     }
