@@ -18,8 +18,9 @@ use crate::flows::FlowTable;
 use crate::identity::manager::CertManager;
 use crate::k8s::status::{CaptureObserver, KubeReporter, LogOnly};
 use crate::metrics::Metrics;
-use crate::proxy::ProxyContext;
-use crate::reconcile::{Reconciler, StatusBoard};
+use crate::policy::PolicySnapshot;
+use crate::proxy::{LiveConns, ProxyContext};
+use crate::reconcile::{policy_config, Reconciler, StatusBoard};
 use crate::workload::{file, Directory};
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -53,6 +54,11 @@ async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Resul
     let flows = Arc::new(FlowTable::default());
     let board = Arc::new(StatusBoard::default());
     let (directory_tx, directory_rx) = watch::channel(Arc::new(Directory::default()));
+    // No pod is captured before the reconciler publishes the first real policy.
+    let no_policy = PolicySnapshot::empty(&policy_config(&config.reconcile));
+    let (policy_tx, policy_rx) = watch::channel(Arc::new(no_policy));
+    let live = Arc::new(LiveConns::default());
+    tokio::spawn(live.clone().follow(policy_rx.clone()));
     let ca = crate::identity::ca::Ca::load(&config.ca_dir)
         .with_context(|| format!("loading the mesh CA from {}", config.ca_dir.display()))?;
     let certs = Arc::new(CertManager::new(ca).with_validity(config.cert_validity));
@@ -63,6 +69,8 @@ async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Resul
         directory: directory_rx,
         flows: flows.clone(),
         metrics: metrics.clone(),
+        policy: policy_rx,
+        live,
     };
 
     let m = metrics.clone();
@@ -99,7 +107,7 @@ async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Resul
     tracing::info!(node = %config.reconcile.node, source = %config.source,
         backend = %config.reconcile.backend, "ambit running");
     tokio::select! {
-        _ = reconciler.run(source, directory_tx) => {}
+        _ = reconciler.run(source, directory_tx, policy_tx) => {}
         r = shutdown_signal() => r?,
     }
     tracing::info!("shutting down");
@@ -116,16 +124,18 @@ fn admin_routes(
         "/pods" => Reply::json(&board.pods()),
         "/flows" => Reply::json(&flows.snapshot()),
         "/metrics" => Reply::text(StatusCode::OK, metrics.encode()),
+        "/policies" => Reply::json(&board.policies.view()),
         "/status" => Reply::json(&serde_json::json!({
             "node": config.reconcile.node,
             "backend": config.reconcile.backend.to_string(),
             "source": config.source.to_string(),
             "ready": board.is_ready(),
             "source_error": board.source_error(),
+            "policies_rejected": board.policies.rejected_count(),
         })),
         _ => Reply::text(
             StatusCode::NOT_FOUND,
-            "ambit admin: /status /pods /flows /metrics\n",
+            "ambit admin: /status /pods /flows /policies /metrics\n",
         ),
     })
 }
