@@ -42,6 +42,7 @@
 mod http;
 mod lab;
 mod publish;
+mod publish_policies;
 mod select;
 mod store;
 mod watch;
