@@ -19,8 +19,9 @@ use crate::flows::FlowTable;
 use crate::identity::manager::CertManager;
 use crate::k8s::status::{CaptureObserver, KubeReporter, LogOnly};
 use crate::metrics::Metrics;
-use crate::proxy::ProxyContext;
-use crate::reconcile::{Reconciler, StatusBoard};
+use crate::policy::PolicySnapshot;
+use crate::proxy::{LiveConns, ProxyContext};
+use crate::reconcile::{policy_config, Reconciler, StatusBoard};
 use crate::workload::{file, Directory};
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -55,6 +56,11 @@ async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Resul
     let (trigger, drain) = crate::drain::channel();
     let board = Arc::new(StatusBoard::default());
     let (directory_tx, directory_rx) = watch::channel(Arc::new(Directory::default()));
+    // No pod is captured before the reconciler publishes the first real policy.
+    let no_policy = PolicySnapshot::empty(&policy_config(&config.reconcile));
+    let (policy_tx, policy_rx) = watch::channel(Arc::new(no_policy));
+    let live = Arc::new(LiveConns::default());
+    tokio::spawn(live.clone().follow(policy_rx.clone()));
     let certs = Arc::new(CertManager::new(config.ca.issuer()?).with_validity(config.cert_validity));
     tokio::spawn(certs.clone().run_rotation());
     let ctx = ProxyContext {
@@ -65,6 +71,8 @@ async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Resul
         metrics: metrics.clone(),
         handshakes: Arc::default(),
         drain: drain.clone(),
+        policy: policy_rx,
+        live,
     };
 
     let m = metrics.clone();
@@ -101,7 +109,7 @@ async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Resul
     tracing::info!(node = %config.reconcile.node, source = %config.source,
         backend = %config.reconcile.backend, "ambit running");
     // Kept (not polled) through the drain, so the pods' proxies stay until the end.
-    let run = reconciler.run(source, directory_tx);
+    let run = reconciler.run(source, directory_tx, policy_tx);
     tokio::pin!(run);
     tokio::select! {
         _ = &mut run => {}
@@ -146,16 +154,18 @@ fn admin_routes(
         "/pods" => Reply::json(&board.pods()),
         "/flows" => Reply::json(&flows.snapshot()),
         "/metrics" => Reply::text(StatusCode::OK, metrics.encode()),
+        "/policies" => Reply::json(&board.policies.view()),
         "/status" => Reply::json(&serde_json::json!({
             "node": config.reconcile.node,
             "backend": config.reconcile.backend.to_string(),
             "source": config.source.to_string(),
             "ready": board.is_ready(),
             "source_error": board.source_error(),
+            "policies_rejected": board.policies.rejected_count(),
         })),
         _ => Reply::text(
             StatusCode::NOT_FOUND,
-            "ambit admin: /status /pods /flows /metrics\n",
+            "ambit admin: /status /pods /flows /policies /metrics\n",
         ),
     })
 }

@@ -83,6 +83,59 @@ pub async fn bidirectional(
     })
 }
 
+/// How a copy that can be stopped from outside ended.
+#[derive(Debug)]
+pub enum Ended<T> {
+    /// Both directions ended, or one failed.
+    Copied(io::Result<Transferred>),
+    /// The stop signal came first, with this value; the connections were reset.
+    Stopped(T),
+}
+
+/// Closes `stream` abortively: with SO_LINGER 0 the kernel sends RST instead of FIN, so the
+/// peer learns the connection was refused or cut, not that it ended normally.
+pub fn reset(stream: tokio::net::TcpStream) {
+    // Best effort: if the option cannot be set, the close is an ordinary FIN.
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+    drop(stream);
+}
+
+/// [`bidirectional`], unless `stop` completes first: then both connections are reset (see
+/// [`reset`]) and its value returned. Used to cut live connections a new policy denies.
+pub async fn bidirectional_until<T>(
+    downstream: tokio::net::TcpStream,
+    upstream: tokio::net::TcpStream,
+    sent: &AtomicU64,
+    received: &AtomicU64,
+    stop: impl std::future::Future<Output = T>,
+) -> Ended<T> {
+    let (mut down_read, mut down_write) = downstream.into_split();
+    let (mut up_read, mut up_write) = upstream.into_split();
+    let stopped = {
+        // The copy borrows the halves, so they outlive it and can be reset once it is dropped.
+        let copy = async {
+            tokio::try_join!(
+                copy_one_way(&mut down_read, &mut up_write, sent),
+                copy_one_way(&mut up_read, &mut down_write, received),
+            )
+        };
+        tokio::select! {
+            done = copy => {
+                return Ended::Copied(done.map(|(sent, received)| Transferred { sent, received }))
+            }
+            value = stop => value,
+        }
+    };
+    // Halves of one stream always reunite.
+    if let Ok(s) = down_read.reunite(down_write) {
+        reset(s);
+    }
+    if let Ok(s) = up_read.reunite(up_write) {
+        reset(s);
+    }
+    Ended::Stopped(stopped)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +162,68 @@ mod tests {
         assert_eq!(n as usize, expected.len());
         assert_eq!(counter.load(Ordering::Relaxed), n);
         assert!(got == expected, "bytes differ");
+    }
+
+    /// A pair of connected TCP streams on loopback.
+    async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn a_stopped_copy_resets_both_sides() {
+        let (mut client, proxy_down) = tcp_pair().await;
+        let (proxy_up, mut server) = tcp_pair().await;
+        let (tx, rx) = tokio::sync::oneshot::channel::<&str>();
+        let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
+        let relay = tokio::spawn(async move {
+            let stop = async { rx.await.unwrap_or("dropped") };
+            match bidirectional_until(proxy_down, proxy_up, &sent, &received, stop).await {
+                Ended::Stopped(why) => why,
+                Ended::Copied(r) => panic!("copy ended first: {r:?}"),
+            }
+        });
+        client.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        server.read_exact(&mut buf).await.unwrap();
+        tx.send("denied").unwrap();
+        assert_eq!(relay.await.unwrap(), "denied");
+        for side in [&mut client, &mut server] {
+            let got = side.read(&mut buf).await;
+            assert!(
+                matches!(&got, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
+                "{got:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unstopped_copy_ends_normally() {
+        let (mut client, proxy_down) = tcp_pair().await;
+        let (proxy_up, mut server) = tcp_pair().await;
+        let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
+        let relay = tokio::spawn(async move {
+            let stop = std::future::pending::<()>();
+            match bidirectional_until(proxy_down, proxy_up, &sent, &received, stop).await {
+                Ended::Copied(r) => r.unwrap(),
+                Ended::Stopped(()) => panic!("stopped"),
+            }
+        });
+        client.write_all(b"hello").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        server.write_all(b"bye").await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(
+            (got.as_slice(), back.as_slice()),
+            (&b"hello"[..], &b"bye"[..])
+        );
+        let t = relay.await.unwrap();
+        assert_eq!((t.sent, t.received), (5, 3));
     }
 }

@@ -68,6 +68,9 @@ pub struct FlowRecord {
     /// The verified SPIFFE identity of the mesh peer (the client on 15008, the server for an
     /// outbound tunnel).
     pub peer_identity: Option<String>,
+    /// The inbound policy decision (15006, 15008), naming the policy that allowed or denied,
+    /// e.g. `allowed: ALLOW AuthorizationPolicy shop/allow-web matched`.
+    pub policy: Option<String>,
 }
 
 /// A live flow. Dropping it (or calling [`Flow::finish`]) moves it to the recent list.
@@ -90,6 +93,7 @@ struct LiveFlow {
     received: AtomicU64,
     error: Mutex<Option<String>>,
     peer_identity: Mutex<Option<String>>,
+    policy: Mutex<Option<String>>,
 }
 
 impl LiveFlow {
@@ -109,6 +113,7 @@ impl LiveFlow {
             finished,
             error: lock(&self.error).clone(),
             peer_identity: lock(&self.peer_identity).clone(),
+            policy: lock(&self.policy).clone(),
         }
     }
 }
@@ -138,6 +143,11 @@ impl Flow {
     /// Records the verified identity of the mesh peer.
     pub fn set_peer_identity(&self, identity: impl Into<String>) {
         *lock(&self.shared.peer_identity) = Some(identity.into());
+    }
+
+    /// Records the policy decision that let the connection in (or kept it out).
+    pub fn set_policy(&self, decision: impl Into<String>) {
+        *lock(&self.shared.policy) = Some(decision.into());
     }
 
     /// Records where the connection was carried to, if not to its original destination.
@@ -202,6 +212,7 @@ impl FlowTable {
             received: AtomicU64::new(0),
             error: Mutex::new(None),
             peer_identity: Mutex::new(None),
+            policy: Mutex::new(None),
         });
         lock(&self.live).insert(id, shared.clone());
         Flow {
@@ -220,6 +231,7 @@ impl FlowTable {
             dst = %record.dst,
             route = %record.route,
             peer_identity = record.peer_identity.as_deref().unwrap_or(""),
+            policy = record.policy.as_deref().unwrap_or(""),
             bytes_sent = record.bytes_sent,
             bytes_received = record.bytes_received,
             duration_ms = record.duration_ms,

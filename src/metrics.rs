@@ -29,6 +29,18 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of policy denials.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// The configuration that denied, e.g. `AuthorizationPolicy shop/deny-db`, or
+    /// [`NO_ALLOW_MATCHED`] when ALLOW policies apply and none matched.
+    pub policy: String,
+}
+
+/// The `policy` label of a denial that no single policy made: ALLOW policies apply to the
+/// workload and none of them matched.
+pub const NO_ALLOW_MATCHED: &str = "(no ALLOW policy matched)";
+
 /// Every metric the daemon exports.
 pub struct Metrics {
     registry: Registry,
@@ -48,6 +60,9 @@ pub struct Metrics {
     pub hbone_accepted: Counter,
     /// 15008 connections closed at accept because too many handshakes were pending, by reason.
     pub handshakes_shed: Family<OutcomeLabels, Counter>,
+    /// Inbound connections denied by policy (at connect, or closed later by a policy change),
+    /// per deciding policy.
+    pub policy_denials: Family<PolicyLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -62,6 +77,7 @@ impl Default for Metrics {
             hbone_dials: Counter::default(),
             hbone_accepted: Counter::default(),
             handshakes_shed: Family::default(),
+            policy_denials: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -100,6 +116,11 @@ impl Default for Metrics {
             "15008 connections closed at accept: too many pending handshakes (per pod or source)",
             m.handshakes_shed.clone(),
         );
+        registry.register(
+            "policy_denials",
+            "Inbound connections denied by policy, by the policy that denied",
+            m.policy_denials.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -129,6 +150,16 @@ mod tests {
         let text = m.encode();
         assert!(
             text.contains(r#"ambit_connections_opened_total{listener="outbound"} 1"#),
+            "{text}"
+        );
+        m.policy_denials
+            .get_or_create(&PolicyLabels {
+                policy: "AuthorizationPolicy lab/deny".into(),
+            })
+            .inc();
+        let text = m.encode();
+        assert!(
+            text.contains(r#"ambit_policy_denials_total{policy="AuthorizationPolicy lab/deny"} 1"#),
             "{text}"
         );
     }

@@ -22,7 +22,8 @@ use crate::identity::manager::CertManager;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::netns::NetNs;
-use crate::proxy::{PodProxy, PodSecurity, ProxyContext};
+use crate::policy::{PolicyConfig, PolicySnapshot};
+use crate::proxy::{LiveConns, PodProxy, PodSecurity, ProxyContext};
 use crate::rules::{self, Families};
 use crate::socket::Placement;
 use crate::workload::enroll::DaemonIdentity;
@@ -83,6 +84,15 @@ async fn serve(config: SidecarConfig) -> anyhow::Result<()> {
     let (trigger, drain) = crate::drain::channel();
     let daemon = DaemonIdentity::default();
     let (directory_tx, directory_rx) = watch::channel(Arc::new(Directory::new(&snapshot, &daemon)));
+    // The sidecar enforces the workload file's policies for its pod, with Istio's defaults.
+    let policy_config = PolicyConfig {
+        node: Some(pod.node.clone()),
+        ..PolicyConfig::default()
+    };
+    let policy = |s: &crate::workload::Snapshot| Arc::new(PolicySnapshot::build(s, &policy_config));
+    let (policy_tx, policy_rx) = watch::channel(policy(&snapshot));
+    let live = Arc::new(LiveConns::default());
+    tokio::spawn(live.clone().follow(policy_rx.clone()));
     let ctx = ProxyContext {
         trust_domain: config.trust_domain.clone(),
         endpoint_turn: Arc::default(),
@@ -91,6 +101,8 @@ async fn serve(config: SidecarConfig) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         handshakes: Arc::default(),
         drain: drain.clone(),
+        policy: policy_rx,
+        live,
     };
     let security = PodSecurity::new(
         identity,
@@ -98,7 +110,6 @@ async fn serve(config: SidecarConfig) -> anyhow::Result<()> {
         Placement::Sidecar,
         Duration::from_secs(60),
         metrics.hbone_dials.clone(),
-        false,
     );
     let _proxy = PodProxy::start(
         ctx,
@@ -132,6 +143,7 @@ async fn serve(config: SidecarConfig) -> anyhow::Result<()> {
             let state = source.borrow_and_update().clone();
             if state.synced {
                 directory_tx.send_replace(Arc::new(Directory::new(&state.snapshot, &daemon)));
+                policy_tx.send_replace(policy(&state.snapshot));
             }
         }
     };

@@ -14,8 +14,8 @@ use clap::Args;
 use super::{
     Backend, DaemonIdentity, MtlsMode, ReconcileConfig, RunConfig, SidecarConfig, Source,
     UninstallConfig, DEFAULT_ADMIN_ADDR, DEFAULT_CERT_VALIDITY, DEFAULT_DRAIN_SECS,
-    DEFAULT_METRICS_ADDR, DEFAULT_POOL_IDLE_SECS, DEFAULT_READINESS_ADDR, DEFAULT_TRUST_DOMAIN,
-    PROXY_GID, PROXY_UID,
+    DEFAULT_METRICS_ADDR, DEFAULT_POOL_IDLE_SECS, DEFAULT_READINESS_ADDR, DEFAULT_ROOT_NAMESPACE,
+    DEFAULT_TRUST_DOMAIN, PROXY_GID, PROXY_UID,
 };
 
 /// Flags of `ambit run`.
@@ -82,10 +82,14 @@ pub struct RunArgs {
     /// Trust domain of the mesh's SPIFFE identities.
     #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
-    /// Inbound plaintext policy for pods whose namespace has no `ambit.io/mtls-mode` label:
-    /// `permissive` accepts plaintext on 15006, `strict` accepts only HBONE.
+    /// Inbound plaintext policy where no PeerAuthentication (and no `ambit.io/mtls-mode`
+    /// namespace label) sets one: `permissive` accepts plaintext on 15006, `strict` only HBONE.
     #[arg(long, value_enum, default_value_t = MtlsMode::Permissive)]
     pub mtls_mode: MtlsMode,
+    /// Istio's root namespace (`meshConfig.rootNamespace`): AuthorizationPolicies and
+    /// PeerAuthentications there without a selector apply to the whole mesh.
+    #[arg(long, default_value = DEFAULT_ROOT_NAMESPACE, value_parser = namespace_name)]
+    pub root_namespace: String,
     /// Lifetime of workload certificates, in seconds (at least 2; rotated at half-life).
     #[arg(long, default_value_t = DEFAULT_CERT_VALIDITY.as_secs(),
           value_parser = clap::value_parser!(u64).range(2..))]
@@ -113,6 +117,7 @@ impl RunArgs {
                 verify_interval: Duration::from_secs(self.verify_secs),
                 trust_domain: self.trust_domain,
                 default_mtls: self.mtls_mode,
+                root_namespace: self.root_namespace,
                 pool_idle: Duration::from_secs(self.pool_idle_secs),
                 host_proc: self.host_proc,
                 netns_dir: self.netns_dir,
@@ -257,6 +262,26 @@ impl UninstallArgs {
     }
 }
 
+/// A Kubernetes namespace name (RFC 1123 label: at most 63 lower-case letters, digits and
+/// `-`, starting and ending with a letter or digit).
+fn namespace_name(value: &str) -> Result<String, String> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-');
+    if ok {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "{value:?} is not a namespace name (expected at most 63 lower-case letters, digits \
+             and '-', starting and ending with a letter or digit)"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -297,6 +322,7 @@ mod tests {
         assert_eq!(c.metrics_addr.port(), 15020);
         assert_eq!(c.readiness_addr.port(), 15021);
         assert_eq!(c.cert_validity, DEFAULT_CERT_VALIDITY);
+        assert_eq!(c.reconcile.root_namespace, "istio-system");
         assert!(matches!(c.ca, crate::ca::args::CaSource::Service(_)));
     }
 
@@ -337,6 +363,16 @@ mod tests {
             local.run.into_config().unwrap().ca,
             crate::ca::args::CaSource::InsecureLocal(_)
         ));
+    }
+
+    #[test]
+    fn root_namespace_must_be_a_namespace_name() {
+        let c = parse(&["--root-namespace", "mesh-root"]).unwrap();
+        assert_eq!(c.reconcile.root_namespace, "mesh-root");
+        for bad in ["", "Istio", "-x", "a_b"] {
+            let e = parse(&[&format!("--root-namespace={bad}")]).unwrap_err();
+            assert!(e.contains("--root-namespace"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

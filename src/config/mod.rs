@@ -196,6 +196,9 @@ pub const DEFAULT_CA_MAX_VALIDITY: Duration = DEFAULT_CERT_VALIDITY;
 
 /// Namespace label choosing the inbound mTLS mode of its pods (ambit's own shorthand).
 pub const MTLS_MODE_LABEL: &str = "ambit.io/mtls-mode";
+/// Istio's default root namespace (`meshConfig.rootNamespace`): policies there without a
+/// selector apply mesh-wide.
+pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
 
 /// Which tool installs the redirect rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -283,8 +286,10 @@ pub struct ReconcileConfig {
     pub verify_interval: Duration,
     /// Trust domain of the mesh's identities.
     pub trust_domain: String,
-    /// Inbound plaintext policy unless a namespace says otherwise.
+    /// Inbound plaintext policy unless a PeerAuthentication or namespace label says otherwise.
     pub default_mtls: MtlsMode,
+    /// Istio's root namespace: where mesh-wide policies live.
+    pub root_namespace: String,
     /// How long an unused pooled HBONE connection stays open.
     pub pool_idle: Duration,
     /// Where the host's /proc is (for finding pod namespaces by cgroup).

@@ -37,7 +37,7 @@ fn is_graceful_reset(e: &h2::Error) -> bool {
 /// Copies `reader` into the HTTP/2 stream until EOF, then ends the stream (half-close).
 pub async fn tcp_to_h2<R: AsyncRead + Unpin>(
     mut reader: R,
-    mut send: SendStream<Bytes>,
+    send: &mut SendStream<Bytes>,
     counter: &AtomicU64,
 ) -> io::Result<u64> {
     let mut total = 0u64;
@@ -93,22 +93,57 @@ pub async fn h2_to_tcp<W: AsyncWrite + Unpin>(
     Ok(total)
 }
 
-/// Bytes moved by [`bidirectional`].
-pub use crate::copy::Transferred;
+/// Bytes moved by [`bidirectional`]; how [`bidirectional_until`] ended.
+pub use crate::copy::{Ended, Transferred};
 
 /// Runs both directions between a TCP stream and an HTTP/2 stream until both ended. An error
 /// on either side ends both (dropping the h2 stream resets it).
 pub async fn bidirectional(
     tcp: tokio::net::TcpStream,
-    send: SendStream<Bytes>,
+    mut send: SendStream<Bytes>,
     recv: RecvStream,
     tcp_to_tunnel: &AtomicU64,
     tunnel_to_tcp: &AtomicU64,
 ) -> io::Result<Transferred> {
     let (r, w) = tcp.into_split();
     let (sent, received) = tokio::try_join!(
-        tcp_to_h2(r, send, tcp_to_tunnel),
+        tcp_to_h2(r, &mut send, tcp_to_tunnel),
         h2_to_tcp(recv, w, tunnel_to_tcp),
     )?;
     Ok(Transferred { sent, received })
+}
+
+/// [`bidirectional`], unless `stop` completes first: then the HTTP/2 stream is reset with
+/// CONNECT_ERROR (RFC 9113 section 8.5: the tunnel was closed abnormally, which the peer must
+/// not take for an orderly end), the TCP connection is reset, and `stop`'s value returned.
+pub async fn bidirectional_until<T>(
+    tcp: tokio::net::TcpStream,
+    mut send: SendStream<Bytes>,
+    recv: RecvStream,
+    tcp_to_tunnel: &AtomicU64,
+    tunnel_to_tcp: &AtomicU64,
+    stop: impl std::future::Future<Output = T>,
+) -> Ended<T> {
+    let (mut r, mut w) = tcp.into_split();
+    let stopped = {
+        // The copy borrows what must be reset afterwards, so it can be dropped first.
+        let copy = async {
+            tokio::try_join!(
+                tcp_to_h2(&mut r, &mut send, tcp_to_tunnel),
+                h2_to_tcp(recv, &mut w, tunnel_to_tcp),
+            )
+        };
+        tokio::select! {
+            done = copy => {
+                return Ended::Copied(done.map(|(sent, received)| Transferred { sent, received }))
+            }
+            value = stop => value,
+        }
+    };
+    send.send_reset(h2::Reason::CONNECT_ERROR);
+    // Halves of one stream always reunite.
+    if let Ok(s) = r.reunite(w) {
+        crate::copy::reset(s);
+    }
+    Ended::Stopped(stopped)
 }

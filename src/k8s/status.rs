@@ -1,5 +1,6 @@
 //! Telling Kubernetes what ambit did: the `ambient.istio.io/redirection` annotation on captured
-//! pods (Istio's signal that a pod is in the mesh), and Events for what went wrong.
+//! pods (Istio's signal that a pod is in the mesh), and Events for what went wrong (a pod that
+//! cannot be captured, a security policy that is refused).
 //!
 //! The reconciler reports through [`CaptureObserver`] without waiting; API calls happen on a
 //! task of their own, so a slow or unreachable API server never delays capture.
@@ -16,7 +17,7 @@ pub const REDIRECTION_ANNOTATION: &str = "ambient.istio.io/redirection";
 /// The object an event or annotation is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectKey {
-    /// `Pod` or `Namespace`.
+    /// `Pod`, `Namespace`, `AuthorizationPolicy` or `PeerAuthentication`.
     pub kind: &'static str,
     /// Namespace (empty for cluster-scoped objects).
     pub namespace: String,
@@ -29,6 +30,16 @@ impl ObjectKey {
     pub fn pod(namespace: &str, name: &str) -> Self {
         ObjectKey {
             kind: "Pod",
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// An Istio security policy's key; `kind` is `AuthorizationPolicy` or
+    /// `PeerAuthentication`.
+    pub fn policy(kind: &'static str, namespace: &str, name: &str) -> Self {
+        ObjectKey {
+            kind,
             namespace: namespace.into(),
             name: name.into(),
         }
@@ -53,6 +64,9 @@ pub enum CaptureEvent {
     Released(ObjectKey),
     /// Something about this object keeps it from being captured as asked.
     Failed(ObjectKey, String),
+    /// A security policy (or the namespace's `ambit.io/mtls-mode` label) was refused; the text
+    /// names the field and what ambit does instead.
+    PolicyRejected(ObjectKey, String),
 }
 
 /// Receives capture events. Must not block.
@@ -99,17 +113,10 @@ async fn report(client: Client, recorder: Recorder, mut rx: mpsc::UnboundedRecei
             CaptureEvent::Captured(key) => annotate(&client, key, Some("enabled")).await,
             CaptureEvent::Released(key) => annotate(&client, key, None).await,
             CaptureEvent::Failed(key, why) => {
-                let ev = Event {
-                    type_: EventType::Warning,
-                    reason: "CaptureFailed".into(),
-                    note: Some(truncate(why, 1000)),
-                    action: "Capture".into(),
-                    secondary: None,
-                };
-                recorder
-                    .publish(&ev, &reference(key))
-                    .await
-                    .map_err(|e| e.to_string())
+                warn(&recorder, key, "CaptureFailed", "Capture", why).await
+            }
+            CaptureEvent::PolicyRejected(key, why) => {
+                warn(&recorder, key, "PolicyRejected", "Enforce", why).await
             }
         };
         if let Err(e) = result {
@@ -121,6 +128,27 @@ async fn report(client: Client, recorder: Recorder, mut rx: mpsc::UnboundedRecei
 /// Removes the redirection annotation of a released pod (a pod that is gone needs nothing).
 pub async fn clear_redirection(client: &Client, key: &ObjectKey) -> Result<(), String> {
     annotate(client, key, None).await
+}
+
+/// Publishes a Warning Event about `key`.
+async fn warn(
+    recorder: &Recorder,
+    key: &ObjectKey,
+    reason: &str,
+    action: &str,
+    why: &str,
+) -> Result<(), String> {
+    let ev = Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(truncate(why, 1000)),
+        action: action.into(),
+        secondary: None,
+    };
+    recorder
+        .publish(&ev, &reference(key))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Sets (or, with `None`, removes) the redirection annotation with a JSON merge patch.
@@ -139,8 +167,12 @@ async fn annotate(client: &Client, key: &ObjectKey, value: Option<&str>) -> Resu
 }
 
 fn reference(key: &ObjectKey) -> ObjectReference {
+    let api_version = match key.kind {
+        "AuthorizationPolicy" | "PeerAuthentication" => "security.istio.io/v1",
+        _ => "v1",
+    };
     ObjectReference {
-        api_version: Some("v1".into()),
+        api_version: Some(api_version.into()),
         kind: Some(key.kind.into()),
         name: Some(key.name.clone()),
         namespace: (!key.namespace.is_empty()).then(|| key.namespace.clone()),

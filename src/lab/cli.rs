@@ -1,4 +1,4 @@
-//! `ambit lab up|down|list|exec` (and the hidden `ambit lab apiserver`).
+//! `ambit lab up|down|list|exec|policy` (and the hidden `ambit lab apiserver`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,6 +34,15 @@ pub enum LabCommand {
         /// The command and its arguments.
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
+    },
+    /// Replace the lab's Istio security policies (AuthorizationPolicy, PeerAuthentication) with
+    /// those of a JSON file: one object as `kubectl get -o json` prints it, a `kind: List`, or an
+    /// array; `[]` removes them all. In Kubernetes mode they are published to the API server.
+    Policy {
+        /// Lab name.
+        lab: String,
+        /// The JSON file (`-`: standard input).
+        file: PathBuf,
     },
     /// Run the stand-in Kubernetes API server (what `lab up --kube` starts in the fabric).
     #[command(hide = true)]
@@ -127,6 +136,20 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("running {:?}", command[0]))?;
             std::process::exit(status.code().unwrap_or(1));
         }
+        LabCommand::Policy { lab, file } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+            } else {
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?
+            };
+            let policies =
+                policy_list(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+            let count = policies.len();
+            Lab::load(&lab)?.update_workloads(|s| s.istio = policies)?;
+            println!("lab {lab}: {count} policy objects in the workload file");
+            Ok(())
+        }
         LabCommand::Apiserver { listen, state } => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -134,6 +157,15 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
             .context("building the runtime")?
             .block_on(super::apiserver::serve(listen, state)),
     }
+}
+
+/// The objects of `text`: an array's items, or the one value (a `kind: List` is unpacked by the
+/// policy engine, which judges each object on its own).
+fn policy_list(text: &str) -> Result<Vec<serde_json::Value>, serde_json::Error> {
+    Ok(match serde_json::from_str(text)? {
+        serde_json::Value::Array(items) => items,
+        one => vec![one],
+    })
 }
 
 fn up(args: UpArgs) -> anyhow::Result<()> {
@@ -183,4 +215,20 @@ pub fn start_all(lab: &Lab, binary: &std::path::Path, args: &[String]) -> anyhow
         lab.wait_ready(&node.name, Duration::from_secs(30))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_files_hold_one_object_or_an_array() {
+        let one = r#"{"kind": "AuthorizationPolicy", "metadata": {"name": "a"}}"#;
+        assert_eq!(policy_list(one).unwrap().len(), 1);
+        let list = r#"{"kind": "List", "items": [{}, {}]}"#;
+        assert_eq!(policy_list(list).unwrap().len(), 1);
+        assert_eq!(policy_list("[{}, {}]").unwrap().len(), 2);
+        assert!(policy_list("[]").unwrap().is_empty());
+        assert!(policy_list("not json").is_err());
+    }
 }

@@ -48,7 +48,7 @@ pub use resource::{API_GROUP, API_VERSIONS, DRY_RUN_ANNOTATION};
 pub use snapshot::PolicySnapshot;
 
 /// Istio's default root namespace: policies there without a selector apply mesh-wide.
-pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
+pub use crate::config::DEFAULT_ROOT_NAMESPACE;
 
 /// How policies are read and resolved.
 #[derive(Clone, Debug, PartialEq, Eq)]

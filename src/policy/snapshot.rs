@@ -234,6 +234,23 @@ impl PolicySnapshot {
     pub fn authorization_policy_count(&self) -> usize {
         self.authz.len()
     }
+
+    /// Every AuthorizationPolicy and PeerAuthentication in force (rejected ones standing in
+    /// for their scope included), as `Kind namespace/name`, sorted. Resources that were only
+    /// ignored are in [`PolicySnapshot::rejected`] alone.
+    pub fn resources(&self) -> Vec<String> {
+        let authz = self.authz.iter().map(|s| &s.policy.id);
+        let peer = self.peer_auths.iter().map(|p| &p.id);
+        let forced = self.forced_strict.iter().map(|(_, id)| id);
+        let mut all: Vec<String> = authz
+            .chain(peer)
+            .chain(forced)
+            .map(|id| id.to_string())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
 }
 
 /// A pod's policies, borrowed from the index or computed for the occasion.

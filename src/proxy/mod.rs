@@ -6,14 +6,20 @@
 //!   client's IP;
 //! - 15008 inbound HBONE ([`tunnel`]): the mesh tunnel port (never redirected).
 //!
+//! Both inbound handlers ask the policy engine before dialling the app ([`authz`]), and keep
+//! the connection registered so a later policy change can close it.
+//!
 //! Sockets come from [`crate::socket`], byte copying from [`crate::copy`] and
 //! [`crate::hbone::stream`]; the HBONE wire protocol from [`crate::hbone`], which imports
 //! nothing from here.
 
 pub mod admission;
+pub mod authz;
 mod inbound;
 mod outbound;
 mod tunnel;
+
+pub use authz::LiveConns;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -31,6 +37,7 @@ use crate::flows::{Flow, FlowTable, Listener};
 use crate::hbone::pool::Pool;
 use crate::identity::Identity;
 use crate::metrics::{ListenerLabels, Metrics};
+use crate::policy::PolicySnapshot;
 use crate::socket;
 use crate::workload::{Directory, Pod};
 
@@ -52,6 +59,12 @@ pub struct ProxyContext {
     pub handshakes: Arc<admission::HandshakeSlots>,
     /// Tells accept loops and HBONE server connections to drain.
     pub drain: crate::drain::DrainWatcher,
+    /// Current security policy, replaced whenever policies or workloads change; every inbound
+    /// connection is decided by the snapshot current when it arrives.
+    pub policy: watch::Receiver<Arc<PolicySnapshot>>,
+    /// Live inbound connections, re-decided when the policy changes
+    /// ([`LiveConns::follow`] must run on the same `policy` channel).
+    pub live: Arc<LiveConns>,
 }
 
 /// Errors from starting a pod's proxy.
@@ -87,7 +100,7 @@ impl Drop for PodProxy {
 /// rotated certificate is used at once).
 pub type ServerTls = Arc<dyn Fn() -> Result<Arc<rustls::ServerConfig>, String> + Send + Sync>;
 
-/// A pod's mesh credentials and policy.
+/// A pod's mesh credentials.
 pub struct PodSecurity {
     /// The pod's SPIFFE identity.
     pub identity: Identity,
@@ -95,8 +108,6 @@ pub struct PodSecurity {
     pub pool: Arc<Pool>,
     /// Server side of 15008.
     pub server_tls: ServerTls,
-    /// Refuse plaintext inbound (15006): only HBONE may reach the pod.
-    pub strict: bool,
 }
 
 impl PodSecurity {
@@ -109,7 +120,6 @@ impl PodSecurity {
         placement: socket::Placement,
         pool_idle: Duration,
         dials: prometheus_client::metrics::counter::Counter,
-        strict: bool,
     ) -> PodSecurity {
         let (c, id) = (certs.clone(), identity.clone());
         let client_tls: crate::hbone::pool::ClientTls = Arc::new(move |expected| {
@@ -123,7 +133,6 @@ impl PodSecurity {
             identity,
             pool: Pool::new(placement, client_tls, pool_idle, dials),
             server_tls,
-            strict,
         }
     }
 }
@@ -297,9 +306,9 @@ pub(crate) enum Refusal {
     /// A Service with no ready endpoint for the port.
     #[error("refused: service {0} has no ready endpoint for {1}")]
     NoEndpoints(String, SocketAddr),
-    /// Plaintext to a pod in strict mTLS mode.
-    #[error("refused: plaintext to a pod in strict mTLS mode (only HBONE is accepted)")]
-    Strict,
+    /// Denied by policy (the text names the policy, see [`authz::denial`]).
+    #[error("refused: {0}")]
+    Denied(String),
 }
 
 pub(crate) fn count_failure(scope: &PodScope, kind: Listener) {
@@ -341,6 +350,33 @@ pub(crate) async fn relay(
     if let Err(e) = result {
         flow.fail(format!("copy: {e}"));
         count_failure(scope, kind);
+    }
+}
+
+/// [`relay`] for an inbound connection admitted by policy: cut (both sides reset) if a policy
+/// change denies it.
+pub(crate) async fn relay_guarded(
+    scope: &PodScope,
+    kind: Listener,
+    flow: Flow,
+    downstream: tokio::net::TcpStream,
+    upstream: tokio::net::TcpStream,
+    mut admitted: authz::Registration,
+) {
+    let (sent, received) = (flow.sent(), flow.received());
+    let ended =
+        copy::bidirectional_until(downstream, upstream, sent, received, admitted.denied()).await;
+    account_bytes(scope, kind, &flow);
+    match ended {
+        copy::Ended::Copied(Ok(_)) => {}
+        copy::Ended::Copied(Err(e)) => {
+            flow.fail(format!("copy: {e}"));
+            count_failure(scope, kind);
+        }
+        copy::Ended::Stopped(decision) => {
+            authz::closed_by_policy(scope, &flow, &decision);
+            count_failure(scope, kind);
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! 15008: HBONE tunnels into the pod. The wire protocol is `hbone::server`'s; this handler
-//! decides what a CONNECT may reach (one of this pod's addresses, never a proxy port), dials the
-//! app inside the pod with the client pod's IP kept as the source, and copies.
+//! decides what a CONNECT may reach (one of this pod's addresses, never a proxy port), asks the
+//! policy engine (401 if denied), dials the app inside the pod with the client pod's IP kept as
+//! the source, and copies until the tunnel ends or a policy change denies it (stream reset).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,10 +12,12 @@ use http::{Request, StatusCode};
 use tokio::net::TcpStream;
 
 use super::admission::HandshakeGuard;
+use super::authz::{self, Inbound};
 use super::{count_failure, dial, PodScope};
 use crate::config::{HBONE_PORT, PROXY_PORTS};
 use crate::flows::Listener;
 use crate::hbone::server::{respond_error, respond_ok, Accepted};
+use crate::hbone::stream::Ended;
 use crate::hbone::{forwarded_for, parse_target};
 use crate::identity::Identity;
 
@@ -133,6 +136,24 @@ async fn serve_stream(
         count_failure(scope, Listener::Hbone);
         return;
     }
+    // Policy sees the outer connection's peer, as ztunnel's does (`src/proxy/inbound.rs`: the
+    // RBAC connection's `src` is the TLS socket's peer address): the `forwarded` header is the
+    // client's claim, the TCP peer is what the kernel saw.
+    let conn = Inbound {
+        pod: scope.pod.clone(),
+        src_ip: peer.ip(),
+        identity: Some(client_id.clone()),
+        dst,
+    };
+    let mut admitted = match authz::admit(scope, &flow, conn) {
+        Ok(admitted) => admitted,
+        Err(decision) => {
+            respond_error(respond, StatusCode::UNAUTHORIZED);
+            flow.fail(format!("401 {}", authz::denial(&decision)));
+            count_failure(scope, Listener::Hbone);
+            return;
+        }
+    };
     // The HBONE connection comes from the client pod's own IP (it is dialled from inside the
     // client's netns), so in ambient that is the source the app sees; a sidecar uses 127.0.0.6.
     let source = scope.placement.app_source(peer.ip(), dst.ip());
@@ -154,11 +175,20 @@ async fn serve_stream(
         }
     };
     let recv = req.into_body();
-    let result =
-        crate::hbone::stream::bidirectional(app, send, recv, flow.received(), flow.sent()).await;
+    let (received, sent) = (flow.received(), flow.sent());
+    let stop = admitted.denied();
+    let ended =
+        crate::hbone::stream::bidirectional_until(app, send, recv, received, sent, stop).await;
     super::account_bytes(scope, Listener::Hbone, &flow);
-    if let Err(e) = result {
-        flow.fail(format!("copy: {e}"));
-        count_failure(scope, Listener::Hbone);
+    match ended {
+        Ended::Copied(Ok(_)) => {}
+        Ended::Copied(Err(e)) => {
+            flow.fail(format!("copy: {e}"));
+            count_failure(scope, Listener::Hbone);
+        }
+        Ended::Stopped(decision) => {
+            authz::closed_by_policy(scope, &flow, &decision);
+            count_failure(scope, Listener::Hbone);
+        }
     }
 }

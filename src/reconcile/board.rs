@@ -38,6 +38,8 @@ pub struct StatusBoard {
     pub(super) pods: RwLock<BTreeMap<String, PodStatus>>,
     pub(super) ready: std::sync::atomic::AtomicBool,
     pub(super) source_error: RwLock<Option<String>>,
+    /// The security policy in force and the pods it is shown for (`/policies`).
+    pub policies: super::PolicyBoard,
 }
 
 impl StatusBoard {

@@ -13,16 +13,11 @@ use crate::k8s::status::{CaptureEvent, ObjectKey};
 use crate::netns::NetNs;
 use crate::proxy::PodProxy;
 use crate::rules::ApplyOutcome;
-use crate::workload::{Pod, Snapshot};
+use crate::workload::Pod;
 
 impl Reconciler {
-    pub(super) async fn enroll(
-        &mut self,
-        pod: &Pod,
-        snapshot: &Snapshot,
-        previous_attempts: u32,
-    ) -> Entry {
-        match self.try_enroll(pod, snapshot).await {
+    pub(super) async fn enroll(&mut self, pod: &Pod, previous_attempts: u32) -> Entry {
+        match self.try_enroll(pod).await {
             Ok(enrolled) => {
                 tracing::info!(pod = %pod.key(), rules = enrolled.last_outcome, "pod captured");
                 let key = pod.key();
@@ -41,7 +36,7 @@ impl Reconciler {
                 self.report(ObjectKey::pod(&pod.namespace, &pod.name), &error);
                 Entry::Failed(Failed {
                     pod: pod.clone(),
-                    fingerprint: capture_fingerprint(pod, snapshot),
+                    fingerprint: capture_fingerprint(pod),
                     error,
                     attempts,
                     retry_at: Instant::now() + backoff,
@@ -50,7 +45,7 @@ impl Reconciler {
         }
     }
 
-    async fn try_enroll(&self, pod: &Pod, snapshot: &Snapshot) -> Result<Enrolled, String> {
+    async fn try_enroll(&self, pod: &Pod) -> Result<Enrolled, String> {
         let key = pod.key();
         if pod.ips.is_empty() {
             return Err(format!(
@@ -63,15 +58,8 @@ impl Reconciler {
             .find_netns(pod)
             .await
             .map_err(|e| format!("pod {key}: {e}"))?;
-        let security = pod::security_for(
-            &self.config,
-            &self.certs,
-            &self.metrics,
-            pod,
-            snapshot,
-            &netns,
-        )
-        .map_err(|e| format!("pod {key}: {e}"))?;
+        let security = pod::security_for(&self.config, &self.certs, &self.metrics, pod, &netns)
+            .map_err(|e| format!("pod {key}: {e}"))?;
         let proxy = PodProxy::start(
             self.ctx.clone(),
             Arc::new(pod.clone()),
@@ -97,7 +85,7 @@ impl Reconciler {
                 self.count_rules(label);
                 Ok(Enrolled {
                     pod: pod.clone(),
-                    fingerprint: capture_fingerprint(pod, snapshot),
+                    fingerprint: capture_fingerprint(pod),
                     rules,
                     _proxy: proxy,
                     last_outcome: label,

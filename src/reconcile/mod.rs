@@ -12,6 +12,7 @@ mod board;
 mod lifecycle;
 pub mod memory;
 mod pod;
+mod policies;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -22,12 +23,15 @@ use tokio::sync::watch;
 use board::{not_enrolled, now_ms};
 pub use board::{PodStatus, StatusBoard};
 use pod::{blocking, capture_fingerprint, Fingerprint, PodRules};
+use policies::PolicyPublisher;
+pub use policies::{policy_config, PoliciesView, PolicyBoard};
 
 pub use crate::config::ReconcileConfig;
 use crate::identity::manager::CertManager;
 use crate::identity::Identity;
 use crate::k8s::status::{CaptureEvent, CaptureObserver, ObjectKey};
 use crate::metrics::{Metrics, OutcomeLabels};
+use crate::policy::PolicySnapshot;
 use crate::proxy::{PodProxy, ProxyContext};
 use crate::workload::enroll::{decide, DATAPLANE_MODE_LABEL};
 use crate::workload::file::SourceState;
@@ -71,6 +75,8 @@ pub struct Reconciler {
     reported: HashSet<(String, String)>,
     /// What was last saved to the capture memory.
     remembered: Option<BTreeMap<String, memory::Remembered>>,
+    /// Compiles the security policy of each new snapshot.
+    policies: PolicyPublisher,
 }
 
 impl Reconciler {
@@ -85,6 +91,7 @@ impl Reconciler {
     ) -> Self {
         let metrics = ctx.metrics.clone();
         Reconciler {
+            policies: PolicyPublisher::new(&config),
             config,
             ctx,
             data_runtime,
@@ -99,11 +106,13 @@ impl Reconciler {
     }
 
     /// Follows `source` forever: every new snapshot, and a periodic tick for retries and drift
-    /// checks, triggers a pass.
+    /// checks, triggers a pass. Each new snapshot's directory and security policy are
+    /// published first, so pods captured by the pass start with both.
     pub async fn run(
         mut self,
         mut source: watch::Receiver<SourceState>,
         directory: watch::Sender<Arc<Directory>>,
+        policy: watch::Sender<Arc<PolicySnapshot>>,
     ) {
         let memory_path = self.config.state_dir.as_ref().map(|d| memory::path_in(d));
         let mut previous = memory_path.as_deref().map(memory::load);
@@ -124,9 +133,13 @@ impl Reconciler {
                         &state.snapshot,
                         &self.config.daemon,
                     )));
+                    let board = &self.board.policies;
+                    self.policies
+                        .publish(&state.snapshot, &policy, board, &*self.observer);
                     last = Some(state.snapshot.clone());
                 }
                 self.pass(&state.snapshot).await;
+                self.board.policies.show_pods(self.enrolled_pods());
                 // After the first pass, anything captured by a previous run that is not
                 // captured now belongs to a pod that left: take its rules back.
                 if let Some(prev) = previous.take() {
@@ -170,7 +183,7 @@ impl Reconciler {
             .iter()
             .filter(|(uid, e)| match wanted.get(uid.as_str()) {
                 None => true,
-                Some(pod) => entry_fingerprint(e) != &capture_fingerprint(pod, snapshot),
+                Some(pod) => entry_fingerprint(e) != &capture_fingerprint(pod),
             })
             .map(|(uid, _)| uid.clone())
             .collect();
@@ -197,8 +210,8 @@ impl Reconciler {
             let entry = match self.entries.remove(uid) {
                 Some(Entry::Enrolled(e)) => Entry::Enrolled(self.verify(e).await),
                 Some(Entry::Failed(f)) if Instant::now() < f.retry_at => Entry::Failed(f),
-                Some(Entry::Failed(f)) => self.enroll(pod, snapshot, f.attempts).await,
-                None => self.enroll(pod, snapshot, 0).await,
+                Some(Entry::Failed(f)) => self.enroll(pod, f.attempts).await,
+                None => self.enroll(pod, 0).await,
             };
             statuses.insert(pod.key(), self.status_of(&entry, snapshot));
             self.entries.insert(uid.to_string(), entry);
@@ -332,6 +345,20 @@ impl Reconciler {
                 }
             }
         }
+    }
+
+    /// The pods captured now, sorted by key.
+    fn enrolled_pods(&self) -> Vec<Pod> {
+        let mut pods: Vec<Pod> = self
+            .entries
+            .values()
+            .filter_map(|e| match e {
+                Entry::Enrolled(e) => Some(e.pod.clone()),
+                Entry::Failed(_) => None,
+            })
+            .collect();
+        pods.sort_by_key(Pod::key);
+        pods
     }
 
     fn count_rules(&self, outcome: &'static str) {

@@ -1,19 +1,18 @@
 //! The parts of capturing one pod that do not depend on the reconciler's loop: its rules, its
-//! credentials and inbound mode, what makes two versions of it "the same capture", and the
-//! check that a netns really is the pod's.
+//! credentials, what makes two versions of it "the same capture", and the check that a netns
+//! really is the pod's. (Its inbound mTLS mode is the policy engine's, decided per connection.)
 
 use std::sync::Arc;
 
 use super::ReconcileConfig;
 use crate::capture::CaptureOptions;
-use crate::config::{MtlsMode, MTLS_MODE_LABEL};
 use crate::identity::manager::CertManager;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::netns::NetNs;
 use crate::proxy::PodSecurity;
 use crate::rules::{self, ApplyOutcome, Backend, Families};
-use crate::workload::{Pod, Snapshot};
+use crate::workload::Pod;
 
 /// What is needed to (re)apply or remove one pod's rules.
 #[derive(Clone)]
@@ -38,38 +37,23 @@ pub(super) fn identity_of(config: &ReconcileConfig, pod: &Pod) -> Result<Identit
         .map_err(|e| e.to_string())
 }
 
-/// The pod's identity, HBONE pool, server credentials and inbound mode. The certificate
-/// is issued here, so a pod whose identity cannot be served fails enrollment.
+/// The pod's identity, HBONE pool and server credentials. The certificate is issued here, so
+/// a pod whose identity cannot be served fails enrollment.
 pub(super) fn security_for(
     config: &ReconcileConfig,
     certs: &Arc<CertManager>,
     metrics: &Metrics,
     pod: &Pod,
-    snapshot: &Snapshot,
     netns: &NetNs,
 ) -> Result<PodSecurity, String> {
     let identity = identity_of(config, pod)?;
     certs.get(&identity).map_err(|e| e.to_string())?;
-    let mode = match snapshot
-        .namespace_labels(&pod.namespace)
-        .and_then(|l| l.get(MTLS_MODE_LABEL))
-    {
-        Some(value) => MtlsMode::from_label(value).ok_or_else(|| {
-            format!(
-                "namespace {} label {MTLS_MODE_LABEL}={value:?} is not valid (expected strict or permissive)",
-                pod.namespace
-            )
-        })?,
-        None => config.default_mtls,
-    };
-    let strict = mode == MtlsMode::Strict;
     Ok(PodSecurity::new(
         identity,
         certs,
         crate::socket::Placement::Ambient(netns.clone()),
         config.pool_idle,
         metrics.hbone_dials.clone(),
-        strict,
     ))
 }
 
@@ -77,10 +61,9 @@ pub(super) fn security_for(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Fingerprint {
     pod: Pod,
-    mtls_mode: Option<String>,
 }
 
-pub(super) fn capture_fingerprint(pod: &Pod, snapshot: &Snapshot) -> Fingerprint {
+pub(super) fn capture_fingerprint(pod: &Pod) -> Fingerprint {
     // Labels (and annotations such as sidecar.istio.io/status) matter only through
     // enrollment, which is decided separately; of the annotations only the capture ones shape
     // the rules — the one the daemon writes itself must not look like a change.
@@ -90,11 +73,7 @@ pub(super) fn capture_fingerprint(pod: &Pod, snapshot: &Snapshot) -> Fingerprint
     };
     pod.annotations
         .retain(|k, _| crate::capture::CAPTURE_ANNOTATIONS.contains(&k.as_str()));
-    let mtls_mode = snapshot
-        .namespace_labels(&pod.namespace)
-        .and_then(|l| l.get(MTLS_MODE_LABEL))
-        .cloned();
-    Fingerprint { pod, mtls_mode }
+    Fingerprint { pod }
 }
 
 pub(super) fn outcome_label(o: ApplyOutcome) -> &'static str {
@@ -119,24 +98,23 @@ mod tests {
 
     #[test]
     fn only_capture_annotations_change_the_fingerprint() {
-        let snapshot = Snapshot::default();
         let pod = Pod {
             uid: "u".into(),
             name: "p".into(),
             namespace: "ns".into(),
             ..Pod::default()
         };
-        let base = capture_fingerprint(&pod, &snapshot);
+        let base = capture_fingerprint(&pod);
         let mut other = pod.clone();
         other.annotations.insert(
             crate::k8s::status::REDIRECTION_ANNOTATION.into(),
             "enabled".into(),
         );
         other.labels.insert("app".into(), "x".into());
-        assert_eq!(capture_fingerprint(&other, &snapshot), base);
+        assert_eq!(capture_fingerprint(&other), base);
         other
             .annotations
             .insert(crate::capture::EXCLUDE_INBOUND_PORTS.into(), "9090".into());
-        assert_ne!(capture_fingerprint(&other, &snapshot), base);
+        assert_ne!(capture_fingerprint(&other), base);
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod ca;
 pub mod capture;
+mod echo;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use ambit::lab::{Lab, LabSpec};
 use ambit::workload::Snapshot;
+// Not every test crate uses them (as with the dead code above).
+#[allow(unused_imports)]
+pub use echo::{try_echo, Attempt, Seen};
 use serde_json::Value;
 
 /// How long any awaited condition may take before the test fails.

@@ -44,6 +44,7 @@
 mod http;
 mod lab;
 mod publish;
+mod publish_policies;
 mod select;
 mod store;
 pub mod tokenreview;

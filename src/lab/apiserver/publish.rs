@@ -1,13 +1,14 @@
 //! Making the stand-in's objects match a workload [`Snapshot`], through kube-rs.
 //!
 //! [`desired_objects`] turns a snapshot into the Namespaces, Pods, Services and EndpointSlices a
-//! cluster with those workloads would have; [`sync`] creates what is missing, patches what
+//! cluster with those workloads would have, and its Istio security policies
+//! (`publish_policies`); [`sync`] creates what is missing, patches what
 //! differs and deletes what the snapshot no longer has, with the production client.
 //!
 //! Labels and annotations are merged three ways, as `kubectl apply` does: keys the snapshot has
 //! are set, keys the *previously published* snapshot had and this one does not are removed, and
 //! keys someone else wrote (ambit's `ambient.istio.io/redirection` annotation) are left alone.
-//! Every other field the lab models is the snapshot's. Objects of those four kinds that the
+//! Every other field the lab models is the snapshot's. Objects of those kinds that the
 //! snapshot does not have are deleted: the snapshot is the cluster.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,8 +22,11 @@ use kube::api::{
 };
 use serde_json::{json, Map, Value};
 
+use super::publish_policies::{exact_patch, is_policy, policy_objects};
 use super::store::{merge_patch, strip_nulls};
+use crate::k8s::policies::{KINDS as POLICY_KINDS, VERSION};
 use crate::netns::NetNs;
+use crate::policy::API_GROUP;
 use crate::workload::{Endpoint, Pod, Service, Snapshot};
 
 /// Image name of the lab's pods' one (nominal) container.
@@ -32,9 +36,12 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// `endpointslice.kubernetes.io/managed-by` of the slices the lab writes.
 const SLICE_MANAGER: &str = "ambit-lab";
 
-/// The kinds the publisher owns, in creation order (deletion runs in reverse).
-const KINDS: [(&str, &str, &str, &str); 4] = [
+/// The kinds the publisher owns, in creation order (deletion runs in reverse): policies
+/// before the pods they protect, and removed after them.
+const KINDS: [(&str, &str, &str, &str); 6] = [
     ("", "v1", "Namespace", "namespaces"),
+    (API_GROUP, VERSION, POLICY_KINDS[0].0, POLICY_KINDS[0].1),
+    (API_GROUP, VERSION, POLICY_KINDS[1].0, POLICY_KINDS[1].1),
     ("", "v1", "Service", "services"),
     ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
     ("", "v1", "Pod", "pods"),
@@ -43,7 +50,8 @@ const KINDS: [(&str, &str, &str, &str); 4] = [
 /// One object the lab wants in the API server.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DesiredObject {
-    /// Resource id: `v1/pods`, `v1/namespaces`, `v1/services`, `discovery.k8s.io/v1/endpointslices`.
+    /// Resource id: `v1/pods`, `v1/namespaces`, `v1/services`, `discovery.k8s.io/v1/endpointslices`,
+    /// `security.istio.io/v1/authorizationpolicies`, `security.istio.io/v1/peerauthentications`.
     pub resource: String,
     /// Namespace (`""` for Namespaces).
     pub namespace: String,
@@ -93,6 +101,10 @@ impl DesiredObject {
     /// The merge patch that brings `existing` to this, given what was published before.
     fn to_patch(&self, existing: &Value, previous: Option<&DesiredObject>) -> Value {
         let mut patch = self.fields.clone();
+        if is_policy(&self.resource) {
+            // A policy's spec is the snapshot's exactly: what it no longer says is removed.
+            patch["spec"] = exact_patch(existing.get("spec"), &self.fields["spec"]);
+        }
         let mut meta = Map::new();
         let sets = [
             ("labels", &self.labels, previous.map(|p| &p.labels)),
@@ -167,6 +179,7 @@ pub fn desired_objects(
         out.push(service_object(svc));
         out.extend(slice_objects(svc, &snapshot.pods));
     }
+    out.extend(policy_objects(snapshot));
     out
 }
 

@@ -135,3 +135,25 @@ fn allowed(w: &(Snapshot, PolicySnapshot), ns: &str, sa: &str, to: &str, port: u
 fn plain(w: &(Snapshot, PolicySnapshot), src_ip: &str, to: &str, port: u16) -> bool {
     decide(w, None, src_ip, to, port).allowed
 }
+
+/// `resources` lists what is in force, rejected stand-ins included, and nothing ignored.
+#[test]
+fn resources_lists_what_is_in_force() {
+    let (_, p) = world(vec![
+        ap("foo", "b-allow", json!({"rules": [{}]})),
+        ap("foo", "a-bad", json!({"action": "ALOW"})),
+        pa("foo", "strict", json!({"mtls": {"mode": "STRICT"}})),
+        pa("bar", "bad-pa", json!({"mtls": {"mode": "STRICTER"}})),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "foo"}}),
+    ]);
+    assert_eq!(
+        p.resources(),
+        [
+            "AuthorizationPolicy foo/a-bad",
+            "AuthorizationPolicy foo/b-allow",
+            "PeerAuthentication bar/bad-pa",
+            "PeerAuthentication foo/strict",
+        ]
+    );
+    assert_eq!(p.rejected().len(), 3, "{:?}", p.rejected());
+}
