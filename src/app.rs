@@ -113,7 +113,7 @@ async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Resul
     tokio::pin!(run);
     tokio::select! {
         _ = &mut run => {}
-        r = shutdown_signal() => r?,
+        r = crate::signal::shutdown_signal() => r?,
     }
     drain_then_stop(&trigger, &flows, config.drain).await;
     Ok(())
@@ -168,17 +168,6 @@ fn admin_routes(
             "ambit admin: /status /pods /flows /policies /metrics\n",
         ),
     })
-}
-
-pub(crate) async fn shutdown_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
 }
 
 /// Fails early, with the capability named, if the daemon cannot do its job.

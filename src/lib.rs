@@ -27,6 +27,7 @@ pub mod proxy;
 pub mod reconcile;
 pub mod rules;
 pub mod sidecar;
+pub mod signal;
 pub mod socket;
 pub mod uninstall;
 pub mod workload;

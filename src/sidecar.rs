@@ -149,7 +149,7 @@ async fn serve(config: SidecarConfig) -> anyhow::Result<()> {
     };
     tokio::select! {
         _ = follow => {}
-        r = crate::app::shutdown_signal() => r?,
+        r = crate::signal::shutdown_signal() => r?,
     }
     let deadline = std::time::Duration::from_secs(crate::config::DEFAULT_DRAIN_SECS);
     crate::app::drain_then_stop(&trigger, &flows, deadline).await;

@@ -1,34 +1,17 @@
-//! Command-line flags of the CA service (`ambit ca serve`) and of its clients (`ambit run`,
-//! `ambit sidecar`), and what they turn into.
+//! What the CA flags (defined in `config::ca`) turn into: the issuer a proxy uses and the
+//! CA service's settings.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Args;
 
-use super::client::{CaClient, CaClientConfig};
+use super::client::CaClient;
 use super::policy::Account;
 use super::serve::{AuthMode, ServeConfig};
-use crate::config::{
-    DEFAULT_CA_LISTEN_ADDR, DEFAULT_CA_MAX_VALIDITY, DEFAULT_CA_METRICS_ADDR,
-    DEFAULT_CA_TOKEN_AUDIENCE, DEFAULT_CLUSTER_ID, DEFAULT_TRUSTED_NODE_ACCOUNT,
-    DEFAULT_TRUST_DOMAIN,
-};
+pub use crate::config::ca::{CaClientArgs, CaServeArgs, CaSource};
 use crate::identity::issuer::Issuer;
 use crate::identity::Ca;
-
-/// Where a proxy gets its workload certificates.
-#[derive(Clone, Debug)]
-pub enum CaSource {
-    /// The CA service (or istiod): CSRs over gRPC, keys stay local.
-    Service(CaClientConfig),
-    /// A CA directory with the private key on this machine. Development only: whoever holds
-    /// it can mint any identity of the mesh.
-    InsecureLocal(PathBuf),
-}
 
 impl CaSource {
     /// The issuer for this source (loads the local CA, or prepares the client).
@@ -49,117 +32,6 @@ impl CaSource {
             }
         }
     }
-}
-
-/// How a proxy reaches the CA (`ambit run`, `ambit sidecar`).
-#[derive(Args, Debug, Clone)]
-pub struct CaClientArgs {
-    /// CA service (`ambit ca serve`, or istiod) as HOST:PORT, e.g.
-    /// ambit-ca.istio-system.svc:15012.
-    #[arg(
-        long,
-        env = "AMBIT_CA_ADDRESS",
-        required_unless_present = "insecure_local_ca_dir",
-        conflicts_with = "insecure_local_ca_dir",
-        requires_all = ["ca_root", "ca_token"]
-    )]
-    pub ca_address: Option<String>,
-    /// PEM file with the mesh root(s): verifies the CA service and every peer.
-    #[arg(long, env = "AMBIT_CA_ROOT")]
-    pub ca_root: Option<PathBuf>,
-    /// File with the bearer token presented to the CA (re-read per request), e.g. a projected
-    /// ServiceAccount token with audience istio-ca.
-    #[arg(long, env = "AMBIT_CA_TOKEN")]
-    pub ca_token: Option<PathBuf>,
-    /// Name the CA service's certificate must carry (default: the host of --ca-address).
-    #[arg(long, env = "AMBIT_CA_SERVER_NAME")]
-    pub ca_server_name: Option<String>,
-    /// Sent as the `clusterid` header (istiod's cluster name).
-    #[arg(long, env = "AMBIT_CLUSTER_ID", default_value = DEFAULT_CLUSTER_ID)]
-    pub cluster_id: String,
-    /// INSECURE, development only: sign certificates in-process with the CA key in this
-    /// directory (Istio plug-in layout) instead of asking a CA service.
-    #[arg(long, env = "AMBIT_INSECURE_LOCAL_CA_DIR")]
-    pub insecure_local_ca_dir: Option<PathBuf>,
-}
-
-impl CaClientArgs {
-    /// The source these flags name; `impersonate` for node proxies (one identity per pod).
-    pub fn source(&self, impersonate: bool) -> anyhow::Result<CaSource> {
-        if let Some(dir) = &self.insecure_local_ca_dir {
-            return Ok(CaSource::InsecureLocal(dir.clone()));
-        }
-        let (Some(address), Some(root), Some(token)) =
-            (&self.ca_address, &self.ca_root, &self.ca_token)
-        else {
-            anyhow::bail!(
-                "--ca-address, --ca-root and --ca-token are required (or, for development \
-                 only, --insecure-local-ca-dir)"
-            );
-        };
-        Ok(CaSource::Service(CaClientConfig {
-            address: address.clone(),
-            root: root.clone(),
-            token: token.clone(),
-            server_name: self.ca_server_name.clone(),
-            cluster_id: self.cluster_id.clone(),
-            impersonate,
-        }))
-    }
-}
-
-/// `ambit ca serve`.
-#[derive(Args, Debug, Clone)]
-pub struct CaServeArgs {
-    /// CA directory in Istio's plug-in layout (ca-cert.pem, ca-key.pem, root-cert.pem,
-    /// cert-chain.pem), e.g. the mounted `cacerts` Secret.
-    #[arg(long, env = "AMBIT_CA_DIR")]
-    pub ca_dir: PathBuf,
-    /// gRPC (TLS) address.
-    #[arg(long, default_value = DEFAULT_CA_LISTEN_ADDR)]
-    pub listen: SocketAddr,
-    /// Metrics (`/metrics`) and readiness (`/healthz/ready`) address, plain HTTP.
-    #[arg(long, default_value = DEFAULT_CA_METRICS_ADDR)]
-    pub metrics: SocketAddr,
-    /// Trust domain of the identities signed.
-    #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
-    pub trust_domain: String,
-    /// Longest certificate lifetime granted, in seconds (also the default).
-    #[arg(long, default_value_t = DEFAULT_CA_MAX_VALIDITY.as_secs())]
-    pub max_validity: u64,
-    /// Authenticate with TokenReview and locate pods through the Kubernetes API.
-    #[arg(long, conflicts_with_all = ["node_tokens", "workloads"])]
-    pub kube: bool,
-    /// Kubeconfig for --kube (default: in-cluster).
-    #[arg(long, requires = "kube")]
-    pub kubeconfig: Option<PathBuf>,
-    /// Audience a ServiceAccount token must be valid for (--kube); repeatable.
-    #[arg(long = "token-audience", default_value = DEFAULT_CA_TOKEN_AUDIENCE)]
-    pub token_audiences: Vec<String>,
-    /// Without --kube: JSON file mapping each bearer token to
-    /// {"node", "service_account": "ns/name"} (what the lab writes per node).
-    #[arg(long, required_unless_present = "kube", requires = "workloads")]
-    pub node_tokens: Option<PathBuf>,
-    /// Without --kube: the workload file telling which pods run on which node.
-    #[arg(long, required_unless_present = "kube")]
-    pub workloads: Option<PathBuf>,
-    /// ServiceAccounts (ns/name, comma separated) allowed to ask for the identities of the
-    /// pods on their own node.
-    #[arg(long, value_delimiter = ',', default_value = DEFAULT_TRUSTED_NODE_ACCOUNT)]
-    pub trusted_node_accounts: Vec<String>,
-    /// DNS names in the service's TLS certificate (comma separated).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "ambit-ca.istio-system.svc,ambit-ca.istio-system.svc.cluster.local,ambit-ca.istio-system,ambit-ca"
-    )]
-    pub server_names: Vec<String>,
-    /// IP addresses in the service's TLS certificate (comma separated).
-    #[arg(long, value_delimiter = ',')]
-    pub server_ips: Vec<IpAddr>,
-    /// Worker threads.
-    #[arg(long, default_value_t = 2)]
-    pub threads: usize,
 }
 
 impl CaServeArgs {

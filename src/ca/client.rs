@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -43,22 +43,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Deadline for one request, connection included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where the CA service is and how to authenticate to it.
-#[derive(Clone, Debug)]
-pub struct CaClientConfig {
-    /// `host:port` of the service.
-    pub address: String,
-    /// PEM file with the root(s) the service's certificate (and issued chains) lead to.
-    pub root: PathBuf,
-    /// File holding the bearer token.
-    pub token: PathBuf,
-    /// Name to verify the service's certificate against (default: the host of `address`).
-    pub server_name: Option<String>,
-    /// `clusterid` header value.
-    pub cluster_id: String,
-    /// Send `ImpersonatedIdentity` (node proxies); a sidecar asks for its own identity.
-    pub impersonate: bool,
-}
+pub use crate::config::ca::CaClientConfig;
 
 /// A CA service client.
 pub struct CaClient {

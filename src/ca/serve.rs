@@ -94,7 +94,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<()> {
         .context("starting the runtime")?
         .block_on(async {
             let running = start(config).await?;
-            crate::app::shutdown_signal().await?;
+            crate::signal::shutdown_signal().await?;
             running.stop().await
         })
 }

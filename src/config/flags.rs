@@ -78,7 +78,7 @@ pub struct RunArgs {
     pub daemon_namespace: String,
     /// Where workload certificates come from (the CA service, normally).
     #[command(flatten)]
-    pub ca: crate::ca::args::CaClientArgs,
+    pub ca: super::ca::CaClientArgs,
     /// Trust domain of the mesh's SPIFFE identities.
     #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
@@ -156,7 +156,7 @@ pub struct SidecarArgs {
     pub workloads: PathBuf,
     /// Where the sidecar's certificate comes from (its own identity, its own token).
     #[command(flatten)]
-    pub ca: crate::ca::args::CaClientArgs,
+    pub ca: super::ca::CaClientArgs,
     /// Trust domain.
     #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,

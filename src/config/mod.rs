@@ -6,6 +6,7 @@
 //! about a port. Settings a user may change are fields of [`RunConfig`] / [`SidecarConfig`],
 //! each with its flag, its default and its validation in [`flags`].
 
+pub mod ca;
 pub mod flags;
 
 use std::fmt;
@@ -320,7 +321,7 @@ pub struct RunConfig {
     /// Worker threads of the data runtime.
     pub data_threads: usize,
     /// Where workload certificates come from.
-    pub ca: crate::ca::args::CaSource,
+    pub ca: ca::CaSource,
     /// Lifetime of issued workload certificates.
     pub cert_validity: Duration,
     /// Longest live connections may run on after SIGTERM before they are cut.
@@ -359,7 +360,7 @@ pub struct SidecarConfig {
     /// Workload file (for the directory of destinations).
     pub workloads: PathBuf,
     /// Where the certificate comes from (the sidecar asks for its own identity).
-    pub ca: crate::ca::args::CaSource,
+    pub ca: ca::CaSource,
     /// Trust domain.
     pub trust_domain: String,
     /// The proxy user the process runs as once set up.
