@@ -271,10 +271,50 @@ const HBONE: ModeSpec = ModeSpec {
     client_ports: (28400, 32768),
 };
 
+/// The tests of the modes comparison; `--tests=stream1,stream8,rr,conn` picks some (for
+/// profiling one kind of load at a time).
+#[derive(Clone, Copy, Debug)]
+struct Tests {
+    stream1: bool,
+    stream8: bool,
+    rr: bool,
+    conn: bool,
+}
+
+impl Tests {
+    const ALL: Tests = Tests {
+        stream1: true,
+        stream8: true,
+        rr: true,
+        conn: true,
+    };
+
+    fn parse(list: &str) -> Option<Tests> {
+        let mut t = Tests {
+            stream1: false,
+            stream8: false,
+            rr: false,
+            conn: false,
+        };
+        for name in list.split(',') {
+            match name {
+                "stream1" => t.stream1 = true,
+                "stream8" => t.stream8 = true,
+                "rr" => t.rr = true,
+                "conn" => t.conn = true,
+                _ => return None,
+            }
+        }
+        Some(t)
+    }
+}
+
 /// Durations and repetitions of one run.
 #[derive(Clone, Copy, Debug)]
 struct Plan {
     quick: bool,
+    /// Which tests of the modes comparison run (`--tests`).
+    tests: Tests,
     stream_warmup: Duration,
     stream_window: Duration,
     stream_rounds: usize,
@@ -290,6 +330,7 @@ impl Plan {
         if quick {
             Plan {
                 quick,
+                tests: Tests::ALL,
                 stream_warmup: Duration::from_millis(500),
                 stream_window: Duration::from_secs(1),
                 stream_rounds: 1,
@@ -302,6 +343,7 @@ impl Plan {
         } else {
             Plan {
                 quick,
+                tests: Tests::ALL,
                 stream_warmup: Duration::from_secs(1),
                 stream_window: Duration::from_secs(3),
                 stream_rounds: 3,
@@ -328,6 +370,7 @@ fn main() {
     let mut quick = false;
     let mut modes_only = false;
     let mut under_cargo_bench = false;
+    let mut tests = Tests::ALL;
     let mut sel = Select {
         meshes: MESHES.to_vec(),
         pairs: ALL_PAIRS.to_vec(),
@@ -345,6 +388,16 @@ fn main() {
                 eprintln!("throughput bench: --meshes takes a list of {known:?}, got {list:?}");
                 std::process::exit(2);
             }
+            continue;
+        }
+        if let Some(list) = arg.strip_prefix("--tests=") {
+            tests = Tests::parse(list).unwrap_or_else(|| {
+                eprintln!(
+                    "throughput bench: --tests takes a list of stream1, stream8, rr, conn; \
+                     got {list:?}"
+                );
+                std::process::exit(2)
+            });
             continue;
         }
         if let Some(list) = arg.strip_prefix("--pairs=") {
@@ -380,6 +433,7 @@ fn main() {
                      --meshes=LIST  modes to compare (direct,ztunnel,ambient,sidecar)\n\
                      --pairs=LIST   pairs (cross-node,same-node,passthrough)\n\
                      --no-scaling   skip the 2/8/32 pods per node points (small labs)\n\
+                     --tests=LIST   modes tests to run (stream1,stream8,rr,conn)\n\
                      env AMBIT_ZTUNNEL: ztunnel binary (default ../shared/peers/ztunnel/ztunnel\n\
                      beside the repository; the mode is skipped without it); AMBIT_BIN: the\n\
                      ambit binary the modes run (default: the one cargo built)"
@@ -404,7 +458,10 @@ fn main() {
         );
         std::process::exit(1);
     }
-    let plan = Plan::new(quick);
+    let plan = Plan {
+        tests,
+        ..Plan::new(quick)
+    };
     let started = Instant::now();
     if !modes_only {
         if let Err(e) = run(plan, &args) {

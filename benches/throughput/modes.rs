@@ -193,6 +193,11 @@ impl Latency {
         self.count as f64 / self.seconds
     }
 
+    /// A test that was not run (`--tests`): every figure NaN.
+    pub(crate) fn none() -> Latency {
+        Latency::of(Vec::new(), f64::NAN)
+    }
+
     pub(crate) fn text(&self) -> String {
         format!(
             "{:.0} / {:.0} / {:.0}",

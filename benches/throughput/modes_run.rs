@@ -10,14 +10,15 @@ use crate::chart::render_modes_svg;
 use crate::checks::settled;
 use crate::datapath::connection_rate;
 use crate::modes::{
-    paced_rr, stream_many, tput_summary, within, Mesh, ModeServers, Pair, PairResult, Procs,
-    ScalePoint, PACED_RATE, PARALLEL_STREAMS,
+    paced_rr, stream_many, tput_summary, within, Latency, Mesh, ModeServers, Pair, PairResult,
+    Procs, ScalePoint, PACED_RATE, PARALLEL_STREAMS,
 };
 use crate::modes_check::{baseline, check_route, Expect};
 use crate::modes_labs::{run_ambient_lab, run_sidecar_lab, run_ztunnel_lab, ModesOut, Select};
 use crate::modes_report::{render_modes_json, render_modes_markdown};
 use crate::orchestrate::raise_fd_limit;
 use crate::report::{target_dir, Machine};
+use crate::results::RateResult;
 use crate::sampling::read_rss;
 use crate::{Plan, ECHO_PORT, MESH_POD, PING_PORT, SINK_PORT, STUCK_SLACK};
 
@@ -45,8 +46,12 @@ pub(crate) fn measure_pair(
     let rounds = if plan.quick { 1 } else { 2 };
     let limit = plan.stream_warmup + plan.stream_window + STUCK_SLACK;
     let mut streams = [Vec::new(), Vec::new()];
-    for (slot, n) in [1, PARALLEL_STREAMS].into_iter().enumerate() {
-        for _ in 0..rounds {
+    let counts = [
+        (1, plan.tests.stream1),
+        (PARALLEL_STREAMS, plan.tests.stream8),
+    ];
+    for (slot, (n, wanted)) in counts.into_iter().enumerate() {
+        for _ in 0..if wanted { rounds } else { 0 } {
             let t = within(
                 rt,
                 limit,
@@ -72,26 +77,36 @@ pub(crate) fn measure_pair(
         }
     }
     let limit = plan.rr_warmup + plan.rr_window + STUCK_SLACK;
-    let paced = within(
-        rt,
-        limit,
-        "paced request/response",
-        paced_rr(plan, client, echo_addr, Some(PACED_RATE)),
-    )?;
-    let closed = within(
-        rt,
-        limit,
-        "closed-loop request/response",
-        paced_rr(plan, client, echo_addr, None),
-    )?;
-    eprintln!(
-        "  1 KiB RR @{PACED_RATE}/s p50/p90/p99 {} µs; closed loop {:.0} req/s, {} µs",
-        paced.text(),
-        closed.per_second(),
-        closed.text()
-    );
-    expect.conns += 2;
-    settled(|| check_route(lab, mesh, pair, &[sink_addr, echo_addr], &base, expect))?;
+    let mut used = Vec::new();
+    if !streams.iter().all(Vec::is_empty) {
+        used.push(sink_addr);
+    }
+    let (paced, closed) = if plan.tests.rr {
+        let paced = within(
+            rt,
+            limit,
+            "paced request/response",
+            paced_rr(plan, client, echo_addr, Some(PACED_RATE)),
+        )?;
+        let closed = within(
+            rt,
+            limit,
+            "closed-loop request/response",
+            paced_rr(plan, client, echo_addr, None),
+        )?;
+        eprintln!(
+            "  1 KiB RR @{PACED_RATE}/s p50/p90/p99 {} µs; closed loop {:.0} req/s, {} µs",
+            paced.text(),
+            closed.per_second(),
+            closed.text()
+        );
+        expect.conns += 2;
+        used.push(echo_addr);
+        (paced, closed)
+    } else {
+        (Latency::none(), Latency::none())
+    };
+    settled(|| check_route(lab, mesh, pair, &used, &base, expect))?;
     let names: Vec<(String, u32)> = std::iter::once(("bench".to_string(), std::process::id()))
         .chain(
             procs
@@ -101,6 +116,18 @@ pub(crate) fn measure_pair(
         )
         .collect();
     let limit = plan.conn_warmup + plan.conn_window + STUCK_SLACK;
+    if !plan.tests.conn {
+        let [stream1, stream8] = streams;
+        return Ok(PairResult {
+            mesh,
+            pair,
+            stream1,
+            stream8,
+            paced,
+            closed,
+            conn: RateResult::none(),
+        });
+    }
     let conn = within(
         rt,
         limit,
