@@ -9,7 +9,8 @@
 # `--meshes=ztunnel`; all of them with `--modes-only --no-scaling --pairs=cross-node` unless
 # BENCH ARGS say otherwise (BENCH ARGS are appended; later flags win). Each run's modes.json is
 # kept as target/bench/ab/<name>-<round>.json; the summary (median and range over rounds of
-# each figure) is printed and written to target/bench/ab/summary.md.
+# each figure) is printed and written to target/bench/ab/summary.md. The bench binary itself is
+# built once and copied to target/bench/ab/throughput (or given as $AB_BENCH).
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then
@@ -31,14 +32,27 @@ extra=("$@")
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out="${CARGO_TARGET_DIR:-$repo/target}/bench/ab"
 mkdir -p "$out"
-rm -f "$out"/*.json
+rm -f "$out"/*.json "$out"/*.log
 base=(--modes-only --no-scaling --pairs=cross-node)
+
+# The bench binary is copied aside once, so builds of the next variant can run meanwhile.
+bench=${AB_BENCH:-}
+if [[ -z $bench ]]; then
+    bench=$(cd "$repo" && cargo bench --bench throughput --no-run --message-format=json |
+        python3 -c 'import json, sys
+for m in map(json.loads, sys.stdin):
+    if m.get("reason") == "compiler-artifact" and m.get("executable") \
+            and m["target"]["name"] == "throughput":
+        print(m["executable"])' | tail -1)
+    cp "$bench" "$out/throughput"
+    bench="$out/throughput"
+fi
 
 run() { # NAME MESHES [AMBIT_BIN]
     local name=$1 meshes=$2 bin=${3:-}
     echo "== round $round: $name" >&2
-    (cd "$repo" && AMBIT_BIN=$bin cargo bench -q --bench throughput -- \
-        "${base[@]}" "--meshes=$meshes" "${extra[@]}" >/dev/null)
+    if [[ -n $bin ]]; then export AMBIT_BIN=$bin; else unset AMBIT_BIN; fi
+    "$bench" --bench "${base[@]}" "--meshes=$meshes" "${extra[@]}" >/dev/null 2>"$out/$name-$round.log"
     cp "${CARGO_TARGET_DIR:-$repo/target}/bench/modes.json" "$out/$name-$round.json"
 }
 
