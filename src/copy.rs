@@ -2,8 +2,8 @@
 //!
 //! Each direction runs its own loop; when one side stops sending (EOF), the other side's write
 //! half is shut down so the half-close reaches the peer, and the opposite direction keeps
-//! flowing until it ends too. The read buffer starts small, so an idle connection costs little,
-//! and grows as a direction proves to be a bulk transfer.
+//! flowing until it ends too. No read buffer exists until data arrives, so an idle connection
+//! costs little; it starts small and grows as a direction proves to be a bulk transfer.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +28,8 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut total = 0u64;
+    // No buffer until the connection has data: a zero-length read waits until it is readable.
+    reader.read(&mut []).await?;
     let mut buf = vec![0u8; INITIAL_BUFFER];
     loop {
         let n = reader.read(&mut buf).await?;
