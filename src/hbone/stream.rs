@@ -2,9 +2,8 @@
 //!
 //! TCP EOF becomes an empty DATA frame with END_STREAM; END_STREAM (or a RST_STREAM with
 //! NO_ERROR/CANCEL, which peers use to end a tunnel) becomes a TCP write shutdown (FIN).
-//! Received DATA is given back to the flow-control window as it is taken for writing, and the
-//! next is taken only once it is out, so a slow reader throttles the sender through HTTP/2 flow
-//! control, not through memory.
+//! Received DATA is given back to the flow-control window as soon as it is written out, so a
+//! slow reader throttles the sender through HTTP/2 flow control, not through memory.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -91,12 +90,10 @@ pub async fn h2_to_tcp<W: AsyncWrite + Unpin>(
             Err(e) if is_graceful_reset(&e) => break,
             Err(e) => return Err(h2_io(e)),
         };
-        let n = data.len();
-        // Give the window back as the chunk is taken, so the peer keeps sending while it is
-        // written out; the next chunk is taken only once this one is out, so a slow reader
-        // still throttles the sender (at most one window plus this chunk is buffered).
-        let _ = recv.flow_control().release_capacity(n);
         writer.write_all(&data).await?;
+        let n = data.len();
+        // Give the window back only once the bytes are out: flow control follows the reader.
+        let _ = recv.flow_control().release_capacity(n);
         total += n as u64;
         counter.fetch_add(n as u64, Ordering::Relaxed);
     }
