@@ -76,9 +76,6 @@ pub const HBONE_ALPN: &[u8] = b"h2";
 pub const H2_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 /// Per-connection window: several streams' worth, so one slow stream cannot stall the rest.
 pub const H2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
-/// Read buffer under each HBONE TLS connection: rustls reads at most 4 KiB per call, so reading
-/// the socket through this buffer takes several TLS records per system call.
-pub const TLS_READ_BUFFER: usize = 64 * 1024;
 /// Largest DATA frame we accept.
 pub const H2_MAX_FRAME: u32 = 1024 * 1024;
 /// Streams opened on one pooled connection before another connection is dialled.

@@ -19,7 +19,7 @@ use rustls::pki_types::ServerName;
 use crate::config::{
     H2_CONNECTION_WINDOW as CONNECTION_WINDOW, H2_MAX_FRAME as MAX_FRAME,
     H2_STREAM_WINDOW as STREAM_WINDOW, HBONE_DIAL_TIMEOUT as DIAL_TIMEOUT,
-    POOL_MAX_STREAMS_PER_CONNECTION as MAX_STREAMS_PER_CONNECTION, TLS_READ_BUFFER,
+    POOL_MAX_STREAMS_PER_CONNECTION as MAX_STREAMS_PER_CONNECTION,
 };
 use crate::identity::Identity;
 use crate::socket::Placement;
@@ -211,7 +211,6 @@ impl Pool {
         // No SNI is sent and the name is not used for verification: the peer is checked by
         // its SPIFFE identity.
         let name = ServerName::IpAddress(peer.ip().into());
-        let tcp = tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, tcp);
         let tls = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await

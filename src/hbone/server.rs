@@ -11,19 +11,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use h2::server::{Connection, SendResponse};
 use http::{Response, StatusCode};
-use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use crate::config::{
-    H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_SERVER_MAX_STREAMS, H2_STREAM_WINDOW, TLS_READ_BUFFER,
-};
+use crate::config::{H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_SERVER_MAX_STREAMS, H2_STREAM_WINDOW};
 use crate::identity::Identity;
 
 /// An HBONE connection whose TLS and HTTP/2 handshakes are complete.
 pub struct Accepted {
     /// The HTTP/2 connection; `accept()` on it yields CONNECT requests.
-    pub conn: Connection<TlsStream<BufReader<TcpStream>>, Bytes>,
+    pub conn: Connection<TlsStream<TcpStream>, Bytes>,
     /// The client's SPIFFE identity, from its verified certificate.
     pub client: Identity,
 }
@@ -48,7 +45,7 @@ pub async fn accept(
     tls: Arc<rustls::ServerConfig>,
 ) -> Result<Accepted, AcceptError> {
     let tls = tokio_rustls::TlsAcceptor::from(tls)
-        .accept(BufReader::with_capacity(TLS_READ_BUFFER, tcp))
+        .accept(tcp)
         .await
         .map_err(AcceptError::Tls)?;
     let client = crate::identity::tls::peer_identity(tls.get_ref().1)
