@@ -16,6 +16,14 @@ use crate::config::{
     COPY_MEDIUM_BUFFER as MEDIUM_BUFFER,
 };
 
+/// Waits until `reader` has data, end of stream or an error, taking nothing: a zero-length read
+/// waits for readiness on a socket. Copies call it so that an idle connection holds no buffer.
+pub(crate) async fn readable<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result<()> {
+    let n = reader.read(&mut []).await?;
+    debug_assert_eq!(n, 0, "a zero-length read returns nothing");
+    Ok(())
+}
+
 /// Copies `reader` to `writer` until EOF, then shuts `writer` down (half-close). Every chunk
 /// written is added to `counter` as it goes, so live connections show their progress.
 pub async fn copy_one_way<R, W>(
@@ -28,8 +36,8 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut total = 0u64;
-    // No buffer until the connection has data: a zero-length read waits until it is readable.
-    reader.read(&mut []).await?;
+    // No buffer until the connection has data.
+    readable(&mut reader).await?;
     let mut buf = vec![0u8; INITIAL_BUFFER];
     loop {
         let n = reader.read(&mut buf).await?;

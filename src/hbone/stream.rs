@@ -49,8 +49,8 @@ pub async fn tcp_to_h2<R: AsyncRead + Unpin>(
             INITIAL_READ
         };
         if buf.capacity() == 0 {
-            // No buffer while idle: a zero-length read waits until the socket is readable.
-            reader.read(&mut []).await?;
+            // No buffer while idle.
+            crate::copy::readable(&mut reader).await?;
         }
         buf.reserve(want);
         let n = reader.read_buf(&mut buf).await?;
