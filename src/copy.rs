@@ -2,8 +2,8 @@
 //!
 //! Each direction runs its own loop; when one side stops sending (EOF), the other side's write
 //! half is shut down so the half-close reaches the peer, and the opposite direction keeps
-//! flowing until it ends too. The read buffer starts small, so an idle connection costs little,
-//! and grows as a direction proves to be a bulk transfer.
+//! flowing until it ends too. No read buffer exists until data arrives, so an idle connection
+//! costs little; it starts small and grows as a direction proves to be a bulk transfer.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +15,14 @@ use crate::config::{
     COPY_INITIAL_BUFFER as INITIAL_BUFFER, COPY_LARGE_BUFFER as LARGE_BUFFER,
     COPY_MEDIUM_BUFFER as MEDIUM_BUFFER,
 };
+
+/// Waits until `reader` has data, end of stream or an error, taking nothing: a zero-length read
+/// waits for readiness on a socket. Copies call it so that an idle connection holds no buffer.
+pub(crate) async fn readable<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result<()> {
+    let n = reader.read(&mut []).await?;
+    debug_assert_eq!(n, 0, "a zero-length read returns nothing");
+    Ok(())
+}
 
 /// Copies `reader` to `writer` until EOF, then shuts `writer` down (half-close). Every chunk
 /// written is added to `counter` as it goes, so live connections show their progress.
@@ -28,6 +36,8 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut total = 0u64;
+    // No buffer until the connection has data.
+    readable(&mut reader).await?;
     let mut buf = vec![0u8; INITIAL_BUFFER];
     loop {
         let n = reader.read(&mut buf).await?;

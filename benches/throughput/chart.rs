@@ -1,4 +1,9 @@
-use crate::modes::{tput_summary, Mesh, PairResult, ScalePoint, MESHES, PACED_RATE, PAIRS, SIZES};
+use crate::modes::{
+    tput_summary, Mesh, PairResult, ScalePoint, Tput, ALL_PAIRS, MESHES, PACED_RATE,
+    PASSTHROUGH_PAIR, SIZES,
+};
+use crate::modes_compare::conn_cpu_us;
+use crate::modes_labs::ModesOut;
 use crate::report::Machine;
 
 /// A "nice" axis step for values up to `max`.
@@ -115,51 +120,86 @@ fn bar_panel(
     s
 }
 
-pub(crate) fn render_modes_svg(
-    machine: &Machine,
-    pairs: &[PairResult],
-    scale: &[ScalePoint],
-) -> String {
-    let (w, h) = (1000.0, 720.0);
-    let (pw, ph) = (w / 2.0, (h - 40.0) / 2.0);
+pub(crate) fn render_modes_svg(machine: &Machine, out: &ModesOut) -> String {
+    let (pairs, scale) = (&out.pairs, &out.scale);
     let find =
         |mesh: Mesh, pair: &str| pairs.iter().find(|r| r.mesh == mesh && r.pair.name == pair);
-    let mut groups = Vec::new();
-    let mut tput = Vec::new();
-    let mut lat = Vec::new();
-    let mut lat_groups = Vec::new();
-    for pair in PAIRS {
+    let per_mesh = |meshes: &[Mesh], pair: &str, f: &dyn Fn(&PairResult) -> f64| -> Vec<f64> {
+        meshes
+            .iter()
+            .map(|m| find(*m, pair).map_or(f64::NAN, f))
+            .collect()
+    };
+    let measured: Vec<&'static str> = ALL_PAIRS
+        .iter()
+        .map(|p| p.name)
+        .filter(|name| pairs.iter().any(|r| r.pair.name == *name))
+        .collect();
+    let (mut groups, mut tput) = (Vec::new(), Vec::new());
+    let (mut lat_groups, mut lat) = (Vec::new(), Vec::new());
+    let mut conn = Vec::new();
+    for pair in &measured {
         for (label, eight) in [("1 stream", false), ("8 streams", true)] {
-            groups.push(format!("{}|{label}", pair.name));
-            tput.push(
-                MESHES
-                    .iter()
-                    .map(|m| {
-                        find(*m, pair.name).map_or(f64::NAN, |r| {
-                            tput_summary(if eight { &r.stream8 } else { &r.stream1 }).0
-                        })
-                    })
-                    .collect::<Vec<_>>(),
-            );
+            if eight && *pair == PASSTHROUGH_PAIR.name {
+                continue;
+            }
+            groups.push(format!("{pair}|{label}"));
+            tput.push(per_mesh(&MESHES, pair, &|r| {
+                tput_summary(if eight { &r.stream8 } else { &r.stream1 }).0
+            }));
         }
         for (label, p99) in [("p50", false), ("p99", true)] {
-            lat_groups.push(format!("{}|{label}", pair.name));
-            lat.push(
-                MESHES
-                    .iter()
-                    .map(|m| {
-                        find(*m, pair.name).map_or(f64::NAN, |r| {
-                            if p99 {
-                                r.paced.p99_us
-                            } else {
-                                r.paced.p50_us
-                            }
-                        })
-                    })
-                    .collect::<Vec<_>>(),
-            );
+            lat_groups.push(format!("{pair}|{label}"));
+            lat.push(per_mesh(&MESHES, pair, &|r| {
+                if p99 {
+                    r.paced.p99_us
+                } else {
+                    r.paced.p50_us
+                }
+            }));
+        }
+        conn.push(per_mesh(&MESHES, pair, &|r| r.conn.per_second()));
+    }
+    let conn_groups: Vec<String> = measured.iter().map(|p| p.to_string()).collect();
+    let proxies = [Mesh::Ztunnel, Mesh::Ambient, Mesh::Sidecar];
+    let side = |rounds: &[Tput], server: bool| {
+        let gib = rounds.iter().map(|r| r.bytes as f64).sum::<f64>() / (1u64 << 30) as f64;
+        let cpu: f64 = rounds
+            .iter()
+            .map(|r| {
+                if server {
+                    r.server_cpu_s
+                } else {
+                    r.client_cpu_s
+                }
+            })
+            .sum();
+        if gib > 0.0 && cpu > 0.0 {
+            cpu / gib
+        } else {
+            f64::NAN
+        }
+    };
+    let mut cpu_groups = Vec::new();
+    let mut cpu_sides = Vec::new();
+    for pair in &measured {
+        for (label, server) in [("client", false), ("server", true)] {
+            if server && *pair == PASSTHROUGH_PAIR.name {
+                continue;
+            }
+            cpu_groups.push(format!("{pair}|{label}"));
+            cpu_sides.push(per_mesh(&proxies, pair, &|r| side(&r.stream1, server)));
         }
     }
+    let idle = vec![proxies
+        .iter()
+        .map(|m| {
+            out.idle
+                .iter()
+                .find(|i| i.mesh == *m)
+                .map_or(f64::NAN, |i| i.per_conn_kib())
+        })
+        .collect::<Vec<f64>>()];
     let meshed = [Mesh::Ambient, Mesh::Sidecar];
     let size_groups: Vec<String> = SIZES.iter().map(|s| format!("{s} pods/node")).collect();
     let per_size = |f: &dyn Fn(&ScalePoint) -> f64| -> Vec<Vec<f64>> {
@@ -178,58 +218,107 @@ pub(crate) fn render_modes_svg(
             })
             .collect()
     };
-    let rss = per_size(&|p| p.anon_per_pod_kib() / 1024.0);
-    let cpu = per_size(&|p| tput_summary(std::slice::from_ref(&p.tput)).1);
+    let rows = if scale.is_empty() { 3.0 } else { 4.0 };
+    let (w, ph) = (1100.0, 340.0);
+    let h = 40.0 + rows * ph;
+    let pw = w / 2.0;
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
          viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"10\" y=\"24\" font-size=\"16\" font-weight=\"bold\">ambit: direct vs ambient \
-         (per node) vs sidecar (per pod) — {} CPUs, {}</text>\n",
+         <text x=\"10\" y=\"24\" font-size=\"16\" font-weight=\"bold\">direct vs ztunnel vs \
+         ambit ambient (per node) vs ambit sidecar (per pod) — {} CPUs, {}</text>\n",
         machine.cpus,
         xml_escape(&machine.revision)
     );
-    let y0 = 40.0;
+    let y = |row: f64| 40.0 + row * ph;
+    type Panel<'a> = (f64, f64, String, &'a [String], &'a [Mesh], &'a [Vec<f64>]);
+    let panels: Vec<Panel> = vec![
+        (
+            0.0,
+            y(0.0),
+            "Throughput, Gbit/s".into(),
+            &groups,
+            &MESHES,
+            &tput,
+        ),
+        (
+            pw,
+            y(0.0),
+            format!("1 KiB RR latency at {PACED_RATE} req/s, µs"),
+            &lat_groups,
+            &MESHES,
+            &lat,
+        ),
+        (
+            0.0,
+            y(1.0),
+            "New connections per second".into(),
+            &conn_groups,
+            &MESHES,
+            &conn,
+        ),
+        (
+            pw,
+            y(1.0),
+            "Proxy CPU s per GiB (1 stream), by side".into(),
+            &cpu_groups,
+            &proxies,
+            &cpu_sides,
+        ),
+    ];
+    for (x, py, title, g, series, values) in panels {
+        svg.push_str(&bar_panel(x, py, pw, ph, &title, g, series, values));
+    }
+    let idle_groups = vec![format!("{} idle connections", crate::SHARED_CONNS)];
     svg.push_str(&bar_panel(
         0.0,
-        y0,
+        y(2.0),
         pw,
         ph,
-        "Throughput, Gbit/s",
-        &groups,
-        &MESHES,
-        &tput,
+        "KiB per idle connection (client + server proxy)",
+        &idle_groups,
+        &proxies,
+        &idle,
     ));
+    let conn_cpu: Vec<Vec<f64>> = measured
+        .iter()
+        .map(|pair| per_mesh(&proxies, pair, &|r| conn_cpu_us(r).unwrap_or(f64::NAN)))
+        .collect();
     svg.push_str(&bar_panel(
         pw,
-        y0,
+        y(2.0),
         pw,
         ph,
-        &format!("1 KiB RR latency at {PACED_RATE} req/s, µs"),
-        &lat_groups,
-        &MESHES,
-        &lat,
+        "Proxy CPU µs per new connection (both sides)",
+        &conn_groups,
+        &proxies,
+        &conn_cpu,
     ));
-    svg.push_str(&bar_panel(
-        0.0,
-        y0 + ph,
-        pw,
-        ph,
-        "ambit RssAnon per enrolled pod, MiB",
-        &size_groups,
-        &meshed,
-        &rss,
-    ));
-    svg.push_str(&bar_panel(
-        pw,
-        y0 + ph,
-        pw,
-        ph,
-        "ambit CPU s per GiB (1 stream, cross-node)",
-        &size_groups,
-        &meshed,
-        &cpu,
-    ));
+    if !scale.is_empty() {
+        let rss = per_size(&|p| p.anon_per_pod_kib() / 1024.0);
+        let cpu = per_size(&|p| tput_summary(std::slice::from_ref(&p.tput)).1);
+        svg.push_str(&bar_panel(
+            0.0,
+            y(3.0),
+            pw,
+            ph,
+            "ambit RssAnon per enrolled pod, MiB",
+            &size_groups,
+            &meshed,
+            &rss,
+        ));
+        svg.push_str(&bar_panel(
+            pw,
+            y(3.0),
+            pw,
+            ph,
+            "ambit CPU s per GiB (1 stream, cross-node)",
+            &size_groups,
+            &meshed,
+            &cpu,
+        ));
+    }
     svg.push_str("</svg>\n");
     svg
 }

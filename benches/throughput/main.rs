@@ -113,21 +113,39 @@
 //! and everything as JSON to `<target>/bench/throughput.json`, where `<target>` is
 //! `$CARGO_TARGET_DIR` or `target` under the package root.
 //!
-//! # Modes: direct vs ambient vs sidecar
+//! # Modes: direct vs ztunnel vs ambient vs sidecar
 //!
-//! After the part above (skipped with `--modes-only`), two more labs of 2 nodes × 32 pods
-//! compare, for `n1-p1` → `n2-p1` (cross-node) and `n1-p1` → `n1-p2` (same-node): **direct**
-//! (no ambit; measured first on the ambient lab), **ambient** (`ambit run --rules=iptables` on
+//! After the part above (skipped with `--modes-only`), more labs of 2 nodes compare, for
+//! `n1-p1` → `n2-p1` (cross-node), `n1-p1` → `n1-p2` (same-node) and `n1-p1` → `n2-p3`
+//! (passthrough: a pod out of the mesh): **direct** (no proxy; measured first on the ambient
+//! lab), **ztunnel** (Istio's ztunnel, the reference peer: one per mesh pod on a lab of its
+//! own, `PROXY_MODE=dedicated`, fake CA, `ENABLE_ORIG_SRC=true`, `PACKET_MARK=1337`, its local
+//! config listing the mesh pods as HBONE workloads, and Istio's in-pod rules installed with
+//! ambit's `rules::apply`; see `ztunnel.rs`), **ambient** (`ambit run --rules=iptables` on
 //! each node, pods beyond the current size labelled `istio.io/dataplane-mode=none`) and
 //! **sidecar** (a lab whose namespace is not ambient, every pod annotated
-//! `sidecar.istio.io/status`, one `ambit sidecar` per pod). Per pair: 1 and 8 parallel
-//! streams (2 windows each; `--quick` 1), 1 KiB request/response paced at 1000 req/s (latency
-//! from the scheduled send time, see `paced_rr`) and closed loop, new connections/s; the
-//! route (`hbone` outbound on the client side, an `hbone` flow on the server side) is checked
-//! on `/flows` of the daemons or sidecars. CPU s/GiB = utime+stime(+children) of all ambit
-//! processes over the window ÷ GiB the sink received. Then at 2, 8 and 32 pods per node
-//! (enrolled or started size by size): one cross-node single-stream window and the VmRSS and
-//! RssAnon of every ambit process. Output: `<target>/bench/modes.{md,json,svg}`.
+//! `sidecar.istio.io/status`, one `ambit sidecar` per pod; no passthrough pair). Per pair: 1
+//! and 8 parallel streams (2 windows each; `--quick` 1), 1 KiB request/response paced at 1000
+//! req/s (latency from the scheduled send time, see `paced_rr`) and closed loop, new
+//! connections/s. The route is checked before the numbers count: for ambit on `/flows` of the
+//! daemons or sidecars (`hbone` outbound on the client side and an `hbone` flow on the server
+//! side; `passthrough` and nothing on the server side), for ztunnel on its `/metrics`
+//! (`istio_tcp_connections_opened_total` and `istio_tcp_received_bytes_total` with
+//! `connection_security_policy="mutual_tls"` and the peer's principal, on both ends, grew by
+//! at least the connections the bench opened and the bytes the sink received). CPU s/GiB =
+//! utime+stime(+children) of the proxy processes over the window ÷ GiB the sink received, in
+//! total and per side (the client pod's proxy, the server pod's). Memory per idle connection:
+//! right after the proxies are ready, 200 idle connections cross-node, Δ RssAnon of the
+//! client- and server-side proxy (`modes_idle.rs`). Then, for ambit, at 2, 8 and 32 pods per
+//! node (enrolled or started size by size): one cross-node single-stream window and the VmRSS
+//! and RssAnon of every ambit process. Output: `<target>/bench/modes.{md,json,svg}`; the
+//! side-by-side table (direct, ztunnel, ambient, sidecar, ambient/ztunnel) comes first.
+//!
+//! The ztunnel binary is `$AMBIT_ZTUNNEL`, else `../shared/peers/ztunnel/ztunnel` beside the
+//! repository; without it the ztunnel mode is skipped with a note (in the output too).
+//! `--meshes=direct,ztunnel,ambient,sidecar`, `--pairs=cross-node,same-node,passthrough` and
+//! `--no-scaling` (small labs, no 2/8/32 points) select parts; `$AMBIT_BIN` runs another ambit
+//! binary in the ambient and sidecar modes (A/B of two builds, see `benches/ab.sh`).
 //!
 //! # Arguments and environment
 //!
@@ -147,6 +165,10 @@ mod chart;
 mod checks;
 mod datapath;
 mod modes;
+mod modes_check;
+mod modes_compare;
+mod modes_idle;
+mod modes_labs;
 mod modes_report;
 mod modes_run;
 mod orchestrate;
@@ -154,9 +176,12 @@ mod report;
 mod results;
 mod sampling;
 mod servers;
+mod ztunnel;
 
 use std::time::{Duration, Instant};
 
+use modes::{ALL_PAIRS, MESHES};
+use modes_labs::Select;
 use modes_run::run_modes;
 use orchestrate::run;
 use report::Machine;
@@ -246,10 +271,50 @@ const HBONE: ModeSpec = ModeSpec {
     client_ports: (28400, 32768),
 };
 
+/// The tests of the modes comparison; `--tests=stream1,stream8,rr,conn` picks some (for
+/// profiling one kind of load at a time).
+#[derive(Clone, Copy, Debug)]
+struct Tests {
+    stream1: bool,
+    stream8: bool,
+    rr: bool,
+    conn: bool,
+}
+
+impl Tests {
+    const ALL: Tests = Tests {
+        stream1: true,
+        stream8: true,
+        rr: true,
+        conn: true,
+    };
+
+    fn parse(list: &str) -> Option<Tests> {
+        let mut t = Tests {
+            stream1: false,
+            stream8: false,
+            rr: false,
+            conn: false,
+        };
+        for name in list.split(',') {
+            match name {
+                "stream1" => t.stream1 = true,
+                "stream8" => t.stream8 = true,
+                "rr" => t.rr = true,
+                "conn" => t.conn = true,
+                _ => return None,
+            }
+        }
+        Some(t)
+    }
+}
+
 /// Durations and repetitions of one run.
 #[derive(Clone, Copy, Debug)]
 struct Plan {
     quick: bool,
+    /// Which tests of the modes comparison run (`--tests`).
+    tests: Tests,
     stream_warmup: Duration,
     stream_window: Duration,
     stream_rounds: usize,
@@ -265,6 +330,7 @@ impl Plan {
         if quick {
             Plan {
                 quick,
+                tests: Tests::ALL,
                 stream_warmup: Duration::from_millis(500),
                 stream_window: Duration::from_secs(1),
                 stream_rounds: 1,
@@ -277,6 +343,7 @@ impl Plan {
         } else {
             Plan {
                 quick,
+                tests: Tests::ALL,
                 stream_warmup: Duration::from_secs(1),
                 stream_window: Duration::from_secs(3),
                 stream_rounds: 3,
@@ -303,10 +370,53 @@ fn main() {
     let mut quick = false;
     let mut modes_only = false;
     let mut under_cargo_bench = false;
+    let mut tests = Tests::ALL;
+    let mut sel = Select {
+        meshes: MESHES.to_vec(),
+        pairs: ALL_PAIRS.to_vec(),
+        scaling: true,
+    };
     for arg in &args {
+        if let Some(list) = arg.strip_prefix("--meshes=") {
+            let names: Vec<&str> = list.split(',').collect();
+            sel.meshes = MESHES
+                .into_iter()
+                .filter(|m| names.contains(&m.name()))
+                .collect();
+            if sel.meshes.len() != names.len() {
+                let known: Vec<&str> = MESHES.iter().map(|m| m.name()).collect();
+                eprintln!("throughput bench: --meshes takes a list of {known:?}, got {list:?}");
+                std::process::exit(2);
+            }
+            continue;
+        }
+        if let Some(list) = arg.strip_prefix("--tests=") {
+            tests = Tests::parse(list).unwrap_or_else(|| {
+                eprintln!(
+                    "throughput bench: --tests takes a list of stream1, stream8, rr, conn; \
+                     got {list:?}"
+                );
+                std::process::exit(2)
+            });
+            continue;
+        }
+        if let Some(list) = arg.strip_prefix("--pairs=") {
+            let names: Vec<&str> = list.split(',').collect();
+            sel.pairs = ALL_PAIRS
+                .into_iter()
+                .filter(|p| names.contains(&p.name))
+                .collect();
+            if sel.pairs.len() != names.len() {
+                let known: Vec<&str> = ALL_PAIRS.iter().map(|p| p.name).collect();
+                eprintln!("throughput bench: --pairs takes a list of {known:?}, got {list:?}");
+                std::process::exit(2);
+            }
+            continue;
+        }
         match arg.as_str() {
             "--quick" => quick = true,
             "--modes-only" => modes_only = true,
+            "--no-scaling" => sel.scaling = false,
             "--bench" => under_cargo_bench = true,
             "-h" | "--help" => {
                 println!(
@@ -319,7 +429,14 @@ fn main() {
                      RSS/CPU at 2, 8 and 32 pods per node.\n\
                      Results: <target>/bench/throughput.{{md,json}}, modes.{{md,json,svg}}.\n\
                      --quick        shorter windows and one round of each\n\
-                     --modes-only   only the direct/ambient/sidecar comparison"
+                     --modes-only   only the direct/ztunnel/ambient/sidecar comparison\n\
+                     --meshes=LIST  modes to compare (direct,ztunnel,ambient,sidecar)\n\
+                     --pairs=LIST   pairs (cross-node,same-node,passthrough)\n\
+                     --no-scaling   skip the 2/8/32 pods per node points (small labs)\n\
+                     --tests=LIST   modes tests to run (stream1,stream8,rr,conn)\n\
+                     env AMBIT_ZTUNNEL: ztunnel binary (default ../shared/peers/ztunnel/ztunnel\n\
+                     beside the repository; the mode is skipped without it); AMBIT_BIN: the\n\
+                     ambit binary the modes run (default: the one cargo built)"
                 );
                 return;
             }
@@ -341,7 +458,10 @@ fn main() {
         );
         std::process::exit(1);
     }
-    let plan = Plan::new(quick);
+    let plan = Plan {
+        tests,
+        ..Plan::new(quick)
+    };
     let started = Instant::now();
     if !modes_only {
         if let Err(e) = run(plan, &args) {
@@ -349,7 +469,7 @@ fn main() {
             std::process::exit(1);
         }
     }
-    if let Err(e) = run_modes(plan, &args, &Machine::describe()) {
+    if let Err(e) = run_modes(plan, &args, &Machine::describe(), &sel) {
         eprintln!("throughput bench (modes) failed: {e:#}");
         std::process::exit(1);
     }

@@ -7,14 +7,11 @@ use ambit::netns::NetNs;
 use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Value};
 
-use crate::checks::{flow_dst, flows};
 use crate::report::median;
 use crate::results::{RateResult, Rss};
 use crate::sampling::percentile;
 use crate::servers::{PingServer, Sink};
-use crate::{
-    Plan, CLIENT_POD, ECHO_PORT, MESH_POD, PING_PORT, REQUEST_SIZE, SINK_PORT, STREAM_BUFFER,
-};
+use crate::{Plan, ECHO_PORT, MESH_POD, PING_PORT, REQUEST_SIZE, SINK_PORT, STREAM_BUFFER};
 /// Pods per node of the resource-scaling points; the first is also where the data path of
 /// every mode is measured.
 use std::future::Future;
@@ -33,6 +30,8 @@ use tokio::task::JoinHandle;
 pub(crate) const SIZES: [usize; 3] = [2, 8, 32];
 /// Same-node destination (the cross-node one is [`MESH_POD`]).
 const SAME_NODE_POD: &str = "n1-p2";
+/// Destination out of the mesh (index beyond `SIZES[0]`).
+pub(crate) const PASSTHROUGH_POD: &str = "n2-p3";
 /// Request rate of the paced latency test.
 pub(crate) const PACED_RATE: u32 = 1000;
 /// Connections of the parallel throughput test.
@@ -43,16 +42,19 @@ pub(crate) const SIDECAR_STATUS: &str = "sidecar.istio.io/status";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Mesh {
     Direct,
+    /// Istio's ztunnel, one per pod (the reference peer; see `ztunnel.rs`).
+    Ztunnel,
     Ambient,
     Sidecar,
 }
 
-pub(crate) const MESHES: [Mesh; 3] = [Mesh::Direct, Mesh::Ambient, Mesh::Sidecar];
+pub(crate) const MESHES: [Mesh; 4] = [Mesh::Direct, Mesh::Ztunnel, Mesh::Ambient, Mesh::Sidecar];
 
 impl Mesh {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Mesh::Direct => "direct",
+            Mesh::Ztunnel => "ztunnel",
             Mesh::Ambient => "ambient",
             Mesh::Sidecar => "sidecar",
         }
@@ -61,6 +63,7 @@ impl Mesh {
     pub(crate) fn color(self) -> &'static str {
         match self {
             Mesh::Direct => "#8c8c8c",
+            Mesh::Ztunnel => "#2ca02c",
             Mesh::Ambient => "#1f77b4",
             Mesh::Sidecar => "#ff7f0e",
         }
@@ -68,13 +71,14 @@ impl Mesh {
 
     /// Source ports of the connection-rate client for `pair`: the direct and ambient runs share
     /// a lab, so each (mode, pair) gets its own range (see the connection-setup docs above).
-    pub(crate) fn client_ports(self, pair: usize) -> (u16, u16) {
+    pub(crate) fn client_ports(self, pair: Pair) -> (u16, u16) {
+        const WIDTH: u16 = (32768 - 16000) / (2 * ALL_PAIRS.len() as u16);
         let slot = match self {
-            Mesh::Direct | Mesh::Sidecar => pair,
-            Mesh::Ambient => 2 + pair,
-        } as u16;
-        let start = 16000 + slot * 4192;
-        (start, start + 4192)
+            Mesh::Direct | Mesh::Sidecar | Mesh::Ztunnel => pair.slot,
+            Mesh::Ambient => ALL_PAIRS.len() as u16 + pair.slot,
+        };
+        let start = 16000 + slot * WIDTH;
+        (start, start + WIDTH)
     }
 }
 
@@ -82,18 +86,47 @@ impl Mesh {
 pub(crate) struct Pair {
     pub(crate) name: &'static str,
     pub(crate) server: &'static str,
+    /// The destination is in the mesh (HBONE); otherwise the proxy passes TCP through.
+    pub(crate) in_mesh: bool,
+    /// Index of the pair's connection-rate port range.
+    pub(crate) slot: u16,
 }
 
+/// The pairs every mode measures, both ends in the mesh.
 pub(crate) const PAIRS: [Pair; 2] = [
     Pair {
         name: "cross-node",
         server: MESH_POD,
+        in_mesh: true,
+        slot: 0,
     },
     Pair {
         name: "same-node",
         server: SAME_NODE_POD,
+        in_mesh: true,
+        slot: 1,
     },
 ];
+
+/// Cross-node to a pod out of the mesh (beyond the first size, so never enrolled while
+/// pairs are measured): TCP passthrough in the client's proxy. Not measured for sidecars.
+pub(crate) const PASSTHROUGH_PAIR: Pair = Pair {
+    name: "passthrough",
+    server: PASSTHROUGH_POD,
+    in_mesh: false,
+    slot: 2,
+};
+
+pub(crate) const ALL_PAIRS: [Pair; 3] = [PAIRS[0], PAIRS[1], PASSTHROUGH_PAIR];
+
+/// The proxy processes of a mode, and which of them sit at the two ends of a pair (ambient:
+/// the node daemons; sidecar and ztunnel: the pods' own proxies).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Procs {
+    pub(crate) all: Vec<u32>,
+    pub(crate) client: Vec<u32>,
+    pub(crate) server: Vec<u32>,
+}
 
 /// One throughput window.
 #[derive(Clone, Debug)]
@@ -101,8 +134,12 @@ pub(crate) struct Tput {
     pub(crate) streams: usize,
     pub(crate) bytes: u64,
     pub(crate) seconds: f64,
-    /// CPU seconds (user + system, + reaped children) of every ambit process in the window.
-    pub(crate) ambit_cpu_s: f64,
+    /// CPU seconds (user + system, + reaped children) of every proxy process in the window.
+    pub(crate) proxy_cpu_s: f64,
+    /// The same for the client-side and the server-side proxy (the same process for the
+    /// ambient same-node pair; server 0 for passthrough).
+    pub(crate) client_cpu_s: f64,
+    pub(crate) server_cpu_s: f64,
     /// The same for this process (clients, servers and the kernel work charged to them).
     pub(crate) bench_cpu_s: f64,
 }
@@ -117,7 +154,7 @@ impl Tput {
 pub(crate) fn tput_summary(rounds: &[Tput]) -> (f64, f64, f64) {
     let g: Vec<f64> = rounds.iter().map(Tput::gbit).collect();
     let gib = rounds.iter().map(|r| r.bytes as f64).sum::<f64>() / (1u64 << 30) as f64;
-    let ambit = rounds.iter().map(|r| r.ambit_cpu_s).sum::<f64>() / gib;
+    let ambit = rounds.iter().map(|r| r.proxy_cpu_s).sum::<f64>() / gib;
     let bench = rounds.iter().map(|r| r.bench_cpu_s).sum::<f64>() / gib;
     (median(&g), ambit, bench)
 }
@@ -154,6 +191,11 @@ impl Latency {
 
     pub(crate) fn per_second(&self) -> f64 {
         self.count as f64 / self.seconds
+    }
+
+    /// A test that was not run (`--tests`): every figure NaN.
+    pub(crate) fn none() -> Latency {
+        Latency::of(Vec::new(), f64::NAN)
     }
 
     pub(crate) fn text(&self) -> String {
@@ -223,12 +265,15 @@ pub(crate) struct ModeServers {
 }
 
 impl ModeServers {
-    pub(crate) async fn start(lab: &Lab) -> anyhow::Result<ModeServers> {
+    /// Servers in the destination pods of `pairs` and in [`MESH_POD`] (the idle test's).
+    pub(crate) async fn start(lab: &Lab, pairs: &[Pair]) -> anyhow::Result<ModeServers> {
         let any = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
         let (mut sinks, mut echoes, mut pings) = (Vec::new(), Vec::new(), Vec::new());
-        for pair in PAIRS {
-            let ns = lab.pod_netns(pair.server)?;
-            sinks.push((pair.server.to_string(), Sink::start(&ns, any(SINK_PORT))?));
+        let mut pods: Vec<&str> = vec![MESH_POD];
+        pods.extend(pairs.iter().map(|p| p.server).filter(|s| *s != MESH_POD));
+        for server in pods {
+            let ns = lab.pod_netns(server)?;
+            sinks.push((server.to_string(), Sink::start(&ns, any(SINK_PORT))?));
             pings.push(PingServer::start(&ns, any(PING_PORT))?);
             echoes.push(Server::start(&ns, any(ECHO_PORT)).await?);
         }
@@ -274,7 +319,7 @@ pub(crate) async fn stream_many(
     sink: &Sink,
     dst: SocketAddr,
     n: usize,
-    ambit: &[u32],
+    procs: &Procs,
 ) -> anyhow::Result<Tput> {
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
@@ -303,15 +348,18 @@ pub(crate) async fn stream_many(
         bail!("a writer stopped during the warm-up");
     }
     let me = [std::process::id()];
-    let (a0, m0, t0, b0) = (
-        cpu_seconds(ambit),
+    let side = |p: &Procs| [cpu_seconds(&p.client), cpu_seconds(&p.server)];
+    let (s0, a0, m0, t0, b0) = (
+        side(procs),
+        cpu_seconds(&procs.all),
         cpu_seconds(&me),
         Instant::now(),
         sink.received(),
     );
     tokio::time::sleep(plan.stream_window).await;
-    let (a1, m1, t1, b1) = (
-        cpu_seconds(ambit),
+    let (s1, a1, m1, t1, b1) = (
+        side(procs),
+        cpu_seconds(&procs.all),
         cpu_seconds(&me),
         Instant::now(),
         sink.received(),
@@ -329,7 +377,9 @@ pub(crate) async fn stream_many(
         streams: n,
         bytes: b1 - b0,
         seconds: (t1 - t0).as_secs_f64(),
-        ambit_cpu_s: a1 - a0,
+        proxy_cpu_s: a1 - a0,
+        client_cpu_s: s1[0] - s0[0],
+        server_cpu_s: s1[1] - s0[1],
         bench_cpu_s: m1 - m0,
     })
 }
@@ -402,45 +452,4 @@ pub(crate) fn within<T>(
     rt.block_on(async { tokio::time::timeout(limit, work).await })
         .map_err(|_| anyhow!("{what} did not finish within {limit:?}"))?
         .with_context(|| what.to_string())
-}
-
-/// Fails unless ambit carried the connections to `dsts` of `pair` over HBONE: an outbound
-/// flow with route `hbone` on the client side and an `hbone` flow on the server side
-/// (ambient: the nodes' daemons; sidecar: the pods' sidecars).
-pub(crate) fn check_route(
-    lab: &Lab,
-    mesh: Mesh,
-    pair: Pair,
-    dsts: &[SocketAddr],
-) -> anyhow::Result<()> {
-    let server_node = lab.pod(pair.server)?.node.clone();
-    let (client, server) = match mesh {
-        Mesh::Direct => return Ok(()),
-        Mesh::Ambient => ("n1".to_string(), server_node),
-        Mesh::Sidecar => (CLIENT_POD.to_string(), pair.server.to_string()),
-    };
-    let out = flows(lab, &client)?;
-    let inbound = flows(lab, &server)?;
-    for dst in dsts {
-        let mine: Vec<&Value> = out
-            .iter()
-            .filter(|f| f["listener"] == "outbound" && flow_dst(f) == Some(*dst))
-            .collect();
-        if mine.is_empty() {
-            bail!("{}: no outbound flow to {dst} on {client}", mesh.name());
-        }
-        if let Some(f) = mine.iter().find(|f| f["route"] != "hbone") {
-            bail!(
-                "{}: a flow to {dst} on {client} is not hbone: {f}",
-                mesh.name()
-            );
-        }
-        if !inbound
-            .iter()
-            .any(|f| f["listener"] == "hbone" && flow_dst(f) == Some(*dst))
-        {
-            bail!("{}: no hbone flow to {dst} on {server}", mesh.name());
-        }
-    }
-    Ok(())
 }

@@ -1,42 +1,41 @@
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ambit::lab::{Lab, LabSpec};
 use ambit::netns::NetNs;
-use ambit::workload::enroll::DATAPLANE_MODE_LABEL;
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use tokio::runtime::Runtime;
 
 use crate::chart::render_modes_svg;
-use crate::checks::{settled, wait_state};
+use crate::checks::settled;
 use crate::datapath::connection_rate;
 use crate::modes::{
-    check_route, paced_rr, stream_many, tput_summary, within, Mesh, ModeServers, PairResult,
-    ScalePoint, PACED_RATE, PAIRS, PARALLEL_STREAMS, SIDECAR_STATUS, SIZES,
+    paced_rr, stream_many, tput_summary, within, Latency, Mesh, ModeServers, Pair, PairResult,
+    Procs, ScalePoint, PACED_RATE, PARALLEL_STREAMS,
 };
+use crate::modes_check::{baseline, check_route, Expect};
+use crate::modes_labs::{run_ambient_lab, run_sidecar_lab, run_ztunnel_lab, ModesOut, Select};
 use crate::modes_report::{render_modes_json, render_modes_markdown};
 use crate::orchestrate::raise_fd_limit;
 use crate::report::{target_dir, Machine};
+use crate::results::RateResult;
 use crate::sampling::read_rss;
-use crate::{
-    Plan, CLIENT_POD, DAEMON_DEADLINE, ECHO_PORT, MESH_POD, PING_PORT, RULES, SINK_PORT,
-    STUCK_SLACK,
-};
+use crate::{Plan, ECHO_PORT, MESH_POD, PING_PORT, SINK_PORT, STUCK_SLACK};
 
 /// Everything measured for one (mode, pair).
 #[allow(clippy::too_many_arguments)]
-fn measure_pair(
+pub(crate) fn measure_pair(
     rt: &Runtime,
     lab: &Lab,
     plan: Plan,
     mesh: Mesh,
-    index: usize,
+    pair: Pair,
     client: &NetNs,
     servers: &ModeServers,
-    ambit: &[u32],
+    procs: &Procs,
 ) -> anyhow::Result<PairResult> {
-    let pair = PAIRS[index];
+    let base = baseline(lab, mesh, pair)?;
+    let mut expect = Expect::default();
     let ip = lab.pod(pair.server)?.ipv4;
     let (sink_addr, echo_addr, ping_addr) = (
         SocketAddr::from((ip, SINK_PORT)),
@@ -47,8 +46,12 @@ fn measure_pair(
     let rounds = if plan.quick { 1 } else { 2 };
     let limit = plan.stream_warmup + plan.stream_window + STUCK_SLACK;
     let mut streams = [Vec::new(), Vec::new()];
-    for (slot, n) in [1, PARALLEL_STREAMS].into_iter().enumerate() {
-        for _ in 0..rounds {
+    let counts = [
+        (1, plan.tests.stream1),
+        (PARALLEL_STREAMS, plan.tests.stream8),
+    ];
+    for (slot, (n, wanted)) in counts.into_iter().enumerate() {
+        for _ in 0..if wanted { rounds } else { 0 } {
             let t = within(
                 rt,
                 limit,
@@ -57,55 +60,90 @@ fn measure_pair(
                     mesh.name(),
                     pair.name
                 ),
-                stream_many(plan, client, sink, sink_addr, n, ambit),
+                stream_many(plan, client, sink, sink_addr, n, procs),
             )?;
             eprintln!(
-                "  {n} stream(s): {:.2} Gbit/s, ambit {:.2} CPU s, bench {:.2} CPU s",
+                "  {n} stream(s): {:.2} Gbit/s, proxies {:.2} CPU s (client {:.2}, server \
+                 {:.2}), bench {:.2} CPU s",
                 t.gbit(),
-                t.ambit_cpu_s,
+                t.proxy_cpu_s,
+                t.client_cpu_s,
+                t.server_cpu_s,
                 t.bench_cpu_s
             );
+            expect.conns += n;
+            expect.bytes += t.bytes;
             streams[slot].push(t);
         }
     }
     let limit = plan.rr_warmup + plan.rr_window + STUCK_SLACK;
-    let paced = within(
-        rt,
-        limit,
-        "paced request/response",
-        paced_rr(plan, client, echo_addr, Some(PACED_RATE)),
-    )?;
-    let closed = within(
-        rt,
-        limit,
-        "closed-loop request/response",
-        paced_rr(plan, client, echo_addr, None),
-    )?;
-    eprintln!(
-        "  1 KiB RR @{PACED_RATE}/s p50/p90/p99 {} µs; closed loop {:.0} req/s, {} µs",
-        paced.text(),
-        closed.per_second(),
-        closed.text()
-    );
-    settled(|| check_route(lab, mesh, pair, &[sink_addr, echo_addr]))?;
+    let mut used = Vec::new();
+    if !streams.iter().all(Vec::is_empty) {
+        used.push(sink_addr);
+    }
+    let (paced, closed) = if plan.tests.rr {
+        let paced = within(
+            rt,
+            limit,
+            "paced request/response",
+            paced_rr(plan, client, echo_addr, Some(PACED_RATE)),
+        )?;
+        let closed = within(
+            rt,
+            limit,
+            "closed-loop request/response",
+            paced_rr(plan, client, echo_addr, None),
+        )?;
+        eprintln!(
+            "  1 KiB RR @{PACED_RATE}/s p50/p90/p99 {} µs; closed loop {:.0} req/s, {} µs",
+            paced.text(),
+            closed.per_second(),
+            closed.text()
+        );
+        expect.conns += 2;
+        used.push(echo_addr);
+        (paced, closed)
+    } else {
+        (Latency::none(), Latency::none())
+    };
+    settled(|| check_route(lab, mesh, pair, &used, &base, expect))?;
     let names: Vec<(String, u32)> = std::iter::once(("bench".to_string(), std::process::id()))
-        .chain(ambit.iter().map(|p| (format!("ambit {p}"), *p)))
+        .chain(
+            procs
+                .all
+                .iter()
+                .map(|p| (format!("{} {p}", mesh.name()), *p)),
+        )
         .collect();
     let limit = plan.conn_warmup + plan.conn_window + STUCK_SLACK;
+    if !plan.tests.conn {
+        let [stream1, stream8] = streams;
+        return Ok(PairResult {
+            mesh,
+            pair,
+            stream1,
+            stream8,
+            paced,
+            closed,
+            conn: RateResult::none(),
+        });
+    }
     let conn = within(
         rt,
         limit,
         "new connections",
-        connection_rate(plan, client, ping_addr, mesh.client_ports(index), &names),
+        connection_rate(plan, client, ping_addr, mesh.client_ports(pair), &names),
     )?;
-    settled(|| check_route(lab, mesh, pair, &[ping_addr]))?;
+    expect.conns += conn.count;
+    settled(|| check_route(lab, mesh, pair, &[ping_addr], &base, expect))?;
     eprintln!(
-        "  new connections: {:.0}/s{}",
+        "  new connections: {:.0}/s, p99 {:.0} µs{}",
         conn.per_second(),
-        if mesh == Mesh::Direct {
-            ""
-        } else {
-            " (route hbone checked on /flows)"
+        conn.p99_us,
+        match mesh {
+            Mesh::Direct => "",
+            Mesh::Ztunnel => " (route checked on ztunnel's /metrics)",
+            _ => " (route checked on /flows)",
         }
     );
     let [stream1, stream8] = streams;
@@ -122,7 +160,7 @@ fn measure_pair(
 
 /// RSS of every ambit process after one cross-node single-stream window.
 #[allow(clippy::too_many_arguments)]
-fn scale_point(
+pub(crate) fn scale_point(
     rt: &Runtime,
     lab: &Lab,
     plan: Plan,
@@ -132,13 +170,17 @@ fn scale_point(
     servers: &ModeServers,
     ambit: &[u32],
 ) -> anyhow::Result<ScalePoint> {
+    let procs = Procs {
+        all: ambit.to_vec(),
+        ..Procs::default()
+    };
     let dst = SocketAddr::from((lab.pod(MESH_POD)?.ipv4, SINK_PORT));
     let limit = plan.stream_warmup + plan.stream_window + STUCK_SLACK;
     let tput = within(
         rt,
         limit,
         &format!("{} at {size} pods per node: stream", mesh.name()),
-        stream_many(plan, client, servers.sink(MESH_POD)?, dst, 1, ambit),
+        stream_many(plan, client, servers.sink(MESH_POD)?, dst, 1, &procs),
     )?;
     let rss = ambit
         .iter()
@@ -164,220 +206,50 @@ fn scale_point(
     Ok(point)
 }
 
-fn pod_name(node: usize, index: usize) -> String {
+pub(crate) fn pod_name(node: usize, index: usize) -> String {
     format!("n{node}-p{index}")
 }
 
-fn mode_lab(ambient: bool) -> anyhow::Result<Lab> {
+pub(crate) fn mode_lab(ambient: bool, pods_per_node: usize) -> anyhow::Result<Lab> {
     let lab = Lab::up(&LabSpec {
         name: None,
         nodes: 2,
-        pods_per_node: SIZES[SIZES.len() - 1],
+        pods_per_node,
         namespace_ambient: ambient,
         kube: false,
     })
     .context("building a mode lab")?;
     eprintln!(
-        "lab {} up, 2 × {} pods (remove it with `ambit lab down {}` if interrupted)",
+        "lab {} up, 2 × {pods_per_node} pods (remove it with `ambit lab down {}` if interrupted)",
         lab.name(),
-        SIZES[SIZES.len() - 1],
         lab.name()
     );
     Ok(lab)
 }
 
-/// Direct and ambient on one lab (ambient namespace), pods beyond the current size labelled
-/// out of the mesh and enrolled size by size.
-fn run_ambient_lab(
-    rt: &Runtime,
+pub(crate) fn run_modes(
     plan: Plan,
-    pairs: &mut Vec<PairResult>,
-    scale: &mut Vec<ScalePoint>,
+    args: &[String],
+    machine: &Machine,
+    sel: &Select,
 ) -> anyhow::Result<()> {
-    let lab = mode_lab(true)?;
-    let first = SIZES[0];
-    let label_out = |size: usize| {
-        lab.update_workloads(|s| {
-            for pod in s.pods.iter_mut() {
-                let index: usize = pod
-                    .name
-                    .rsplit_once("-p")
-                    .and_then(|(_, i)| i.parse().ok())
-                    .unwrap_or(usize::MAX);
-                if index > size {
-                    pod.labels
-                        .insert(DATAPLANE_MODE_LABEL.to_string(), "none".to_string());
-                } else {
-                    pod.labels.remove(DATAPLANE_MODE_LABEL);
-                }
-            }
-        })
-        .context("labelling pods")
-    };
-    label_out(first)?;
-    let servers = rt.block_on(ModeServers::start(&lab))?;
-    let client = lab.pod_netns(CLIENT_POD)?;
-    for (index, pair) in PAIRS.iter().enumerate() {
-        eprintln!("direct {}:", pair.name);
-        pairs.push(measure_pair(
-            rt,
-            &lab,
-            plan,
-            Mesh::Direct,
-            index,
-            &client,
-            &servers,
-            &[],
-        )?);
-    }
-    let binary = PathBuf::from(env!("CARGO_BIN_EXE_ambit"));
-    for node in ["n1", "n2"] {
-        lab.start_daemon(node, &binary, &[format!("--rules={RULES}")])
-            .with_context(|| format!("starting ambit on {node}"))?;
-    }
-    for node in ["n1", "n2"] {
-        lab.wait_ready(node, DAEMON_DEADLINE)?;
-    }
-    let pids: Vec<u32> = ["n1", "n2"]
-        .iter()
-        .map(|n| lab.daemon_pid(n).ok_or_else(|| anyhow!("no daemon on {n}")))
-        .collect::<anyhow::Result<_>>()?;
-    for size in SIZES {
-        if size != first {
-            label_out(size)?;
-        }
-        let deadline = Instant::now() + DAEMON_DEADLINE;
-        for node in 1..=2 {
-            for i in 1..=size {
-                wait_state(
-                    &lab,
-                    &format!("n{node}"),
-                    &pod_name(node, i),
-                    true,
-                    deadline,
-                )?;
-            }
-        }
-        if size == first {
-            for (index, pair) in PAIRS.iter().enumerate() {
-                eprintln!("ambient {} (ambit run per node):", pair.name);
-                pairs.push(measure_pair(
-                    rt,
-                    &lab,
-                    plan,
-                    Mesh::Ambient,
-                    index,
-                    &client,
-                    &servers,
-                    &pids,
-                )?);
-            }
-        }
-        scale.push(scale_point(
-            rt,
-            &lab,
-            plan,
-            Mesh::Ambient,
-            size,
-            &client,
-            &servers,
-            &pids,
-        )?);
-    }
-    rt.block_on(async move { drop(servers) });
-    lab.down().context("removing the lab")?;
-    Ok(())
-}
-
-/// Sidecar mode on a lab whose namespace is not ambient: every pod annotated, sidecars
-/// started size by size.
-fn run_sidecar_lab(
-    rt: &Runtime,
-    plan: Plan,
-    pairs: &mut Vec<PairResult>,
-    scale: &mut Vec<ScalePoint>,
-) -> anyhow::Result<()> {
-    let lab = mode_lab(false)?;
-    lab.update_workloads(|s| {
-        for p in &mut s.pods {
-            p.annotations
-                .insert(SIDECAR_STATUS.into(), r#"{"proxy":"ambit"}"#.into());
-        }
-    })
-    .context("annotating pods")?;
-    let servers = rt.block_on(ModeServers::start(&lab))?;
-    let client = lab.pod_netns(CLIENT_POD)?;
-    let binary = PathBuf::from(env!("CARGO_BIN_EXE_ambit"));
-    let mut pids = Vec::new();
-    let mut started = 0;
-    for size in SIZES {
-        let t = Instant::now();
-        let new: Vec<String> = (1..=2)
-            .flat_map(|node| (started + 1..=size).map(move |i| pod_name(node, i)))
-            .collect();
-        for pod in &new {
-            pids.push(
-                lab.start_sidecar(pod, &binary, &[])
-                    .with_context(|| format!("starting the sidecar of {pod}"))?,
-            );
-        }
-        for pod in &new {
-            lab.wait_ready(pod, DAEMON_DEADLINE)?;
-        }
-        eprintln!(
-            "{} sidecars started and ready in {:.1} s",
-            new.len(),
-            t.elapsed().as_secs_f64()
-        );
-        started = size;
-        if size == SIZES[0] {
-            for (index, pair) in PAIRS.iter().enumerate() {
-                eprintln!("sidecar {} (ambit sidecar per pod):", pair.name);
-                pairs.push(measure_pair(
-                    rt,
-                    &lab,
-                    plan,
-                    Mesh::Sidecar,
-                    index,
-                    &client,
-                    &servers,
-                    &pids,
-                )?);
-            }
-        }
-        scale.push(scale_point(
-            rt,
-            &lab,
-            plan,
-            Mesh::Sidecar,
-            size,
-            &client,
-            &servers,
-            &pids,
-        )?);
-    }
-    rt.block_on(async move { drop(servers) });
-    lab.down().context("removing the lab")?;
-    Ok(())
-}
-
-pub(crate) fn run_modes(plan: Plan, args: &[String], machine: &Machine) -> anyhow::Result<()> {
     raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("building the tokio runtime")?;
     let started = Instant::now();
-    let mut pairs = Vec::new();
-    let mut scale = Vec::new();
-    run_ambient_lab(&rt, plan, &mut pairs, &mut scale)?;
-    run_sidecar_lab(&rt, plan, &mut pairs, &mut scale)?;
+    let mut out = ModesOut::default();
+    // ztunnel right before ambit, so the two are measured close together in time.
+    run_ztunnel_lab(&rt, plan, sel, &mut out)?;
+    run_ambient_lab(&rt, plan, sel, &mut out)?;
+    run_sidecar_lab(&rt, plan, sel, &mut out)?;
     rt.shutdown_timeout(Duration::from_secs(2));
     let seconds = started.elapsed().as_secs_f64();
 
-    let markdown = render_modes_markdown(plan, machine, &pairs, &scale);
-    let json = render_modes_json(plan, args, machine, &pairs, &scale, seconds);
-    let svg = render_modes_svg(machine, &pairs, &scale);
+    let markdown = render_modes_markdown(plan, args, machine, &out);
+    let json = render_modes_json(plan, args, machine, &out, seconds);
+    let svg = render_modes_svg(machine, &out);
     println!("\n{markdown}");
     let dir = target_dir().join("bench");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

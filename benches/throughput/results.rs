@@ -64,6 +64,21 @@ impl RateResult {
     pub(crate) fn per_second(&self) -> f64 {
         self.count as f64 / self.seconds
     }
+
+    /// A test that was not run (`--tests`): every figure NaN.
+    pub(crate) fn none() -> RateResult {
+        RateResult {
+            count: 0,
+            seconds: f64::NAN,
+            p50_us: f64::NAN,
+            p99_us: f64::NAN,
+            mean_us: f64::NAN,
+            max_us: f64::NAN,
+            cpu: Vec::new(),
+            skipped_ports: 0,
+            forced_closes: 0,
+        }
+    }
 }
 
 /// What `/flows` showed for a connection-rate test.

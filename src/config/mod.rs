@@ -163,7 +163,7 @@ pub const COPY_GROW_AFTER_LARGE: u64 = 4 * 1024 * 1024;
 /// HBONE copy: first read size from TCP into the tunnel.
 pub const TUNNEL_INITIAL_READ: usize = 4 * 1024;
 /// HBONE copy: read size for bulk transfers.
-pub const TUNNEL_BULK_READ: usize = 64 * 1024;
+pub const TUNNEL_BULK_READ: usize = 256 * 1024;
 /// Bytes after which an HBONE copy reads [`TUNNEL_BULK_READ`] at a time.
 pub const TUNNEL_BULK_AFTER: u64 = 256 * 1024;
 

@@ -48,6 +48,10 @@ pub async fn tcp_to_h2<R: AsyncRead + Unpin>(
         } else {
             INITIAL_READ
         };
+        if buf.capacity() == 0 {
+            // No buffer while idle.
+            crate::copy::readable(&mut reader).await?;
+        }
         buf.reserve(want);
         let n = reader.read_buf(&mut buf).await?;
         if n == 0 {
@@ -55,6 +59,10 @@ pub async fn tcp_to_h2<R: AsyncRead + Unpin>(
             return Ok(total);
         }
         let mut chunk = buf.split().freeze();
+        if n < want {
+            // A short read: keep no spare capacity while waiting for more.
+            buf = BytesMut::new();
+        }
         while !chunk.is_empty() {
             send.reserve_capacity(chunk.len());
             let granted = std::future::poll_fn(|cx| send.poll_capacity(cx))

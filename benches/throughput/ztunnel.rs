@@ -1,0 +1,285 @@
+// ---------------------------------------------------------------------------------------------
+// ztunnel, Istio's node proxy, as the reference peer of the modes comparison.
+//
+// One ztunnel per pod netns (`PROXY_MODE=dedicated`: its data path is the same code as its
+// shared in-pod mode), its local config listing the lab's mesh pods as HBONE workloads, the
+// fake CA, `ENABLE_ORIG_SRC=true` and `PACKET_MARK=1337`, so it keeps the client's address
+// and marks its sockets as ambit does. The capture is Istio's in-pod rule set, installed by
+// ambit's own `rules::apply` (same chains, marks and ports as Istio's CNI): the REDIRECT to
+// 15001 in the client pod, and the connmark + table-100 route that source-preserving inbound
+// needs in the server pod. So both proxies run under the same rules in the same topology.
+//
+// Whether traffic really went through ztunnel's HBONE is read from its `/metrics` on 15020
+// (`istio_tcp_*` with `connection_security_policy="mutual_tls"` and the peer's principal).
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ambit::capture::CaptureOptions;
+use ambit::lab::{Lab, READY_PORT};
+use ambit::rules::{self, Backend, Families, MARK};
+use anyhow::{anyhow, bail, Context};
+use serde_json::json;
+
+/// Environment variable naming the ztunnel binary (overrides the default path).
+pub(crate) const ZTUNNEL_ENV: &str = "AMBIT_ZTUNNEL";
+/// ztunnel's Prometheus port (`/metrics`).
+const METRICS_PORT: u16 = 15020;
+/// Trust domain of the fake CA's certificates and of the local config.
+const TRUST_DOMAIN: &str = "cluster.local";
+/// How long ztunnel gets to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// The ztunnel binary: `$AMBIT_ZTUNNEL`, else `<repo>/../shared/peers/ztunnel/ztunnel`; `Err`
+/// says where it looked when it is absent.
+pub(crate) fn locate() -> Result<PathBuf, String> {
+    let path = match std::env::var_os(ZTUNNEL_ENV) {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers/ztunnel/ztunnel"),
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "no ztunnel binary at {} (set {ZTUNNEL_ENV} to its path)",
+            path.display()
+        ))
+    }
+}
+
+/// SPIFFE identity of a lab pod under the fake CA.
+pub(crate) fn principal(lab: &Lab, pod: &str) -> anyhow::Result<String> {
+    let p = lab.pod(pod)?;
+    Ok(format!(
+        "spiffe://{TRUST_DOMAIN}/ns/{}/sa/{}",
+        p.namespace, p.service_account
+    ))
+}
+
+/// ztunnel's local config (`LOCAL_XDS_PATH`): `mesh` as HBONE workloads, nothing else (every
+/// other address is passthrough). Written as JSON, which its YAML reader accepts.
+fn local_config(lab: &Lab, mesh: &[&str]) -> anyhow::Result<String> {
+    let mut workloads = Vec::new();
+    for name in mesh {
+        let p = lab.pod(name)?;
+        workloads.push(json!({
+            "uid": format!("{}//v1/Pod/{}/{}", lab.name(), p.namespace, p.name),
+            "name": p.name,
+            "namespace": p.namespace,
+            "serviceAccount": p.service_account,
+            "workloadIps": [p.ipv4.to_string(), p.ipv6.to_string()],
+            "protocol": "HBONE",
+            "node": p.node,
+            "network": "",
+            "trustDomain": TRUST_DOMAIN,
+            "services": {},
+        }));
+    }
+    let config = json!({"workloads": workloads, "policies": [], "services": []});
+    Ok(serde_json::to_string_pretty(&config)? + "\n")
+}
+
+/// One ztunnel per mesh pod of a lab, stopped (SIGTERM, then SIGKILL) when dropped.
+pub(crate) struct Ztunnels {
+    procs: Vec<(String, Child)>,
+    dir: PathBuf,
+}
+
+impl Ztunnels {
+    /// Installs Istio's in-pod rules in every pod of `mesh` and starts a ztunnel in each, in
+    /// its own directory under the lab's (log `ztunnel.log` there).
+    pub(crate) fn start(lab: &Lab, binary: &Path, mesh: &[&str]) -> anyhow::Result<Ztunnels> {
+        let dir = lab.dir().join("ztunnel");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let config = dir.join("config.yaml");
+        std::fs::write(&config, local_config(lab, mesh)?)
+            .with_context(|| format!("writing {}", config.display()))?;
+        let mut zt = Ztunnels {
+            procs: Vec::new(),
+            dir,
+        };
+        for pod in mesh {
+            let ns = lab.pod_netns(pod)?;
+            rules::apply(
+                &ns,
+                Backend::Iptables,
+                &CaptureOptions::default(),
+                Families::BOTH,
+            )
+            .with_context(|| format!("installing the in-pod rules in {pod}"))?;
+            let p = lab.pod(pod)?;
+            let work = zt.dir.join(pod);
+            std::fs::create_dir_all(&work)?;
+            let log = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(work.join("ztunnel.log"))
+                .context("opening the ztunnel log")?;
+            let mut cmd = Command::new(binary);
+            cmd.env_clear()
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .env("RUST_LOG", "info")
+                .env("FAKE_CA", "true")
+                .env("XDS_ADDRESS", "")
+                .env("CA_ADDRESS", "")
+                .env("LOCAL_XDS_PATH", &config)
+                .env("PROXY_MODE", "dedicated")
+                .env(
+                    "PROXY_WORKLOAD_INFO",
+                    format!("{}/{}/{}", p.namespace, p.name, p.service_account),
+                )
+                .env("PACKET_MARK", MARK.to_string())
+                .env("ENABLE_ORIG_SRC", "true")
+                .env("NODE_NAME", &p.node)
+                .current_dir(&work)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .process_group(0);
+            ns.prepare_command(&mut cmd);
+            let child = cmd
+                .spawn()
+                .with_context(|| format!("starting {} in {pod}", binary.display()))?;
+            zt.procs.push((pod.to_string(), child));
+        }
+        Ok(zt)
+    }
+
+    /// Waits until every ztunnel answers 200 on `/healthz/ready`; fails (quoting its log) if
+    /// one exits or is not ready by the deadline.
+    pub(crate) fn wait_ready(&mut self, lab: &Lab, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        for i in 0..self.procs.len() {
+            let pod = self.procs[i].0.clone();
+            loop {
+                if let Some(status) = self.procs[i].1.try_wait()? {
+                    bail!(
+                        "ztunnel in {pod} exited ({status}):\n{}",
+                        self.log_tail(&pod)
+                    );
+                }
+                match lab.node_http_get(&pod, READY_PORT, "/healthz/ready") {
+                    Ok(r) if r.status == 200 => break,
+                    _ if Instant::now() >= deadline => bail!(
+                        "ztunnel in {pod} not ready after {timeout:?}:\n{}",
+                        self.log_tail(&pod)
+                    ),
+                    _ => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn log_tail(&self, pod: &str) -> String {
+        let text =
+            std::fs::read_to_string(self.dir.join(pod).join("ztunnel.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Pid of the ztunnel in `pod`.
+    pub(crate) fn pid(&self, pod: &str) -> Option<u32> {
+        self.procs
+            .iter()
+            .find(|(p, _)| p == pod)
+            .map(|(_, c)| c.id())
+    }
+
+    /// Pids of every ztunnel.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.procs.iter().map(|(_, c)| c.id()).collect()
+    }
+}
+
+impl Drop for Ztunnels {
+    fn drop(&mut self) {
+        for (_, child) in &self.procs {
+            // SAFETY: kill has no memory-safety preconditions; the child is not reaped yet, so
+            // its pid is still ours.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        for (pod, child) in &mut self.procs {
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                eprintln!("ztunnel in {pod} ignored SIGTERM; killing it");
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `istio_tcp_*` counters of one ztunnel, summed over the series that match a filter.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct TcpCounters {
+    pub(crate) opened: f64,
+    pub(crate) received_bytes: f64,
+}
+
+/// Which series of [`TcpCounters`] count.
+pub(crate) struct SeriesFilter<'a> {
+    /// `source` (client side) or `destination` (server side).
+    pub(crate) reporter: &'a str,
+    /// `mutual_tls` (HBONE) or `unknown` (plain TCP).
+    pub(crate) security: &'a str,
+    /// Label that must equal `peer.1`, e.g. (`destination_principal`, server identity).
+    pub(crate) peer: Option<(&'a str, &'a str)>,
+}
+
+/// Parses `name{k="v",...} value`; `None` for comments and lines it does not understand.
+fn parse_sample(line: &str) -> Option<(&str, BTreeMap<&str, &str>, f64)> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let (series, value) = line.rsplit_once(' ')?;
+    let value: f64 = value.parse().ok()?;
+    let Some((name, labels)) = series.split_once('{') else {
+        return Some((series, BTreeMap::new(), value));
+    };
+    let mut map = BTreeMap::new();
+    // ztunnel's label values are identities, names and `unknown`: no quotes or commas inside.
+    for pair in labels
+        .strip_suffix('}')?
+        .split(',')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=')?;
+        map.insert(k, v.strip_prefix('"')?.strip_suffix('"')?);
+    }
+    Some((name, map, value))
+}
+
+/// Sums the counters of `body` (a `/metrics` page) that match `filter`.
+pub(crate) fn sum_counters(body: &str, filter: &SeriesFilter) -> TcpCounters {
+    let mut c = TcpCounters::default();
+    for (name, labels, value) in body.lines().filter_map(parse_sample) {
+        let matches = labels.get("reporter") == Some(&filter.reporter)
+            && labels.get("connection_security_policy") == Some(&filter.security)
+            && filter.peer.is_none_or(|(k, v)| labels.get(k) == Some(&v));
+        match name {
+            "istio_tcp_connections_opened_total" if matches => c.opened += value,
+            "istio_tcp_received_bytes_total" if matches => c.received_bytes += value,
+            _ => {}
+        }
+    }
+    c
+}
+
+/// The counters of the ztunnel in `pod` that match `filter`.
+pub(crate) fn counters(lab: &Lab, pod: &str, filter: &SeriesFilter) -> anyhow::Result<TcpCounters> {
+    let r = lab
+        .node_http_get(pod, METRICS_PORT, "/metrics")
+        .with_context(|| format!("reading ztunnel's /metrics in {pod}"))?;
+    if r.status != 200 {
+        return Err(anyhow!("ztunnel /metrics in {pod}: status {}", r.status));
+    }
+    Ok(sum_counters(&r.body, filter))
+}
