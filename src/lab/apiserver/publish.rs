@@ -1,3 +1,6 @@
+//! (About 510 lines: one conversion per object kind, kept together so a reader sees the whole
+//! snapshot-to-API mapping in one place.)
+//!
 //! Making the stand-in's objects match a workload [`Snapshot`], through kube-rs.
 //!
 //! [`desired_objects`] turns a snapshot into the Namespaces, Pods, Services and EndpointSlices a
