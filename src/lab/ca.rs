@@ -16,7 +16,6 @@
 //! `istio-ca-root-cert` ConfigMap); the CA directory is passed to the CA service alone.
 
 use std::ffi::OsString;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -271,14 +270,7 @@ impl Lab {
 
 /// 32 hex digits from the kernel's CSPRNG.
 fn random_token() -> Result<String, LabError> {
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|source| LabError::Io {
-            context: "cannot read /dev/urandom".into(),
-            source,
-        })?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    super::random_hex(16)
 }
 
 fn read_json<T: serde::de::DeserializeOwned + Default>(path: &Path) -> Result<T, LabError> {

@@ -22,7 +22,7 @@
 //! [`stopped`]: KubeletPods::stop
 
 use std::collections::BTreeSet;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -249,14 +249,7 @@ pub fn start(lab: &str, pods: &[LabPod]) -> Result<KubeletPods, LabError> {
 
 /// 64 random hex digits.
 fn container_id() -> Result<String, LabError> {
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|source| LabError::Io {
-            context: "cannot read /dev/urandom".into(),
-            source,
-        })?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    super::random_hex(32)
 }
 
 impl KubeletPods {

@@ -272,3 +272,16 @@ fn known_names<'a>(names: impl Iterator<Item = &'a String>) -> String {
         format!(" (known: {})", names.join(", "))
     }
 }
+
+/// `len` bytes from the kernel's CSPRNG as hex digits (tokens, container ids).
+pub(crate) fn random_hex(len: usize) -> Result<String, LabError> {
+    use std::io::Read;
+    let mut bytes = vec![0u8; len];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|source| LabError::Io {
+            context: "cannot read /dev/urandom".into(),
+            source,
+        })?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}

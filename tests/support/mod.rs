@@ -98,15 +98,7 @@ impl Cluster {
         })
         .expect("lab up");
         let cluster = Cluster { lab, backend };
-        for node in cluster.lab.nodes() {
-            cluster.start_daemon(&node.name);
-        }
-        for node in cluster.lab.nodes() {
-            cluster
-                .lab
-                .wait_ready(&node.name, DEADLINE)
-                .expect("daemon ready");
-        }
+        cluster.start_all_daemons();
         cluster
     }
 
@@ -320,16 +312,20 @@ impl Cluster {
             lab,
             backend: "iptables",
         };
-        for node in cluster.lab.nodes() {
-            cluster.start_daemon(&node.name);
+        cluster.start_all_daemons();
+        cluster
+    }
+
+    /// Starts every node's daemon, then waits until all are ready.
+    fn start_all_daemons(&self) {
+        for node in self.lab.nodes() {
+            self.start_daemon(&node.name);
         }
-        for node in cluster.lab.nodes() {
-            cluster
-                .lab
+        for node in self.lab.nodes() {
+            self.lab
                 .wait_ready(&node.name, DEADLINE)
                 .expect("daemon ready");
         }
-        cluster
     }
 
     /// (Re)starts the daemon of `node` with the cluster's usual arguments.
