@@ -171,6 +171,11 @@ pub const TUNNEL_BULK_AFTER: u64 = 256 * 1024;
 
 /// Longest wait between retries of a pod that failed to enroll.
 pub const MAX_ENROLL_BACKOFF: Duration = Duration::from_secs(30);
+/// First pause before listing an Istio policy kind again after the API server said it does
+/// not serve it (CRD not installed); doubled on each further `404`.
+pub const CRD_RETRY_MIN: Duration = Duration::from_secs(1);
+/// Longest such pause: how long installing Istio's CRDs can take to be noticed.
+pub const CRD_RETRY_MAX: Duration = Duration::from_secs(30);
 /// Default lifetime of a workload certificate (Istio's default too); rotated at half-life.
 pub const DEFAULT_CERT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 /// Trust domain of SPIFFE identities unless configured otherwise (Kubernetes' and Istio's).

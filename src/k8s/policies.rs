@@ -3,8 +3,8 @@
 //! engine reads the JSON, the same JSON the workload file holds).
 //!
 //! The CRDs may not be installed. A `404` on list then means "no policies": said once, not
-//! reported as a failing watch, and the watcher keeps retrying with backoff so policies are
-//! picked up as soon as the CRDs appear. Any other failure keeps the kind pending, so the
+//! reported as a failing watch, and a fresh watcher lists again after a growing pause
+//! ([`CRD_RETRY_MIN`] up to [`CRD_RETRY_MAX`]) so policies are picked up once the CRDs appear. Any other failure keeps the kind pending, so the
 //! daemon never starts enforcing from a view that silently lacks the policies.
 
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::source::Signals;
+use crate::config::{CRD_RETRY_MAX, CRD_RETRY_MIN};
 use crate::policy::API_GROUP;
 
 /// The kinds watched, with their plural resource names.
@@ -31,21 +32,20 @@ pub const VERSION: &str = "v1";
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Whether a kind's objects are known.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 enum Availability {
     /// Neither listed nor known to be absent yet.
     Pending,
     /// The API server does not serve the kind (CRD not installed): no policies of it.
     Absent,
-    /// Listed at least once; the store is complete.
-    Listed,
+    /// Listed; the store is complete and kept current by its watch.
+    Listed(Store<DynamicObject>),
 }
 
 /// One watched kind.
 #[derive(Clone)]
 pub(super) struct PolicyWatch {
     resource: ApiResource,
-    store: Store<DynamicObject>,
     availability: watch::Receiver<Availability>,
 }
 
@@ -55,13 +55,17 @@ impl PolicyWatch {
         // An Err means the watch task is gone, and then nothing will change any more.
         let _ = self
             .availability
-            .wait_for(|a| *a != Availability::Pending)
+            .wait_for(|a| !matches!(a, Availability::Pending))
             .await;
     }
 
-    /// The cached objects as the JSON `kubectl get -o json` would print.
+    /// The cached objects as the JSON `kubectl get -o json` would print; none while the kind
+    /// is not served (deleting a CRD deletes its objects).
     pub fn objects(&self) -> Vec<Value> {
-        self.store
+        let Availability::Listed(store) = &*self.availability.borrow() else {
+            return Vec::new();
+        };
+        store
             .state()
             .iter()
             .filter_map(|o| {
@@ -114,54 +118,79 @@ fn spawn_one(
     signals: Arc<Signals>,
 ) -> PolicyWatch {
     let api: Api<DynamicObject> = Api::all_with(client, &resource);
-    let writer = Writer::new(resource.clone());
-    let store = writer.as_reader();
     let (tx, availability) = watch::channel(Availability::Pending);
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .modify(strip)
-        .reflect(writer);
+    let watched = resource.clone();
     tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(event) => {
-                    if matches!(event, watcher::Event::InitDone) {
-                        if *tx.borrow() == Availability::Absent {
-                            tracing::info!(
-                                kind,
-                                "Istio policy CRD now served; policies of this kind are enforced"
-                            );
-                        }
-                        tx.send_replace(Availability::Listed);
-                    }
-                    signals.report(kind, Ok(()));
-                    signals.changed.notify_one();
-                }
-                Err(e) if is_not_found(&e) => {
-                    let was = tx.send_replace(Availability::Absent);
-                    if was != Availability::Absent {
-                        tracing::info!(
-                            kind,
-                            "{API_GROUP}/{VERSION} {kind} is not served (Istio CRDs not installed): \
-                             no policies of this kind; retrying in the background"
-                        );
-                    }
-                    signals.report(kind, Ok(()));
-                    signals.changed.notify_one();
-                }
-                Err(e) => {
-                    tracing::warn!(kind, error = %e, "Kubernetes watch error; retrying with backoff");
-                    signals.report(kind, Err(e.to_string()));
-                }
+        let mut retry = CRD_RETRY_MIN;
+        loop {
+            if watch_until_absent(&api, &watched, kind, &tx, &signals).await {
+                retry = CRD_RETRY_MIN;
             }
+            // Not served: a fresh watcher (and so a fresh LIST) after a growing pause. A
+            // resumed watch would stay silent when the CRD comes back with unchanged objects.
+            tokio::time::sleep(retry).await;
+            retry = (retry * 2).min(CRD_RETRY_MAX);
         }
     });
     PolicyWatch {
         resource,
-        store,
         availability,
     }
+}
+
+/// Runs one watcher of the kind until the API server says it does not serve it; returns
+/// whether the kind was listed on the way (to reset the caller's retry pause).
+async fn watch_until_absent(
+    api: &Api<DynamicObject>,
+    resource: &ApiResource,
+    kind: &'static str,
+    tx: &watch::Sender<Availability>,
+    signals: &Signals,
+) -> bool {
+    let writer = Writer::new(resource.clone());
+    let store = writer.as_reader();
+    let stream = watcher(api.clone(), watcher::Config::default())
+        .default_backoff()
+        .modify(strip)
+        .reflect(writer);
+    let mut stream = std::pin::pin!(stream);
+    let mut listed = false;
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(event) => {
+                if matches!(event, watcher::Event::InitDone) {
+                    let was = tx.send_replace(Availability::Listed(store.clone()));
+                    if matches!(was, Availability::Absent) {
+                        tracing::info!(
+                            kind,
+                            "Istio policy CRD now served; policies of this kind are enforced"
+                        );
+                    }
+                    listed = true;
+                }
+                signals.report(kind, Ok(()));
+                signals.changed.notify_one();
+            }
+            Err(e) if is_not_found(&e) => {
+                let was = tx.send_replace(Availability::Absent);
+                if !matches!(was, Availability::Absent) {
+                    tracing::info!(
+                        kind,
+                        "{API_GROUP}/{VERSION} {kind} is not served (Istio CRDs not installed): \
+                         no policies of this kind; retrying in the background"
+                    );
+                }
+                signals.report(kind, Ok(()));
+                signals.changed.notify_one();
+                return listed;
+            }
+            Err(e) => {
+                tracing::warn!(kind, error = %e, "Kubernetes watch error; retrying with backoff");
+                signals.report(kind, Err(e.to_string()));
+            }
+        }
+    }
+    listed
 }
 
 /// A list or watch refused with 404: the API server does not know the resource.

@@ -203,8 +203,14 @@ impl Cluster {
 }
 
 /// Polls `cond` until it holds; fails the test naming `what` after [`DEADLINE`].
-pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let until = std::time::Instant::now() + DEADLINE;
+pub fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    wait_until_within(DEADLINE, what, cond)
+}
+
+/// [`wait_until`] with its own deadline, for waits bounded by a retry backoff longer than
+/// [`DEADLINE`].
+pub fn wait_until_within(deadline: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + deadline;
     while !cond() {
         assert!(
             std::time::Instant::now() < until,

@@ -19,7 +19,9 @@
 //! * discovery documents: `/version`, `/api`, `/apis`, `/api/v1`, `/apis/{group}[/{version}]`;
 //! * test controls outside the Kubernetes paths: `POST /standin/drop-watches` (end every open
 //!   watch now) and `POST /standin/expire-history` (forget the event history, so a watch
-//!   resuming from any earlier resourceVersion gets `410 Expired`).
+//!   resuming from any earlier resourceVersion gets `410 Expired`), `POST
+//!   /standin/withdraw-group?group=G` (every path under `/apis/G` answers `404`, as when a
+//!   group's CRDs are not installed; open watches end) and `POST /standin/restore-group?group=G`.
 //!
 //! One global resourceVersion counter is bumped on every change; the last
 //! [`HISTORY_LIMIT`] changes are kept for watches. Every change is written (atomically) to the

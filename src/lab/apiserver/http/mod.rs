@@ -7,7 +7,7 @@
 mod discovery;
 mod verbs;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -36,6 +36,9 @@ pub(crate) struct Shared {
     store: Mutex<Store>,
     /// Bumped to end every open watch.
     drop_tx: tokio::sync::watch::Sender<u64>,
+    /// API groups made unserved by `/standin/withdraw-group` (as if their CRDs were deleted):
+    /// every path under `/apis/<group>` answers `404` until `/standin/restore-group`.
+    withdrawn: Mutex<BTreeSet<String>>,
 }
 
 impl Shared {
@@ -43,7 +46,16 @@ impl Shared {
         Shared {
             store: Mutex::new(store),
             drop_tx: tokio::sync::watch::Sender::new(0),
+            withdrawn: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    fn withdrawn(&self) -> MutexGuard<'_, BTreeSet<String>> {
+        self.withdrawn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_withdrawn(&self, group: &str) -> bool {
+        self.withdrawn().contains(group)
     }
 
     /// The store, locked (never held across an await).
@@ -248,7 +260,23 @@ fn route(shared: &Arc<Shared>, segs: &[String], req: &Req) -> Reply {
             let rv = shared.expire_history();
             Reply::Json(200, json!({"resourceVersion": rv.to_string()}))
         }
+        ["standin", verb @ ("withdraw-group" | "restore-group")] if req.method == Method::POST => {
+            let Some(group) = req.param("group").filter(|g| !g.is_empty()) else {
+                let msg = "query parameter `group` (an API group name) is required";
+                return ApiError::new(400, "BadRequest", msg).into();
+            };
+            let served = *verb == "restore-group";
+            if served {
+                shared.withdrawn().remove(group);
+            } else {
+                shared.withdrawn().insert(group.to_string());
+                // Open watches of the group end, as when a real server stops serving a CRD.
+                shared.drop_watches();
+            }
+            Reply::Json(200, json!({"group": group, "served": served}))
+        }
         ["standin", ..] => not_found(),
+        ["apis", group, ..] if shared.is_withdrawn(group) => not_found(),
         ["apis", "authentication.k8s.io", "v1", "tokenreviews"] if req.method == Method::POST => {
             let registry = shared
                 .store()
