@@ -144,7 +144,9 @@ impl PolicySnapshot {
                 return decided(false, &v.origin, Reason::PlaintextRefused);
             }
         }
-        if let Some(p) = w.deny.iter().find(|p| p.matches(&facts)) {
+        // Only the policies that can match this port are walked, in list order (`port_index`).
+        let mut deny = w.deny_ports.candidates(conn.dst_port).map(|i| &w.deny[i]);
+        if let Some(p) = deny.find(|p| p.matches(&facts)) {
             let reason = match &p.fail_closed {
                 Some(why) => Reason::InvalidPolicy(why.clone()),
                 None => Reason::DenyMatched,
@@ -159,7 +161,8 @@ impl PolicySnapshot {
                 logged,
             };
         }
-        if let Some(p) = w.allow.iter().find(|p| p.matches(&facts)) {
+        let mut allow = w.allow_ports.candidates(conn.dst_port).map(|i| &w.allow[i]);
+        if let Some(p) = allow.find(|p| p.matches(&facts)) {
             return decided(true, &p.id, Reason::AllowMatched);
         }
         Decision {

@@ -31,6 +31,7 @@ mod intake;
 mod model;
 mod pattern;
 mod peer_auth;
+mod port_index;
 mod resource;
 mod scope;
 mod snapshot;

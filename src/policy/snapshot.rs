@@ -12,6 +12,7 @@ use std::sync::Arc;
 use super::intake::flatten;
 use super::model::{Action, CompiledPolicy, PolicyRef, RefKind};
 use super::peer_auth::{self, Level, MtlsMode, MtlsTable, PeerAuth};
+use super::port_index::PortIndex;
 use super::scope::{EndpointIps, Scope};
 use super::{PolicyConfig, PolicyWarning, RejectedPolicy};
 use crate::workload::{Pod, Snapshot};
@@ -27,6 +28,10 @@ pub(crate) struct WorkloadPolicies {
     pub logged: Vec<Arc<CompiledPolicy>>,
     /// PeerAuthentication outcome per port.
     pub mtls: MtlsTable,
+    /// Which of `deny` can match each destination port.
+    pub deny_ports: PortIndex,
+    /// Which of `allow` can match each destination port.
+    pub allow_ports: PortIndex,
 }
 
 /// A compiled AuthorizationPolicy and the workloads it covers.
@@ -170,6 +175,8 @@ impl PolicySnapshot {
             allow: Vec::new(),
             logged: Vec::new(),
             mtls: self.mtls_for(pod),
+            deny_ports: PortIndex::default(),
+            allow_ports: PortIndex::default(),
         };
         for p in hits.iter().map(|i| &self.authz[*i].policy) {
             match (p.dry_run, p.action) {
@@ -188,6 +195,8 @@ impl PolicySnapshot {
         });
         w.allow
             .sort_by(|a, b| (&a.id.namespace, &a.id.name).cmp(&(&b.id.namespace, &b.id.name)));
+        w.deny_ports = PortIndex::build(&w.deny);
+        w.allow_ports = PortIndex::build(&w.allow);
         w
     }
 
@@ -226,7 +235,7 @@ impl PolicySnapshot {
     pub(super) fn workload<'a>(&'a self, pod: &Pod) -> Found<'a> {
         match self.by_uid.get(pod.uid.as_str()) {
             Some(w) => Found::Indexed(w),
-            None => Found::Computed(self.assemble(pod, &self.covering(pod))),
+            None => Found::Computed(Box::new(self.assemble(pod, &self.covering(pod)))),
         }
     }
 
@@ -256,7 +265,7 @@ impl PolicySnapshot {
 /// A pod's policies, borrowed from the index or computed for the occasion.
 pub(super) enum Found<'a> {
     Indexed(&'a WorkloadPolicies),
-    Computed(WorkloadPolicies),
+    Computed(Box<WorkloadPolicies>),
 }
 
 impl std::ops::Deref for Found<'_> {
