@@ -8,8 +8,9 @@
 //! a ping server on 8080 (reads 1 byte, writes it back, closes). For each policy count N the
 //! workload file gets N policies in namespace `lab`, all covering `n2-p1` and all evaluated on
 //! every connection: N − 1 DENY policies that never match (a principal, a namespace and a port
-//! list each, so every rule is walked in full), plus one ALLOW policy named to sort last that
-//! matches everything — the worst order for the engine. The bench waits until `/policies` on
+//! list naming the app's port each, so the engine's port index cannot skip them and every rule
+//! is walked in full), plus one ALLOW policy named to sort last that matches everything — the
+//! worst order for the engine. The bench waits until `/policies` on
 //! n2 shows N resources, then measures two paths, one connection at a time (connect, 1 byte
 //! each way, the server's close), after a warm-up:
 //!
@@ -25,7 +26,9 @@
 //! (and the range of the rates). Every window's last connection must show up on n2's `/flows`
 //! with the expected decision (`ALLOW AuthorizationPolicy lab/zz-allow-all matched` for
 //! N > 0), else the run fails. Finally `PolicySnapshot::decide` alone is timed in-process for
-//! each N. Results go to stdout and `target/bench/policy.md`. `--counts=0,1000` measures only
+//! each N, twice: with the DENY policies as above, and with their port lists naming other
+//! ports only (the common case of policies about other services' ports, which the port index
+//! skips). Results go to stdout and `target/bench/policy.md`. `--counts=0,1000` measures only
 //! those counts (e.g. while profiling the daemon).
 //!
 //! Client ports are chosen explicitly, below Linux's ephemeral range (32768–60999). With client
@@ -51,6 +54,8 @@ use tokio::net::TcpSocket;
 
 const COUNTS: [usize; 3] = [0, 10, 1000];
 const PORT: u16 = 8080;
+/// A port the DENY policies name instead of [`PORT`] in the second `decide` timing.
+const OTHER_PORT: u16 = 9000;
 const DEADLINE: Duration = Duration::from_secs(30);
 /// Client source ports cycle through this range: explicit ports, so thousands of connections
 /// do not exhaust the ephemeral range, and below it (Linux: 32768–60999), so a client port
@@ -125,7 +130,7 @@ fn main() -> anyhow::Result<()> {
     let mut port = PORTS.0;
     for round in 0..plan.rounds {
         for &n in &counts {
-            let policies = policies(n);
+            let policies = policies(n, PORT);
             lab.update_workloads(|s| s.istio = policies.clone())?;
             wait_policies(&lab, n)?;
             let expect = if n == 0 {
@@ -173,11 +178,12 @@ fn main() -> anyhow::Result<()> {
             row.push(format!("{m:.0} ({lo:.0}–{hi:.0})"));
             row.push(format!("{:.0}", median(cpu).0));
         }
-        row.push(format!("{:.0}", decide_ns(n)));
+        row.push(format!("{:.0}", decide_ns(n, PORT)));
+        row.push(format!("{:.0}", decide_ns(n, OTHER_PORT)));
         rows.push(row);
     }
     let mut md = String::from(
-        "| policies in scope | hbone conn/s (median, range) | n2 CPU µs/conn | plaintext conn/s | n2 CPU µs/conn | `decide` ns |\n|---|---|---|---|---|---|\n",
+        "| policies in scope | hbone conn/s (median, range) | n2 CPU µs/conn | plaintext conn/s | n2 CPU µs/conn | `decide` ns | `decide` ns, DENY on other ports |\n|---|---|---|---|---|---|---|\n",
     );
     for r in &rows {
         md.push_str(&format!("| {} |\n", r.join(" | ")));
@@ -189,8 +195,9 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// N policies covering every pod of namespace `lab` (see the module documentation).
-fn policies(n: usize) -> Vec<Value> {
+/// N policies covering every pod of namespace `lab` (see the module documentation); the DENY
+/// policies' port lists name `deny_port`.
+fn policies(n: usize, deny_port: u16) -> Vec<Value> {
     let ap = |name: String, spec: Value| {
         json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
                "metadata": {"name": name, "namespace": "lab"}, "spec": spec})
@@ -200,7 +207,7 @@ fn policies(n: usize) -> Vec<Value> {
             let spec = json!({"action": "DENY", "rules": [{
                 "from": [{"source": {"principals": [format!("cluster.local/ns/team-{i}/sa/app")],
                                      "namespaces": [format!("team-{i}")]}}],
-                "to": [{"operation": {"ports": ["9000", "9001", format!("{}", 10000 + i)]}}],
+                "to": [{"operation": {"ports": [format!("{deny_port}"), "9001", format!("{}", 10000 + i)]}}],
             }]});
             ap(format!("deny-{i:04}"), spec)
         })
@@ -363,7 +370,7 @@ fn check_flow(lab: &Lab, listener: &str, src: SocketAddr, expect: &str) -> anyho
 
 /// `PolicySnapshot::decide` alone, in nanoseconds per call, for an HBONE connection to a pod
 /// covered by `policies(n)`.
-fn decide_ns(n: usize) -> f64 {
+fn decide_ns(n: usize, deny_port: u16) -> f64 {
     let pod = ambit::workload::Pod {
         uid: "u1".into(),
         name: "p".into(),
@@ -374,7 +381,7 @@ fn decide_ns(n: usize) -> f64 {
     };
     let snapshot = ambit::workload::Snapshot {
         pods: vec![pod.clone()],
-        istio: policies(n),
+        istio: policies(n, deny_port),
         ..Default::default()
     };
     let policy = PolicySnapshot::build(&snapshot, &PolicyConfig::default());

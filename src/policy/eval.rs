@@ -144,8 +144,13 @@ impl PolicySnapshot {
                 return decided(false, &v.origin, Reason::PlaintextRefused);
             }
         }
-        // Only the policies that can match this port are walked, in list order (`port_index`).
-        let mut deny = w.deny_ports.candidates(conn.dst_port).map(|i| &w.deny[i]);
+        // Only the policies that can match this port and client are walked, in list order
+        // (see `index`).
+        let ns = conn.src_identity.map(|i| i.namespace());
+        let mut deny = w
+            .deny_index
+            .candidates(conn.dst_port, ns)
+            .map(|i| &w.deny[i]);
         if let Some(p) = deny.find(|p| p.matches(&facts)) {
             let reason = match &p.fail_closed {
                 Some(why) => Reason::InvalidPolicy(why.clone()),
@@ -161,7 +166,10 @@ impl PolicySnapshot {
                 logged,
             };
         }
-        let mut allow = w.allow_ports.candidates(conn.dst_port).map(|i| &w.allow[i]);
+        let mut allow = w
+            .allow_index
+            .candidates(conn.dst_port, ns)
+            .map(|i| &w.allow[i]);
         if let Some(p) = allow.find(|p| p.matches(&facts)) {
             return decided(true, &p.id, Reason::AllowMatched);
         }

@@ -27,11 +27,11 @@
 
 mod compile;
 mod eval;
+mod index;
 mod intake;
 mod model;
 mod pattern;
 mod peer_auth;
-mod port_index;
 mod resource;
 mod scope;
 mod snapshot;

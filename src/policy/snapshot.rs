@@ -9,10 +9,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::index::PolicyIndex;
 use super::intake::flatten;
 use super::model::{Action, CompiledPolicy, PolicyRef, RefKind};
 use super::peer_auth::{self, Level, MtlsMode, MtlsTable, PeerAuth};
-use super::port_index::PortIndex;
 use super::scope::{EndpointIps, Scope};
 use super::{PolicyConfig, PolicyWarning, RejectedPolicy};
 use crate::workload::{Pod, Snapshot};
@@ -28,10 +28,10 @@ pub(crate) struct WorkloadPolicies {
     pub logged: Vec<Arc<CompiledPolicy>>,
     /// PeerAuthentication outcome per port.
     pub mtls: MtlsTable,
-    /// Which of `deny` can match each destination port.
-    pub deny_ports: PortIndex,
-    /// Which of `allow` can match each destination port.
-    pub allow_ports: PortIndex,
+    /// Which of `deny` can match a port and a client namespace.
+    pub deny_index: PolicyIndex,
+    /// Which of `allow` can match a port and a client namespace.
+    pub allow_index: PolicyIndex,
 }
 
 /// A compiled AuthorizationPolicy and the workloads it covers.
@@ -175,8 +175,8 @@ impl PolicySnapshot {
             allow: Vec::new(),
             logged: Vec::new(),
             mtls: self.mtls_for(pod),
-            deny_ports: PortIndex::default(),
-            allow_ports: PortIndex::default(),
+            deny_index: PolicyIndex::default(),
+            allow_index: PolicyIndex::default(),
         };
         for p in hits.iter().map(|i| &self.authz[*i].policy) {
             match (p.dry_run, p.action) {
@@ -195,8 +195,8 @@ impl PolicySnapshot {
         });
         w.allow
             .sort_by(|a, b| (&a.id.namespace, &a.id.name).cmp(&(&b.id.namespace, &b.id.name)));
-        w.deny_ports = PortIndex::build(&w.deny);
-        w.allow_ports = PortIndex::build(&w.allow);
+        w.deny_index = PolicyIndex::build(&w.deny);
+        w.allow_index = PolicyIndex::build(&w.allow);
         w
     }
 
