@@ -73,6 +73,7 @@ async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Resul
         drain: drain.clone(),
         policy: policy_rx,
         live,
+        tcp_copy: config.tcp_copy,
     };
 
     let m = metrics.clone();

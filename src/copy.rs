@@ -9,7 +9,11 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
+mod splice;
+
+pub use crate::config::TcpCopy;
 use crate::config::{
     COPY_GROW_AFTER_LARGE as GROW_AFTER_LARGE, COPY_GROW_AFTER_MEDIUM as GROW_AFTER_MEDIUM,
     COPY_INITIAL_BUFFER as INITIAL_BUFFER, COPY_LARGE_BUFFER as LARGE_BUFFER,
@@ -76,21 +80,41 @@ pub struct Transferred {
 /// Copies both directions between two TCP streams until both have ended. An error on either
 /// direction ends both (the sockets are dropped, which resets the other side).
 pub async fn bidirectional(
-    downstream: tokio::net::TcpStream,
-    upstream: tokio::net::TcpStream,
+    mut downstream: TcpStream,
+    mut upstream: TcpStream,
     sent: &AtomicU64,
     received: &AtomicU64,
+    how: TcpCopy,
 ) -> io::Result<Transferred> {
-    let (down_read, down_write) = downstream.into_split();
-    let (up_read, up_write) = upstream.into_split();
-    let (s, r) = tokio::try_join!(
-        copy_one_way(down_read, up_write, sent),
-        copy_one_way(up_read, down_write, received),
-    )?;
-    Ok(Transferred {
-        sent: s,
-        received: r,
-    })
+    both_ways(&mut downstream, &mut upstream, sent, received, how).await
+}
+
+/// Both directions, borrowing the streams so the caller keeps them (to reset them).
+async fn both_ways(
+    downstream: &mut TcpStream,
+    upstream: &mut TcpStream,
+    sent: &AtomicU64,
+    received: &AtomicU64,
+    how: TcpCopy,
+) -> io::Result<Transferred> {
+    let (sent, received) = match how {
+        TcpCopy::Buffered => {
+            let (down_read, down_write) = downstream.split();
+            let (up_read, up_write) = upstream.split();
+            tokio::try_join!(
+                copy_one_way(down_read, up_write, sent),
+                copy_one_way(up_read, down_write, received),
+            )?
+        }
+        TcpCopy::Splice => {
+            let (down, up) = (&*downstream, &*upstream);
+            tokio::try_join!(
+                splice::one_way(down, up, sent),
+                splice::one_way(up, down, received),
+            )?
+        }
+    };
+    Ok(Transferred { sent, received })
 }
 
 /// How a copy that can be stopped from outside ended.
@@ -104,7 +128,7 @@ pub enum Ended<T> {
 
 /// Closes `stream` abortively: with SO_LINGER 0 the kernel sends RST instead of FIN, so the
 /// peer learns the connection was refused or cut, not that it ended normally.
-pub fn reset(stream: tokio::net::TcpStream) {
+pub fn reset(stream: TcpStream) {
     // Best effort: if the option cannot be set, the close is an ordinary FIN.
     let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
     drop(stream);
@@ -113,36 +137,22 @@ pub fn reset(stream: tokio::net::TcpStream) {
 /// [`bidirectional`], unless `stop` completes first: then both connections are reset (see
 /// [`reset`]) and its value returned. Used to cut live connections a new policy denies.
 pub async fn bidirectional_until<T>(
-    downstream: tokio::net::TcpStream,
-    upstream: tokio::net::TcpStream,
+    mut downstream: TcpStream,
+    mut upstream: TcpStream,
     sent: &AtomicU64,
     received: &AtomicU64,
+    how: TcpCopy,
     stop: impl std::future::Future<Output = T>,
 ) -> Ended<T> {
-    let (mut down_read, mut down_write) = downstream.into_split();
-    let (mut up_read, mut up_write) = upstream.into_split();
     let stopped = {
-        // The copy borrows the halves, so they outlive it and can be reset once it is dropped.
-        let copy = async {
-            tokio::try_join!(
-                copy_one_way(&mut down_read, &mut up_write, sent),
-                copy_one_way(&mut up_read, &mut down_write, received),
-            )
-        };
+        let copy = both_ways(&mut downstream, &mut upstream, sent, received, how);
         tokio::select! {
-            done = copy => {
-                return Ended::Copied(done.map(|(sent, received)| Transferred { sent, received }))
-            }
+            done = copy => return Ended::Copied(done),
             value = stop => value,
         }
     };
-    // Halves of one stream always reunite.
-    if let Ok(s) = down_read.reunite(down_write) {
-        reset(s);
-    }
-    if let Ok(s) = up_read.reunite(up_write) {
-        reset(s);
-    }
+    reset(downstream);
+    reset(upstream);
     Ended::Stopped(stopped)
 }
 
@@ -182,15 +192,23 @@ mod tests {
         (a.unwrap(), b.unwrap().0)
     }
 
+    const MODES: [TcpCopy; 2] = [TcpCopy::Splice, TcpCopy::Buffered];
+
     #[tokio::test]
     async fn a_stopped_copy_resets_both_sides() {
+        for how in MODES {
+            a_stopped_copy_resets_both_sides_with(how).await;
+        }
+    }
+
+    async fn a_stopped_copy_resets_both_sides_with(how: TcpCopy) {
         let (mut client, proxy_down) = tcp_pair().await;
         let (proxy_up, mut server) = tcp_pair().await;
         let (tx, rx) = tokio::sync::oneshot::channel::<&str>();
         let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
         let relay = tokio::spawn(async move {
             let stop = async { rx.await.unwrap_or("dropped") };
-            match bidirectional_until(proxy_down, proxy_up, &sent, &received, stop).await {
+            match bidirectional_until(proxy_down, proxy_up, &sent, &received, how, stop).await {
                 Ended::Stopped(why) => why,
                 Ended::Copied(r) => panic!("copy ended first: {r:?}"),
             }
@@ -211,12 +229,18 @@ mod tests {
 
     #[tokio::test]
     async fn an_unstopped_copy_ends_normally() {
+        for how in MODES {
+            an_unstopped_copy_ends_normally_with(how).await;
+        }
+    }
+
+    async fn an_unstopped_copy_ends_normally_with(how: TcpCopy) {
         let (mut client, proxy_down) = tcp_pair().await;
         let (proxy_up, mut server) = tcp_pair().await;
         let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
         let relay = tokio::spawn(async move {
             let stop = std::future::pending::<()>();
-            match bidirectional_until(proxy_down, proxy_up, &sent, &received, stop).await {
+            match bidirectional_until(proxy_down, proxy_up, &sent, &received, how, stop).await {
                 Ended::Copied(r) => r.unwrap(),
                 Ended::Stopped(()) => panic!("stopped"),
             }
@@ -235,5 +259,50 @@ mod tests {
         );
         let t = relay.await.unwrap();
         assert_eq!((t.sent, t.received), (5, 3));
+    }
+
+    /// Megabytes each way, one side half-closing first while the other keeps sending: every
+    /// byte arrives in order, in both modes, and the counters agree.
+    #[tokio::test]
+    async fn bulk_both_ways_with_half_close() {
+        for how in MODES {
+            let (mut client, proxy_down) = tcp_pair().await;
+            let (proxy_up, mut server) = tcp_pair().await;
+            let up: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
+            let down: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
+            let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
+            let relay = bidirectional(proxy_down, proxy_up, &sent, &received, how);
+            let (up_expected, down_expected) = (up.clone(), down.clone());
+            let client_side = async move {
+                let (mut r, mut w) = client.split();
+                let write = async {
+                    w.write_all(&up).await.unwrap();
+                    w.shutdown().await.unwrap();
+                };
+                let mut got = Vec::new();
+                let read = r.read_to_end(&mut got);
+                let ((), n) = tokio::join!(write, read);
+                n.unwrap();
+                got
+            };
+            let server_side = async move {
+                let mut got = Vec::new();
+                // Read everything (the client's half-close arrives), then answer.
+                server.read_to_end(&mut got).await.unwrap();
+                server.write_all(&down).await.unwrap();
+                server.shutdown().await.unwrap();
+                got
+            };
+            let (t, at_client, at_server) = tokio::join!(relay, client_side, server_side);
+            let t = t.unwrap();
+            assert!(at_server == up_expected, "{how:?}: upstream bytes differ");
+            assert!(
+                at_client == down_expected,
+                "{how:?}: downstream bytes differ"
+            );
+            assert_eq!((t.sent, t.received), (5_000_000, 3_000_000), "{how:?}");
+            assert_eq!(sent.load(Ordering::Relaxed), t.sent);
+            assert_eq!(received.load(Ordering::Relaxed), t.received);
+        }
     }
 }

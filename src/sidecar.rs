@@ -103,6 +103,7 @@ async fn serve(config: SidecarConfig) -> anyhow::Result<()> {
         drain: drain.clone(),
         policy: policy_rx,
         live,
+        tcp_copy: config.tcp_copy,
     };
     let security = PodSecurity::new(
         identity,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{
-    Backend, DaemonIdentity, MtlsMode, ReconcileConfig, RunConfig, SidecarConfig, Source,
+    Backend, DaemonIdentity, MtlsMode, ReconcileConfig, RunConfig, SidecarConfig, Source, TcpCopy,
     UninstallConfig, DEFAULT_ADMIN_ADDR, DEFAULT_CERT_VALIDITY, DEFAULT_DRAIN_SECS,
     DEFAULT_METRICS_ADDR, DEFAULT_POOL_IDLE_SECS, DEFAULT_READINESS_ADDR, DEFAULT_ROOT_NAMESPACE,
     DEFAULT_TRUST_DOMAIN, PROXY_GID, PROXY_UID,
@@ -101,6 +101,10 @@ pub struct RunArgs {
     /// peers) before they are cut and the daemon exits.
     #[arg(long, default_value_t = DEFAULT_DRAIN_SECS)]
     pub drain_secs: u64,
+    /// How plain TCP (passthrough, inbound plaintext) is copied: `splice` moves bytes inside the
+    /// kernel, `buffered` through the process.
+    #[arg(long, value_enum, env = "AMBIT_TCP_COPY", default_value_t = TcpCopy::Splice)]
+    pub tcp_copy: TcpCopy,
 }
 
 impl RunArgs {
@@ -133,6 +137,7 @@ impl RunArgs {
             ca: self.ca.source(true)?,
             cert_validity: Duration::from_secs(self.cert_validity_secs),
             drain: Duration::from_secs(self.drain_secs),
+            tcp_copy: self.tcp_copy,
             poll_interval: Duration::from_millis(self.poll_ms),
             admin_addr: self.admin,
             metrics_addr: self.metrics,
@@ -178,6 +183,10 @@ pub struct SidecarArgs {
     /// Worker threads.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..1025))]
     pub threads: u64,
+    /// How plain TCP (passthrough, inbound plaintext) is copied: `splice` moves bytes inside the
+    /// kernel, `buffered` through the process.
+    #[arg(long, value_enum, env = "AMBIT_TCP_COPY", default_value_t = TcpCopy::Splice)]
+    pub tcp_copy: TcpCopy,
 }
 
 impl SidecarArgs {
@@ -195,6 +204,7 @@ impl SidecarArgs {
             readiness_addr: self.readiness,
             threads: self.threads as usize,
             poll_interval: Duration::from_millis(200),
+            tcp_copy: self.tcp_copy,
         })
     }
 }

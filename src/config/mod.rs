@@ -160,6 +160,9 @@ pub const COPY_LARGE_BUFFER: usize = 256 * 1024;
 pub const COPY_GROW_AFTER_MEDIUM: u64 = 64 * 1024;
 /// Bytes after which a TCP copy grows to [`COPY_LARGE_BUFFER`].
 pub const COPY_GROW_AFTER_LARGE: u64 = 4 * 1024 * 1024;
+/// Capacity asked for each splice pipe (the kernel's default is 64 KiB); one pipe per
+/// direction of a plain TCP connection, created when the direction first has data.
+pub const SPLICE_PIPE_SIZE: usize = 256 * 1024;
 /// HBONE copy: first read size from TCP into the tunnel.
 pub const TUNNEL_INITIAL_READ: usize = 4 * 1024;
 /// HBONE copy: read size for bulk transfers.
@@ -213,6 +216,17 @@ pub enum Backend {
     Iptables,
     /// Native `nft` tables `inet istio-ambient-nat` and `inet istio-ambient-mangle`.
     Nftables,
+}
+
+/// How bytes move between the two TCP sockets of a plain (not HBONE) connection: outbound
+/// passthrough and inbound plaintext.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum TcpCopy {
+    /// `splice(2)` through a pipe: the bytes never enter user space.
+    #[default]
+    Splice,
+    /// `read`/`write` through a buffer in the process.
+    Buffered,
 }
 
 /// A backend name that is neither `iptables` nor `nftables`.
@@ -331,6 +345,8 @@ pub struct RunConfig {
     pub cert_validity: Duration,
     /// Longest live connections may run on after SIGTERM before they are cut.
     pub drain: Duration,
+    /// How plain TCP connections are copied.
+    pub tcp_copy: TcpCopy,
 }
 
 /// The workload source.
@@ -382,6 +398,8 @@ pub struct SidecarConfig {
     pub threads: usize,
     /// Workload-file poll interval.
     pub poll_interval: Duration,
+    /// How plain TCP connections are copied.
+    pub tcp_copy: TcpCopy,
 }
 
 /// Settings of `ambit uninstall`: which pods to release and how to find their namespaces.

@@ -65,6 +65,8 @@ pub struct ProxyContext {
     /// Live inbound connections, re-decided when the policy changes
     /// ([`LiveConns::follow`] must run on the same `policy` channel).
     pub live: Arc<LiveConns>,
+    /// How plain TCP connections are copied.
+    pub tcp_copy: crate::copy::TcpCopy,
 }
 
 /// Errors from starting a pod's proxy.
@@ -345,7 +347,14 @@ pub(crate) async fn relay(
     downstream: tokio::net::TcpStream,
     upstream: tokio::net::TcpStream,
 ) {
-    let result = copy::bidirectional(downstream, upstream, flow.sent(), flow.received()).await;
+    let result = copy::bidirectional(
+        downstream,
+        upstream,
+        flow.sent(),
+        flow.received(),
+        scope.ctx.tcp_copy,
+    )
+    .await;
     account_bytes(scope, kind, &flow);
     if let Err(e) = result {
         flow.fail(format!("copy: {e}"));
@@ -364,8 +373,15 @@ pub(crate) async fn relay_guarded(
     mut admitted: authz::Registration,
 ) {
     let (sent, received) = (flow.sent(), flow.received());
-    let ended =
-        copy::bidirectional_until(downstream, upstream, sent, received, admitted.denied()).await;
+    let ended = copy::bidirectional_until(
+        downstream,
+        upstream,
+        sent,
+        received,
+        scope.ctx.tcp_copy,
+        admitted.denied(),
+    )
+    .await;
     account_bytes(scope, kind, &flow);
     match ended {
         copy::Ended::Copied(Ok(_)) => {}
