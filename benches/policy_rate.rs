@@ -6,11 +6,12 @@
 //!
 //! A lab of 2 nodes × 1 pod, daemons on both (`--rules=iptables`). The destination `n2-p1` runs
 //! a ping server on 8080 (reads 1 byte, writes it back, closes). For each policy count N the
-//! workload file gets N policies in namespace `lab`, all covering `n2-p1` and all evaluated on
-//! every connection: N − 1 DENY policies that never match (a principal, a namespace and a port
-//! list naming the app's port each, so the engine's port index cannot skip them and every rule
-//! is walked in full), plus one ALLOW policy named to sort last that matches everything — the
-//! worst order for the engine. The bench waits until `/policies` on
+//! workload file gets N policies in namespace `lab`, all covering `n2-p1`: N − 1 DENY policies
+//! that never match (each names an exact principal and namespace `team-i` and a port list
+//! with the app's port), plus one ALLOW policy named to sort last that matches everything —
+//! the worst order for a linear walk. The engine's index (`src/policy/index.rs`) skips the DENY
+//! policies by client namespace (HBONE from `lab`) or because they need an identity
+//! (plaintext). The bench waits until `/policies` on
 //! n2 shows N resources, then measures two paths, one connection at a time (connect, 1 byte
 //! each way, the server's close), after a warm-up:
 //!
@@ -26,9 +27,9 @@
 //! (and the range of the rates). Every window's last connection must show up on n2's `/flows`
 //! with the expected decision (`ALLOW AuthorizationPolicy lab/zz-allow-all matched` for
 //! N > 0), else the run fails. Finally `PolicySnapshot::decide` alone is timed in-process for
-//! each N, twice: with the DENY policies as above, and with their port lists naming other
-//! ports only (the common case of policies about other services' ports, which the port index
-//! skips). Results go to stdout and `target/bench/policy.md`. `--counts=0,1000` measures only
+//! each N, twice: with the policies above, and with DENY policies the index cannot narrow
+//! (principal and namespace given as prefix patterns, `team-i*`), which are walked in full —
+//! the engine's worst case. Results go to stdout and `target/bench/policy.md`. `--counts=0,1000` measures only
 //! those counts (e.g. while profiling the daemon).
 //!
 //! Client ports are chosen explicitly, below Linux's ephemeral range (32768–60999). With client
@@ -54,8 +55,6 @@ use tokio::net::TcpSocket;
 
 const COUNTS: [usize; 3] = [0, 10, 1000];
 const PORT: u16 = 8080;
-/// A port the DENY policies name instead of [`PORT`] in the second `decide` timing.
-const OTHER_PORT: u16 = 9000;
 const DEADLINE: Duration = Duration::from_secs(30);
 /// Client source ports cycle through this range: explicit ports, so thousands of connections
 /// do not exhaust the ephemeral range, and below it (Linux: 32768–60999), so a client port
@@ -130,7 +129,7 @@ fn main() -> anyhow::Result<()> {
     let mut port = PORTS.0;
     for round in 0..plan.rounds {
         for &n in &counts {
-            let policies = policies(n, PORT);
+            let policies = policies(n, Patterns::Exact);
             lab.update_workloads(|s| s.istio = policies.clone())?;
             wait_policies(&lab, n)?;
             let expect = if n == 0 {
@@ -178,12 +177,12 @@ fn main() -> anyhow::Result<()> {
             row.push(format!("{m:.0} ({lo:.0}–{hi:.0})"));
             row.push(format!("{:.0}", median(cpu).0));
         }
-        row.push(format!("{:.0}", decide_ns(n, PORT)));
-        row.push(format!("{:.0}", decide_ns(n, OTHER_PORT)));
+        row.push(format!("{:.0}", decide_ns(n, Patterns::Exact)));
+        row.push(format!("{:.0}", decide_ns(n, Patterns::Prefix)));
         rows.push(row);
     }
     let mut md = String::from(
-        "| policies in scope | hbone conn/s (median, range) | n2 CPU µs/conn | plaintext conn/s | n2 CPU µs/conn | `decide` ns | `decide` ns, DENY on other ports |\n|---|---|---|---|---|---|---|\n",
+        "| policies in scope | hbone conn/s (median, range) | n2 CPU µs/conn | plaintext conn/s | n2 CPU µs/conn | `decide` ns | `decide` ns, DENY by prefix patterns |\n|---|---|---|---|---|---|---|\n",
     );
     for r in &rows {
         md.push_str(&format!("| {} |\n", r.join(" | ")));
@@ -195,9 +194,22 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How the DENY policies name their sources.
+#[derive(Clone, Copy)]
+enum Patterns {
+    /// Exact principal and namespace: the index skips them for other namespaces.
+    Exact,
+    /// Prefix patterns: the index cannot narrow them; every decision walks them all.
+    Prefix,
+}
+
 /// N policies covering every pod of namespace `lab` (see the module documentation); the DENY
-/// policies' port lists name `deny_port`.
-fn policies(n: usize, deny_port: u16) -> Vec<Value> {
+/// policies' sources are given as `patterns` say.
+fn policies(n: usize, patterns: Patterns) -> Vec<Value> {
+    let star = match patterns {
+        Patterns::Exact => "",
+        Patterns::Prefix => "*",
+    };
     let ap = |name: String, spec: Value| {
         json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
                "metadata": {"name": name, "namespace": "lab"}, "spec": spec})
@@ -205,9 +217,9 @@ fn policies(n: usize, deny_port: u16) -> Vec<Value> {
     let mut out: Vec<Value> = (1..n)
         .map(|i| {
             let spec = json!({"action": "DENY", "rules": [{
-                "from": [{"source": {"principals": [format!("cluster.local/ns/team-{i}/sa/app")],
-                                     "namespaces": [format!("team-{i}")]}}],
-                "to": [{"operation": {"ports": [format!("{deny_port}"), "9001", format!("{}", 10000 + i)]}}],
+                "from": [{"source": {"principals": [format!("cluster.local/ns/team-{i}/sa/app{star}")],
+                                     "namespaces": [format!("team-{i}{star}")]}}],
+                "to": [{"operation": {"ports": [format!("{PORT}"), "9001", format!("{}", 10000 + i)]}}],
             }]});
             ap(format!("deny-{i:04}"), spec)
         })
@@ -370,7 +382,7 @@ fn check_flow(lab: &Lab, listener: &str, src: SocketAddr, expect: &str) -> anyho
 
 /// `PolicySnapshot::decide` alone, in nanoseconds per call, for an HBONE connection to a pod
 /// covered by `policies(n)`.
-fn decide_ns(n: usize, deny_port: u16) -> f64 {
+fn decide_ns(n: usize, patterns: Patterns) -> f64 {
     let pod = ambit::workload::Pod {
         uid: "u1".into(),
         name: "p".into(),
@@ -381,7 +393,7 @@ fn decide_ns(n: usize, deny_port: u16) -> f64 {
     };
     let snapshot = ambit::workload::Snapshot {
         pods: vec![pod.clone()],
-        istio: policies(n, deny_port),
+        istio: policies(n, patterns),
         ..Default::default()
     };
     let policy = PolicySnapshot::build(&snapshot, &PolicyConfig::default());
