@@ -9,6 +9,7 @@
 //! bounded time, and each server holds a bounded number of connections, making room for a
 //! new one by closing the oldest idle one ([`slots`]).
 
+pub mod client;
 mod slots;
 #[cfg(test)]
 mod tests;
@@ -23,6 +24,8 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
+
+pub use client::percent_decode;
 
 use crate::config::{
     ENDPOINT_CONNECTION_LIFETIME, ENDPOINT_HEADER_READ_TIMEOUT, ENDPOINT_MAX_CONNECTIONS,

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::admin::{self, Reply, Router};
 use crate::config::{RunConfig, Source};
 use crate::drain::DrainTrigger;
+use crate::explain::Explainer;
 use crate::flows::FlowTable;
 use crate::identity::manager::CertManager;
 use crate::k8s::status::{CaptureObserver, KubeReporter, LogOnly};
@@ -87,7 +88,21 @@ async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Resul
         "/healthz/ready" => Reply::text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         _ => Reply::text(StatusCode::NOT_FOUND, "try /healthz/ready\n"),
     });
-    let admin_router = admin_routes(board.clone(), flows.clone(), metrics, config.clone());
+    let explainer = Explainer {
+        node: config.reconcile.node.clone(),
+        trust_domain: config.reconcile.trust_domain.clone(),
+        board: board.clone(),
+        directory: ctx.directory.clone(),
+        policy: ctx.policy.clone(),
+        flows: flows.clone(),
+    };
+    let admin_router = admin_routes(
+        board.clone(),
+        flows.clone(),
+        metrics,
+        explainer,
+        config.clone(),
+    );
     admin::serve(config.metrics_addr, "metrics", metrics_router).await?;
     admin::serve(config.readiness_addr, "readiness", readiness_router).await?;
     admin::serve(config.admin_addr, "admin", admin_router).await?;
@@ -149,9 +164,11 @@ fn admin_routes(
     board: Arc<StatusBoard>,
     flows: Arc<FlowTable>,
     metrics: Arc<Metrics>,
+    explainer: Explainer,
     config: RunConfig,
 ) -> Router {
     Arc::new(move |path| match path {
+        p if p.starts_with(EXPLAIN_PREFIX) => explain_reply(&explainer, &p[EXPLAIN_PREFIX.len()..]),
         "/pods" => Reply::json(&board.pods()),
         "/flows" => Reply::json(&flows.snapshot()),
         "/metrics" => Reply::text(StatusCode::OK, metrics.encode()),
@@ -166,9 +183,29 @@ fn admin_routes(
         })),
         _ => Reply::text(
             StatusCode::NOT_FOUND,
-            "ambit admin: /status /pods /flows /policies /metrics\n",
+            "ambit admin: /status /pods /flows /policies /metrics /explain/SRC/DST\n",
         ),
     })
+}
+
+/// `/explain/<source pod>/<ip:port>`; the source may be `namespace/name`, so the destination
+/// is the last segment. `[`, `]` and `/` may come percent-encoded.
+const EXPLAIN_PREFIX: &str = "/explain/";
+
+fn explain_reply(explainer: &Explainer, rest: &str) -> Reply {
+    let rest = crate::admin::percent_decode(rest);
+    let Some((src, dst)) = rest.rsplit_once('/') else {
+        return Reply::text(
+            StatusCode::BAD_REQUEST,
+            "usage: /explain/<pod name, namespace/name or IP>/<ip:port>\n",
+        );
+    };
+    // Reads the pod's rule counters with iptables/nft: a short blocking call, on the admin
+    // endpoint only (local, bounded to its connection limit).
+    match explainer.explain(src, dst) {
+        Ok(e) => Reply::json(&e),
+        Err(e) => Reply::text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    }
 }
 
 /// Fails early, with the capability named, if the daemon cannot do its job.

@@ -38,6 +38,60 @@ enum Command {
     /// (redirect rules of both backends and policy routes removed in each pod's namespace),
     /// clear the capture memory, report per pod. Run it after the daemon has stopped.
     Uninstall(UninstallArgs),
+    /// Explain what happens to a new connection from a pod of this node to an address: the
+    /// capture rule in the pod's netns (with its counters), the route, the destination's
+    /// listener and policy decision, and the flows seen. Asks this node's daemon.
+    Explain(ExplainArgs),
+}
+
+/// `ambit explain` flags.
+#[derive(clap::Args, Debug)]
+struct ExplainArgs {
+    /// The source pod: name, namespace/name or IP (a pod of this node).
+    src: String,
+    /// The destination, ip:port (a pod, a Service's ClusterIP, or any address).
+    dst: std::net::SocketAddr,
+    /// The daemon's admin endpoint.
+    #[arg(long, default_value = crate::config::DEFAULT_ADMIN_ADDR)]
+    admin: std::net::SocketAddr,
+    /// Output: the steps as text, or the daemon's JSON.
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    output: Output,
+}
+
+/// Output format of the query commands.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Output {
+    /// Human-readable.
+    Text,
+    /// JSON, as the daemon answers.
+    Json,
+}
+
+fn explain(args: ExplainArgs) -> anyhow::Result<()> {
+    use crate::admin::client::{encode_segment, get};
+    let path = format!(
+        "/explain/{}/{}",
+        encode_segment(&args.src),
+        encode_segment(&args.dst.to_string())
+    );
+    let (status, body) = get(args.admin, &path, std::time::Duration::from_secs(10))?;
+    if status != 200 {
+        anyhow::bail!(
+            "the daemon at {} answered {status}: {}",
+            args.admin,
+            body.trim()
+        );
+    }
+    match args.output {
+        Output::Json => println!("{}", body.trim()),
+        Output::Text => {
+            let e: crate::explain::Explanation = serde_json::from_str(&body)
+                .map_err(|e| anyhow::anyhow!("the daemon's explanation does not parse: {e}"))?;
+            print!("{}", crate::explain::text::render(&e));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]
@@ -71,6 +125,7 @@ pub fn main() -> ExitCode {
             args.into_config().and_then(crate::sidecar::run)
         }
         Command::Uninstall(args) => crate::uninstall::run(args.into_config()),
+        Command::Explain(args) => explain(args),
         Command::Ca(CaCommand::Serve(args)) => {
             crate::limits::raise_open_files_logged();
             args.config().and_then(crate::ca::serve::run)

@@ -12,6 +12,7 @@ pub mod copy;
 #[cfg(feature = "lab")]
 pub mod demo;
 pub mod drain;
+pub mod explain;
 pub mod flows;
 pub mod hbone;
 pub mod identity;

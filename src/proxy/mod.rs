@@ -16,7 +16,7 @@
 pub mod admission;
 pub mod authz;
 mod inbound;
-mod outbound;
+pub(crate) mod outbound;
 mod tunnel;
 
 pub use authz::LiveConns;

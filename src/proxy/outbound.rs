@@ -5,7 +5,7 @@
 //! anything else is passed through as plain TCP from the pod's own namespace (so it leaves with
 //! the pod's IP, subject to the pod's network policy).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 
 use tokio::net::TcpStream;
@@ -15,6 +15,7 @@ use crate::config::{HBONE_DIAL_TIMEOUT, HBONE_PORT, PROXY_PORTS};
 use crate::flows::{Flow, Listener};
 use crate::hbone::{self, TunnelRequest};
 use crate::identity::Identity;
+use crate::workload::Directory;
 
 /// How an outbound connection is carried on.
 #[derive(Debug, PartialEq, Eq)]
@@ -39,29 +40,40 @@ pub(crate) enum Route {
 /// The decision point: what to do with a connection to `dst`. A Service's ClusterIP is first
 /// resolved to one of its ready endpoints; the endpoint then decides like any destination.
 pub(crate) fn decide(scope: &PodScope, dst: SocketAddr) -> Result<Route, Refusal> {
-    if PROXY_PORTS.contains(&dst.port()) && (dst.ip().is_loopback() || scope.owns(dst.ip())) {
+    let directory = scope.ctx.directory.borrow().clone();
+    let turn = scope.ctx.endpoint_turn.fetch_add(1, Ordering::Relaxed);
+    decide_in(
+        &directory,
+        &scope.ctx.trust_domain,
+        &scope.pod.ips,
+        dst,
+        turn,
+    )
+}
+
+/// [`decide`] on explicit inputs: the directory, the trust domain, the source pod's own
+/// addresses and the round-robin turn for a Service's endpoints (`ambit explain` asks it too).
+pub(crate) fn decide_in(
+    directory: &Directory,
+    trust_domain: &str,
+    own: &[IpAddr],
+    dst: SocketAddr,
+    turn: usize,
+) -> Result<Route, Refusal> {
+    if PROXY_PORTS.contains(&dst.port()) && (dst.ip().is_loopback() || own.contains(&dst.ip())) {
         return Err(Refusal::SelfCall(dst));
     }
-    let directory = scope.ctx.directory.borrow().clone();
     let target = match directory.service(dst.ip()) {
         Some(svc) => directory
-            .pick_endpoint(
-                svc,
-                dst,
-                scope.ctx.endpoint_turn.fetch_add(1, Ordering::Relaxed),
-            )
+            .pick_endpoint(svc, dst, turn)
             .ok_or_else(|| Refusal::NoEndpoints(svc.key(), dst))?,
         None => dst,
     };
     let Some((pod, true)) = directory.lookup(target.ip()) else {
         return Ok(Route::Passthrough { target });
     };
-    let identity = Identity::new(
-        &scope.ctx.trust_domain,
-        &pod.namespace,
-        &pod.service_account,
-    )
-    .map_err(|e| Refusal::BadPeer(format!("destination {}: {e}", pod.key())))?;
+    let identity = Identity::new(trust_domain, &pod.namespace, &pod.service_account)
+        .map_err(|e| Refusal::BadPeer(format!("destination {}: {e}", pod.key())))?;
     Ok(Route::Hbone {
         target,
         peer: SocketAddr::new(target.ip(), HBONE_PORT),

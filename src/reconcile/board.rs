@@ -8,6 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::capture::CaptureOptions;
+use crate::netns::NetNs;
+use crate::rules::Backend;
 use crate::workload::enroll::Decision;
 use crate::workload::Pod;
 
@@ -40,6 +43,21 @@ pub struct StatusBoard {
     pub(super) source_error: RwLock<Option<String>>,
     /// The security policy in force and the pods it is shown for (`/policies`).
     pub policies: super::PolicyBoard,
+    /// Captured pods by `namespace/name`, with what `ambit explain` reads in their netns.
+    pub(super) captured: RwLock<BTreeMap<String, CapturedPod>>,
+}
+
+/// A captured pod as installed: where its rules are and what they were built from.
+#[derive(Clone, Debug)]
+pub struct CapturedPod {
+    /// The pod.
+    pub pod: Pod,
+    /// Its network namespace.
+    pub netns: NetNs,
+    /// The rule backend its rules were installed with.
+    pub backend: Backend,
+    /// The capture options its rules were built from.
+    pub options: CaptureOptions,
 }
 
 impl StatusBoard {
@@ -51,6 +69,11 @@ impl StatusBoard {
     /// True once the workload source was read and every local pod was handled once.
     pub fn is_ready(&self) -> bool {
         self.ready.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The captured pod `key` (`namespace/name`), if it is captured now.
+    pub fn captured(&self, key: &str) -> Option<CapturedPod> {
+        read(&self.captured).get(key).cloned()
     }
 
     /// The workload source's current error, if any.

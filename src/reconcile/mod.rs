@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use board::{not_enrolled, now_ms};
-pub use board::{PodStatus, StatusBoard};
+pub use board::{CapturedPod, PodStatus, StatusBoard};
 use pod::{blocking, capture_fingerprint, Fingerprint, PodRules};
 use policies::PolicyPublisher;
 pub use policies::{policy_config, PoliciesView, PolicyBoard};
@@ -253,6 +253,26 @@ impl Reconciler {
                 .set(count(state));
         }
         *board = statuses;
+        drop(board);
+        let captured = self
+            .entries
+            .values()
+            .filter_map(|e| match e {
+                Entry::Enrolled(e) => Some(CapturedPod {
+                    pod: e.pod.clone(),
+                    netns: e.rules.netns.clone(),
+                    backend: e.rules.backend,
+                    options: e.rules.options.clone(),
+                }),
+                Entry::Failed(_) => None,
+            })
+            .map(|c| (c.pod.key(), c))
+            .collect();
+        *self
+            .board
+            .captured
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = captured;
     }
 
     fn status_of(&self, entry: &Entry, snapshot: &Snapshot) -> PodStatus {

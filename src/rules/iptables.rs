@@ -22,7 +22,7 @@ const TABLES: [(Table, &str); 2] = [(Table::Mangle, "mangle"), (Table::Nat, "nat
 /// the same names (removed as leftovers until we capture DNS ourselves).
 const SCANNED_TABLES: [&str; 3] = ["mangle", "nat", "raw"];
 
-fn chain_name(chain: Chain) -> &'static str {
+pub(super) fn chain_name(chain: Chain) -> &'static str {
     match chain {
         Chain::Prerouting => CHAINS[0].0,
         Chain::Output => CHAINS[1].0,

@@ -17,6 +17,7 @@ use std::process::ExitStatus;
 use crate::capture::CaptureOptions;
 use crate::netns::NetNs;
 
+pub mod counters;
 mod exec;
 pub mod iptables;
 #[cfg(test)]
@@ -29,6 +30,7 @@ pub mod route;
 pub mod sidecar;
 #[cfg(test)]
 pub(crate) mod testns;
+pub mod trace;
 
 pub use sidecar::{apply_sidecar, counters, remove_sidecar, RuleCounter, SidecarRuleSet};
 

@@ -30,7 +30,7 @@ const ALL_TABLES: [&str; 3] = [NAT_TABLE, MANGLE_TABLE, RAW_TABLE];
 /// Our tables as listed, by name.
 type Listing = BTreeMap<String, String>;
 
-fn chain_name(chain: Chain) -> &'static str {
+pub(super) fn chain_name(chain: Chain) -> &'static str {
     match chain {
         Chain::Prerouting => "istio-prerouting",
         Chain::Output => "istio-output",
