@@ -77,12 +77,12 @@ async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Resul
     };
 
     let m = metrics.clone();
-    let metrics_router: Router = Arc::new(move |path| match path {
+    let metrics_router: Router = admin::read_only(move |path| match path {
         "/metrics" | "/stats/prometheus" => Reply::text(StatusCode::OK, m.encode()),
         _ => Reply::text(StatusCode::NOT_FOUND, "try /metrics\n"),
     });
     let b = board.clone();
-    let readiness_router: Router = Arc::new(move |path| match path {
+    let readiness_router: Router = admin::read_only(move |path| match path {
         "/healthz/ready" if b.is_ready() => Reply::text(StatusCode::OK, "ready\n"),
         "/healthz/ready" => Reply::text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         _ => Reply::text(StatusCode::NOT_FOUND, "try /healthz/ready\n"),
@@ -151,7 +151,7 @@ fn admin_routes(
     metrics: Arc<Metrics>,
     config: RunConfig,
 ) -> Router {
-    Arc::new(move |path| match path {
+    admin::read_only(move |path| match path {
         "/pods" => Reply::json(&board.pods()),
         "/flows" => Reply::json(&flows.snapshot()),
         "/metrics" => Reply::text(StatusCode::OK, metrics.encode()),

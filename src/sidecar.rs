@@ -119,12 +119,12 @@ async fn serve(config: SidecarConfig) -> anyhow::Result<()> {
         security,
         &tokio::runtime::Handle::current(),
     )?;
-    let readiness: Router = Arc::new(|path| match path {
+    let readiness: Router = admin::read_only(|path| match path {
         "/healthz/ready" => Reply::text(StatusCode::OK, "ready\n"),
         _ => Reply::text(StatusCode::NOT_FOUND, "try /healthz/ready\n"),
     });
     let (f, m) = (flows.clone(), metrics.clone());
-    let admin: Router = Arc::new(move |path| match path {
+    let admin: Router = admin::read_only(move |path| match path {
         "/flows" => Reply::json(&f.snapshot()),
         "/metrics" => Reply::text(StatusCode::OK, m.encode()),
         _ => Reply::text(
