@@ -3,21 +3,25 @@
 //!
 //! The data runtime (multi-threaded) carries connections. The control runtime (the main
 //! thread) runs the workload source, the reconciler and the admin/metrics/readiness servers, so
-//! neither a slow scrape nor a slow `iptables-restore` stalls traffic.
+//! neither a slow scrape nor a slow `iptables-restore` stalls traffic. The endpoints' routes
+//! are in [`routes`], the admin `/config_dump` in [`dump`].
+
+mod dump;
+mod routes;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use hyper::StatusCode;
 use tokio::sync::watch;
 
-use crate::admin::{self, Reply, Router};
+use crate::admin;
 use crate::config::{RunConfig, Source};
 use crate::drain::DrainTrigger;
 use crate::flows::FlowTable;
 use crate::identity::manager::CertManager;
 use crate::k8s::status::{CaptureObserver, KubeReporter, LogOnly};
+use crate::logging::LogControl;
 use crate::metrics::Metrics;
 use crate::policy::PolicySnapshot;
 use crate::proxy::{LiveConns, ProxyContext};
@@ -25,7 +29,8 @@ use crate::reconcile::{policy_config, Reconciler, StatusBoard};
 use crate::workload::{file, Directory};
 
 /// Runs the daemon until SIGTERM or SIGINT.
-pub fn run(config: RunConfig) -> anyhow::Result<()> {
+/// `log` is the installed log's control, for `/logging` and the drop counter.
+pub fn run(config: RunConfig, log: Arc<LogControl>) -> anyhow::Result<()> {
     anyhow::ensure!(
         config.admin_addr.ip().is_loopback(),
         "admin address {} must be a loopback address (the admin endpoint is never exposed)",
@@ -43,19 +48,27 @@ pub fn run(config: RunConfig) -> anyhow::Result<()> {
         .build()
         .context("starting the control runtime")?;
     let data_handle = data.handle().clone();
-    control.block_on(serve(config, data_handle))?;
+    control.block_on(serve(config, data_handle, log))?;
     // Connections in flight are cut here; the rules stay in place so pods stay fail-closed
     // until the next daemon adopts them.
     data.shutdown_timeout(Duration::from_secs(1));
     Ok(())
 }
 
-async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Result<()> {
+async fn serve(
+    config: RunConfig,
+    data: tokio::runtime::Handle,
+    log: Arc<LogControl>,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let flows = Arc::new(FlowTable::default());
     let (trigger, drain) = crate::drain::channel();
     let board = Arc::new(StatusBoard::default());
     let (directory_tx, directory_rx) = watch::channel(Arc::new(Directory::default()));
+    flows.set_resolver(crate::flows::access::Resolver {
+        directory: directory_rx.clone(),
+        trust_domain: config.reconcile.trust_domain.clone(),
+    });
     // No pod is captured before the reconciler publishes the first real policy.
     let no_policy = PolicySnapshot::empty(&policy_config(&config.reconcile));
     let (policy_tx, policy_rx) = watch::channel(Arc::new(no_policy));
@@ -66,7 +79,7 @@ async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Resul
     let ctx = ProxyContext {
         trust_domain: config.reconcile.trust_domain.clone(),
         endpoint_turn: Arc::default(),
-        directory: directory_rx,
+        directory: directory_rx.clone(),
         flows: flows.clone(),
         metrics: metrics.clone(),
         handshakes: Arc::default(),
@@ -76,18 +89,18 @@ async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Resul
         tcp_copy: config.tcp_copy,
     };
 
-    let m = metrics.clone();
-    let metrics_router: Router = admin::read_only(move |path| match path {
-        "/metrics" | "/stats/prometheus" => Reply::text(StatusCode::OK, m.encode()),
-        _ => Reply::text(StatusCode::NOT_FOUND, "try /metrics\n"),
+    let state = Arc::new(routes::State {
+        board: board.clone(),
+        flows: flows.clone(),
+        metrics,
+        config: config.clone(),
+        log,
+        certs: certs.clone(),
+        directory: directory_rx.clone(),
     });
-    let b = board.clone();
-    let readiness_router: Router = admin::read_only(move |path| match path {
-        "/healthz/ready" if b.is_ready() => Reply::text(StatusCode::OK, "ready\n"),
-        "/healthz/ready" => Reply::text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-        _ => Reply::text(StatusCode::NOT_FOUND, "try /healthz/ready\n"),
-    });
-    let admin_router = admin_routes(board.clone(), flows.clone(), metrics, config.clone());
+    let metrics_router = routes::metrics(state.clone());
+    let readiness_router = routes::readiness(state.clone());
+    let admin_router = routes::admin(state);
     admin::serve(config.metrics_addr, "metrics", metrics_router).await?;
     admin::serve(config.readiness_addr, "readiness", readiness_router).await?;
     admin::serve(config.admin_addr, "admin", admin_router).await?;
@@ -143,32 +156,6 @@ pub(crate) async fn drain_then_stop(trigger: &DrainTrigger, flows: &FlowTable, d
             "drain deadline passed; cutting the remaining connections"
         ),
     }
-}
-
-fn admin_routes(
-    board: Arc<StatusBoard>,
-    flows: Arc<FlowTable>,
-    metrics: Arc<Metrics>,
-    config: RunConfig,
-) -> Router {
-    admin::read_only(move |path| match path {
-        "/pods" => Reply::json(&board.pods()),
-        "/flows" => Reply::json(&flows.snapshot()),
-        "/metrics" => Reply::text(StatusCode::OK, metrics.encode()),
-        "/policies" => Reply::json(&board.policies.view()),
-        "/status" => Reply::json(&serde_json::json!({
-            "node": config.reconcile.node,
-            "backend": config.reconcile.backend.to_string(),
-            "source": config.source.to_string(),
-            "ready": board.is_ready(),
-            "source_error": board.source_error(),
-            "policies_rejected": board.policies.rejected_count(),
-        })),
-        _ => Reply::text(
-            StatusCode::NOT_FOUND,
-            "ambit admin: /status /pods /flows /policies /metrics\n",
-        ),
-    })
 }
 
 /// Fails early, with the capability named, if the daemon cannot do its job.

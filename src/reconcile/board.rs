@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::hbone::pool::{Pool, PooledConnection};
 use crate::workload::enroll::Decision;
 use crate::workload::Pod;
 
@@ -40,6 +41,20 @@ pub struct StatusBoard {
     pub(super) source_error: RwLock<Option<String>>,
     /// The security policy in force and the pods it is shown for (`/policies`).
     pub policies: super::PolicyBoard,
+    /// Each enrolled pod's identity and HBONE pool, for the config dump. Weak: the dump must
+    /// not keep a released pod's pool (and its connections) alive.
+    pools: RwLock<BTreeMap<String, (String, Weak<Pool>)>>,
+}
+
+/// One pod's outbound HBONE pool, as the config dump shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PodPoolView {
+    /// `namespace/name` of the pod.
+    pub pod: String,
+    /// The identity it presents to peers.
+    pub identity: String,
+    /// Its pooled connections.
+    pub connections: Vec<PooledConnection>,
 }
 
 impl StatusBoard {
@@ -57,9 +72,35 @@ impl StatusBoard {
     pub fn source_error(&self) -> Option<String> {
         read(&self.source_error).clone()
     }
+
+    /// Every enrolled pod's HBONE pool and its connections, by pod.
+    pub fn pools(&self) -> Vec<PodPoolView> {
+        read(&self.pools)
+            .iter()
+            .filter_map(|(pod, (identity, pool))| {
+                Some(PodPoolView {
+                    pod: pod.clone(),
+                    identity: identity.clone(),
+                    connections: pool.upgrade()?.connections(),
+                })
+            })
+            .collect()
+    }
+
+    pub(super) fn show_pool(&self, pod: &str, identity: String, pool: &Arc<Pool>) {
+        write(&self.pools).insert(pod.to_string(), (identity, Arc::downgrade(pool)));
+    }
+
+    pub(super) fn hide_pool(&self, pod: &str) {
+        write(&self.pools).remove(pod);
+    }
 }
 
-pub(super) fn read<T: Clone>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(super) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|p| p.into_inner())
 }
 
