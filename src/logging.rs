@@ -21,7 +21,7 @@ pub(crate) use json::capture_json;
 
 use std::sync::{Arc, Mutex};
 
-use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
@@ -132,11 +132,7 @@ pub fn init(format: LogFormat) -> Logging {
         .unwrap_or_else(|| "info".to_string());
     let filter = EnvFilter::try_new(&initial).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
-    let (writer, flush) = NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(LOG_BUFFERED_LINES)
-        .thread_name("ambit-log")
-        .finish(std::io::stderr());
+    let (writer, flush) = queue(std::io::stderr(), LOG_BUFFERED_LINES);
     let dropped = writer.error_counter();
     // One of the two is installed; each is built apart (their subscriber types differ).
     let text = (format == LogFormat::Text).then(|| {
@@ -166,6 +162,16 @@ pub fn init(format: LogFormat) -> Logging {
         }),
         _flush: flush,
     }
+}
+
+/// The writer thread behind a queue of `lines`: a full queue drops (and counts) the new line
+/// instead of making the emitting thread wait.
+fn queue<W: std::io::Write + Send + 'static>(out: W, lines: usize) -> (NonBlocking, WorkerGuard) {
+    NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(lines)
+        .thread_name("ambit-log")
+        .finish(out)
 }
 
 /// `base` with the clauses of `change` added: a clause for a target already in `base`
@@ -289,6 +295,46 @@ mod tests {
             msg.contains("\"access=loud\"") && msg.contains("target=level"),
             "{msg}"
         );
+    }
+
+    /// A writer stuck until released, like a stderr nobody reads.
+    struct Stuck(std::sync::mpsc::Receiver<()>);
+
+    impl std::io::Write for Stuck {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let _ = self.0.recv();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stuck_writer_costs_dropped_lines_not_waiting() {
+        use std::io::Write;
+        let (release, stuck) = std::sync::mpsc::channel();
+        let (mut writer, flush) = queue(Stuck(stuck), 4);
+        let counter = writer.error_counter();
+        let started = std::time::Instant::now();
+        for i in 0..1000 {
+            writer
+                .write_all(format!("line {i}\n").as_bytes())
+                .expect("a lossy write never fails");
+        }
+        let took = started.elapsed();
+        assert!(
+            took < std::time::Duration::from_secs(1),
+            "writes waited {took:?}"
+        );
+        // At most the queue and the line being written got through.
+        assert!(
+            counter.dropped_lines() >= 1000 - 6,
+            "{}",
+            counter.dropped_lines()
+        );
+        drop(release);
+        drop(flush);
     }
 
     #[test]

@@ -137,6 +137,14 @@ async fn json_access_log_of_an_hbone_flow() {
     assert!(json_lines(&c, "n1")
         .iter()
         .any(|v| v["message"] == "ambit running"));
+    // Nothing was lost, and the drop counter is exported.
+    let metrics = c.lab.admin_get("n1", "/metrics").expect("metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "ambit_log_lines_dropped_total 0"),
+        "{metrics}"
+    );
 }
 
 /// `/logging` shows the filter, changes it live (an `access=debug` line appears for a
