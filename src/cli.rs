@@ -59,6 +59,7 @@ pub fn main() -> ExitCode {
     // Held until the end of main: dropping it flushes the lines still queued.
     let logging = crate::logging::init(match &cli.command {
         Command::Run(args) => args.log_format,
+        Command::Sidecar(args) => args.log_format,
         _ => crate::config::LogFormat::Text,
     });
     let result = match cli.command {

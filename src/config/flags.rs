@@ -192,6 +192,9 @@ pub struct SidecarArgs {
     /// kernel, `buffered` through the process.
     #[arg(long, value_enum, env = "AMBIT_TCP_COPY", default_value_t = TcpCopy::Splice)]
     pub tcp_copy: TcpCopy,
+    /// Log line format, as for `ambit run`.
+    #[arg(long, value_enum, env = "AMBIT_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 impl SidecarArgs {
