@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use ambit::lab::traffic::Server;
 use ambit::lab::{Lab, LabSpec};
+use ambit::workload::{Endpoint, Service, ServicePort, Snapshot};
 use serde_json::Value;
 use support::*;
 
@@ -88,6 +89,27 @@ fn replace(path: &Path, content: &[u8]) {
     std::fs::rename(&tmp, path).expect("replace the workload file");
 }
 
+/// ClusterIP of the Service `web` (port 80 → n2-p1:8080) of the flow tests.
+const VIP: &str = "10.96.0.10";
+
+fn add_web_service(s: &mut Snapshot) {
+    let ip = s.pods.iter().find(|p| p.name == "n2-p1").unwrap().ips[0];
+    s.services.push(Service {
+        name: "web".into(),
+        namespace: "lab".into(),
+        cluster_ips: vec![VIP.parse().unwrap()],
+        ports: vec![ServicePort {
+            name: "http".into(),
+            port: 80,
+        }],
+        endpoints: vec![Endpoint {
+            ip,
+            ready: true,
+            ports: [("http".to_string(), APP_PORT)].into(),
+        }],
+    });
+}
+
 fn json_flag() -> Vec<String> {
     vec!["--log-format=json".into()]
 }
@@ -96,7 +118,7 @@ fn json_flag() -> Vec<String> {
 /// ztunnel's field names and the values of this flow.
 #[tokio::test(flavor = "multi_thread")]
 async fn json_access_log_of_an_hbone_flow() {
-    let c = Cluster::start_with(2, 1, "iptables", |_| {}, |_| json_flag());
+    let c = Cluster::start_with(2, 1, "iptables", add_web_service, |_| json_flag());
     let _servers = echo_servers(&c).await;
     let dst = c.v4("n2-p1");
     let src = send(&c, "n1-p1", dst).await;
@@ -137,6 +159,13 @@ async fn json_access_log_of_an_hbone_flow() {
     assert!(json_lines(&c, "n1")
         .iter()
         .any(|v| v["message"] == "ambit running"));
+    // Through the Service's ClusterIP: the Service is named, the endpoint reached by HBONE.
+    let vip: SocketAddr = (VIP.parse::<std::net::IpAddr>().unwrap(), 80).into();
+    let src = send(&c, "n1-p1", vip).await;
+    let v = wait_access(&c, "n1", "connection complete", src);
+    assert_eq!(v["dst.service"], "web.lab.svc.cluster.local", "{v}");
+    assert_eq!(v["dst.hbone_addr"], dst.to_string(), "{v}");
+    assert_eq!(v["dst.workload"], "n2-p1", "{v}");
     // Nothing was lost, and the drop counter is exported.
     let metrics = c.lab.admin_get("n1", "/metrics").expect("metrics");
     assert!(
@@ -208,7 +237,7 @@ async fn logging_changes_the_level_live() {
 /// the pooled connection to the peer, and no private key.
 #[tokio::test(flavor = "multi_thread")]
 async fn config_dump_after_an_hbone_flow() {
-    let c = Cluster::start(2, 1, "iptables", |_| {});
+    let c = Cluster::start(2, 1, "iptables", add_web_service);
     let _servers = echo_servers(&c).await;
     let dst = c.v4("n2-p1");
     send(&c, "n1-p1", dst).await;
@@ -227,6 +256,15 @@ async fn config_dump_after_an_hbone_flow() {
     assert_eq!(pod["state"], "enrolled", "{pod:#}");
     assert_eq!(pod["in_mesh"], true, "{pod:#}");
     assert_eq!(pod["service_account"], "sa-n1-p1", "{pod:#}");
+
+    let svc = dump["services"]
+        .as_array()
+        .and_then(|all| {
+            all.iter()
+                .find(|s| s["hostname"] == "web.lab.svc.cluster.local")
+        })
+        .unwrap_or_else(|| panic!("no service web in {dump:#}"));
+    assert_eq!(svc["clusterIps"][0], VIP, "{svc:#}");
 
     let me = identity_of("n1-p1");
     let cert = dump["certificates"]
