@@ -8,8 +8,14 @@
 //! buffer, a request may carry no body, each connection serves one request and lives a
 //! bounded time, and each server holds a bounded number of connections, making room for a
 //! new one by closing the oldest idle one ([`slots`]).
+//!
+//! Routes see the method, the path and the query string ([`Request`]); each route names the
+//! parameters it takes and anything else is refused with a 400 naming it ([`query`]). Only
+//! the admin endpoint has routes that change something (`POST /logging`); the others are
+//! wrapped in [`read_only`], which refuses POST and every parameter.
 
 pub mod client;
+pub mod query;
 mod slots;
 #[cfg(test)]
 mod tests;
@@ -22,7 +28,7 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Response, StatusCode};
 use tokio::net::TcpListener;
 
 pub use client::percent_decode;
@@ -68,8 +74,46 @@ impl Reply {
     }
 }
 
-/// Maps a request path to a reply.
-pub type Router = Arc<dyn Fn(&str) -> Reply + Send + Sync>;
+/// A request as a route sees it. Requests never carry a body (see `refusal`).
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// GET, HEAD or POST.
+    pub method: &'a Method,
+    /// The path, without the query.
+    pub path: &'a str,
+    /// The raw query string after `?` (empty if none).
+    pub query: &'a str,
+}
+
+impl Request<'_> {
+    /// The query, parsed accepting only `allowed`, or the 400 reply that names what is wrong.
+    pub fn params(&self, allowed: &[&'static str]) -> Result<query::Query, Reply> {
+        query::Query::parse(self.query, allowed)
+            .map_err(|e| Reply::text(StatusCode::BAD_REQUEST, format!("{}: {e}\n", self.path)))
+    }
+
+    /// Whether the request asks for a change (POST).
+    pub fn is_post(&self) -> bool {
+        self.method == Method::POST
+    }
+}
+
+/// Maps a request to a reply.
+pub type Router = Arc<dyn Fn(&Request<'_>) -> Reply + Send + Sync>;
+
+/// A router of read-only routes that take no parameters, chosen by path alone: POST gets
+/// 405 and any query parameter a 400 naming it.
+pub fn read_only(route: impl Fn(&str) -> Reply + Send + Sync + 'static) -> Router {
+    Arc::new(move |req| {
+        if req.is_post() {
+            return Reply::text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+        }
+        match req.params(&[]) {
+            Ok(_) => route(req.path),
+            Err(reply) => reply,
+        }
+    })
+}
 
 /// The bounds every connection of an endpoint server lives within (defaults: the
 /// `ENDPOINT_*` constants of [`crate::config`], where each is explained).
@@ -160,9 +204,15 @@ pub async fn serve_listener(
         tokio::spawn(async move {
             let mut ticket = ticket;
             let busy = ticket.busy.clone();
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                 busy.store(true, Ordering::Release);
-                let reply = refusal(&req).unwrap_or_else(|| router(req.uri().path()));
+                let reply = refusal(&req).unwrap_or_else(|| {
+                    router(&Request {
+                        method: req.method(),
+                        path: req.uri().path(),
+                        query: req.uri().query().unwrap_or(""),
+                    })
+                });
                 async move { Ok::<_, Infallible>(to_response(reply)) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
@@ -194,13 +244,14 @@ fn builder(limits: &EndpointLimits) -> hyper::server::conn::http1::Builder {
     b
 }
 
-/// The reply to a request the endpoints do not take: another method than GET/HEAD (405), or
-/// a body (413: nothing here reads one).
-fn refusal(req: &Request<Incoming>) -> Option<Reply> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+/// The reply to a request the endpoints do not take: another method than GET/HEAD/POST
+/// (405; whether a route takes POST is the route's business), or a body (413: nothing here
+/// reads one, a POST's parameters are in its query as with Envoy's and ztunnel's admin).
+fn refusal(req: &hyper::Request<Incoming>) -> Option<Reply> {
+    if ![Method::GET, Method::HEAD, Method::POST].contains(req.method()) {
         return Some(Reply::text(
             StatusCode::METHOD_NOT_ALLOWED,
-            "only GET and HEAD\n",
+            "only GET, HEAD and POST\n",
         ));
     }
     let headers = req.headers();

@@ -3,22 +3,26 @@
 //!
 //! The data runtime (multi-threaded) carries connections. The control runtime (the main
 //! thread) runs the workload source, the reconciler and the admin/metrics/readiness servers, so
-//! neither a slow scrape nor a slow `iptables-restore` stalls traffic.
+//! neither a slow scrape nor a slow `iptables-restore` stalls traffic. The endpoints' routes
+//! are in [`routes`], the admin `/config_dump` in [`dump`].
+
+mod dump;
+mod routes;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use hyper::StatusCode;
 use tokio::sync::watch;
 
-use crate::admin::{self, Reply, Router};
+use crate::admin;
 use crate::config::{RunConfig, Source};
 use crate::drain::DrainTrigger;
 use crate::explain::Explainer;
 use crate::flows::FlowTable;
 use crate::identity::manager::CertManager;
 use crate::k8s::status::{CaptureObserver, KubeReporter, LogOnly};
+use crate::logging::LogControl;
 use crate::metrics::Metrics;
 use crate::policy::PolicySnapshot;
 use crate::proxy::{LiveConns, ProxyContext};
@@ -26,7 +30,8 @@ use crate::reconcile::{policy_config, Reconciler, StatusBoard};
 use crate::workload::{file, Directory};
 
 /// Runs the daemon until SIGTERM or SIGINT.
-pub fn run(config: RunConfig) -> anyhow::Result<()> {
+/// `log` is the installed log's control, for `/logging` and the drop counter.
+pub fn run(config: RunConfig, log: Arc<LogControl>) -> anyhow::Result<()> {
     anyhow::ensure!(
         config.admin_addr.ip().is_loopback(),
         "admin address {} must be a loopback address (the admin endpoint is never exposed)",
@@ -44,19 +49,27 @@ pub fn run(config: RunConfig) -> anyhow::Result<()> {
         .build()
         .context("starting the control runtime")?;
     let data_handle = data.handle().clone();
-    control.block_on(serve(config, data_handle))?;
+    control.block_on(serve(config, data_handle, log))?;
     // Connections in flight are cut here; the rules stay in place so pods stay fail-closed
     // until the next daemon adopts them.
     data.shutdown_timeout(Duration::from_secs(1));
     Ok(())
 }
 
-async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Result<()> {
+async fn serve(
+    config: RunConfig,
+    data: tokio::runtime::Handle,
+    log: Arc<LogControl>,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let flows = Arc::new(FlowTable::default());
     let (trigger, drain) = crate::drain::channel();
     let board = Arc::new(StatusBoard::default());
     let (directory_tx, directory_rx) = watch::channel(Arc::new(Directory::default()));
+    flows.set_resolver(crate::flows::access::Resolver {
+        directory: directory_rx.clone(),
+        trust_domain: config.reconcile.trust_domain.clone(),
+    });
     // No pod is captured before the reconciler publishes the first real policy.
     let no_policy = PolicySnapshot::empty(&policy_config(&config.reconcile));
     let (policy_tx, policy_rx) = watch::channel(Arc::new(no_policy));
@@ -67,7 +80,7 @@ async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Resul
     let ctx = ProxyContext {
         trust_domain: config.reconcile.trust_domain.clone(),
         endpoint_turn: Arc::default(),
-        directory: directory_rx,
+        directory: directory_rx.clone(),
         flows: flows.clone(),
         metrics: metrics.clone(),
         handshakes: Arc::default(),
@@ -77,32 +90,26 @@ async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Resul
         tcp_copy: config.tcp_copy,
     };
 
-    let m = metrics.clone();
-    let metrics_router: Router = Arc::new(move |path| match path {
-        "/metrics" | "/stats/prometheus" => Reply::text(StatusCode::OK, m.encode()),
-        _ => Reply::text(StatusCode::NOT_FOUND, "try /metrics\n"),
-    });
-    let b = board.clone();
-    let readiness_router: Router = Arc::new(move |path| match path {
-        "/healthz/ready" if b.is_ready() => Reply::text(StatusCode::OK, "ready\n"),
-        "/healthz/ready" => Reply::text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-        _ => Reply::text(StatusCode::NOT_FOUND, "try /healthz/ready\n"),
-    });
-    let explainer = Explainer {
-        node: config.reconcile.node.clone(),
-        trust_domain: config.reconcile.trust_domain.clone(),
+    let state = Arc::new(routes::State {
         board: board.clone(),
-        directory: ctx.directory.clone(),
-        policy: ctx.policy.clone(),
         flows: flows.clone(),
-    };
-    let admin_router = admin_routes(
-        board.clone(),
-        flows.clone(),
         metrics,
-        explainer,
-        config.clone(),
-    );
+        config: config.clone(),
+        log,
+        certs: certs.clone(),
+        directory: directory_rx.clone(),
+        explainer: Explainer {
+            node: config.reconcile.node.clone(),
+            trust_domain: config.reconcile.trust_domain.clone(),
+            board: board.clone(),
+            directory: directory_rx.clone(),
+            policy: ctx.policy.clone(),
+            flows: flows.clone(),
+        },
+    });
+    let metrics_router = routes::metrics(state.clone());
+    let readiness_router = routes::readiness(state.clone());
+    let admin_router = routes::admin(state);
     admin::serve(config.metrics_addr, "metrics", metrics_router).await?;
     admin::serve(config.readiness_addr, "readiness", readiness_router).await?;
     admin::serve(config.admin_addr, "admin", admin_router).await?;
@@ -157,54 +164,6 @@ pub(crate) async fn drain_then_stop(trigger: &DrainTrigger, flows: &FlowTable, d
             cut = n,
             "drain deadline passed; cutting the remaining connections"
         ),
-    }
-}
-
-fn admin_routes(
-    board: Arc<StatusBoard>,
-    flows: Arc<FlowTable>,
-    metrics: Arc<Metrics>,
-    explainer: Explainer,
-    config: RunConfig,
-) -> Router {
-    Arc::new(move |path| match path {
-        p if p.starts_with(EXPLAIN_PREFIX) => explain_reply(&explainer, &p[EXPLAIN_PREFIX.len()..]),
-        "/pods" => Reply::json(&board.pods()),
-        "/flows" => Reply::json(&flows.snapshot()),
-        "/metrics" => Reply::text(StatusCode::OK, metrics.encode()),
-        "/policies" => Reply::json(&board.policies.view()),
-        "/status" => Reply::json(&serde_json::json!({
-            "node": config.reconcile.node,
-            "backend": config.reconcile.backend.to_string(),
-            "source": config.source.to_string(),
-            "ready": board.is_ready(),
-            "source_error": board.source_error(),
-            "policies_rejected": board.policies.rejected_count(),
-        })),
-        _ => Reply::text(
-            StatusCode::NOT_FOUND,
-            "ambit admin: /status /pods /flows /policies /metrics /explain/SRC/DST\n",
-        ),
-    })
-}
-
-/// `/explain/<source pod>/<ip:port>`; the source may be `namespace/name`, so the destination
-/// is the last segment. `[`, `]` and `/` may come percent-encoded.
-const EXPLAIN_PREFIX: &str = "/explain/";
-
-fn explain_reply(explainer: &Explainer, rest: &str) -> Reply {
-    let rest = crate::admin::percent_decode(rest);
-    let Some((src, dst)) = rest.rsplit_once('/') else {
-        return Reply::text(
-            StatusCode::BAD_REQUEST,
-            "usage: /explain/<pod name, namespace/name or IP>/<ip:port>\n",
-        );
-    };
-    // Reads the pod's rule counters with iptables/nft: a short blocking call, on the admin
-    // endpoint only (local, bounded to its connection limit).
-    match explainer.explain(src, dst) {
-        Ok(e) => Reply::json(&e),
-        Err(e) => Reply::text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     }
 }
 

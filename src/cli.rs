@@ -110,11 +110,17 @@ enum CaCommand {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // Held until the end of main: dropping it flushes the lines still queued.
+    let logging = crate::logging::init(match &cli.command {
+        Command::Run(args) => args.log_format,
+        Command::Sidecar(args) => args.log_format,
+        _ => crate::config::LogFormat::Text,
+    });
     let result = match cli.command {
         Command::Run(args) => {
             crate::limits::raise_open_files_logged();
-            args.into_config().and_then(app::run)
+            let log = logging.control.clone();
+            args.into_config().and_then(|c| app::run(c, log))
         }
         #[cfg(feature = "lab")]
         Command::Lab(cmd) => crate::lab::cli::run(cmd),
@@ -134,6 +140,8 @@ pub fn main() -> ExitCode {
             .map(|_| println!("CA created in {}", dir.display()))
             .map_err(anyhow::Error::from),
     };
+    // Flush the queued log lines before the error line, so it comes last.
+    drop(logging);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -141,14 +149,4 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
 }

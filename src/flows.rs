@@ -1,11 +1,14 @@
 //! The record of connections the daemon carried: live ones with their running byte counts, and
 //! the most recent finished ones. Served on the admin endpoint, printed by the demo, and what
-//! the tests read to know which listener captured a connection.
+//! the tests read to know which listener captured a connection. When a flow ends its
+//! access-log line is written ([`access`]).
+
+pub mod access;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -178,9 +181,16 @@ pub struct FlowTable {
     next_id: AtomicU64,
     live: Mutex<HashMap<u64, Arc<LiveFlow>>>,
     recent: Mutex<VecDeque<FlowRecord>>,
+    /// Names the pods of access-log lines; unset, lines carry addresses only.
+    resolver: OnceLock<access::Resolver>,
 }
 
 impl FlowTable {
+    /// Lets access-log lines name pods, Services and identities (set once, at start).
+    pub fn set_resolver(&self, resolver: access::Resolver) {
+        let _ = self.resolver.set(resolver);
+    }
+
     /// Flows still open.
     pub fn live_count(&self) -> usize {
         lock(&self.live).len()
@@ -215,6 +225,7 @@ impl FlowTable {
             policy: Mutex::new(None),
         });
         lock(&self.live).insert(id, shared.clone());
+        access::opened(pod, listener, src, dst);
         Flow {
             table: self.clone(),
             shared,
@@ -223,21 +234,7 @@ impl FlowTable {
 
     fn retire(&self, flow: &LiveFlow) {
         let record = flow.record(true);
-        tracing::info!(
-            target: "access",
-            pod = %record.pod,
-            listener = record.listener.as_str(),
-            src = %record.src,
-            dst = %record.dst,
-            route = %record.route,
-            peer_identity = record.peer_identity.as_deref().unwrap_or(""),
-            policy = record.policy.as_deref().unwrap_or(""),
-            bytes_sent = record.bytes_sent,
-            bytes_received = record.bytes_received,
-            duration_ms = record.duration_ms,
-            error = record.error.as_deref().unwrap_or(""),
-            "connection complete"
-        );
+        access::AccessFields::of(&record, self.resolver.get()).emit();
         // Into the recent list before leaving the live one, so a reader never misses it.
         let mut recent = lock(&self.recent);
         if recent.len() == RECENT_CAPACITY {

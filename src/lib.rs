@@ -20,6 +20,7 @@ pub mod k8s;
 #[cfg(feature = "lab")]
 pub mod lab;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod netns;
 pub mod podns;

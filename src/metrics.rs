@@ -63,6 +63,9 @@ pub struct Metrics {
     /// Inbound connections denied by policy (at connect, or closed later by a policy change),
     /// per deciding policy.
     pub policy_denials: Family<PolicyLabels, Counter>,
+    /// Log lines dropped because the log writer fell behind (set from
+    /// [`crate::logging::LogControl::dropped_lines`] at each scrape).
+    pub log_lines_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -78,6 +81,7 @@ impl Default for Metrics {
             hbone_accepted: Counter::default(),
             handshakes_shed: Family::default(),
             policy_denials: Family::default(),
+            log_lines_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -120,6 +124,11 @@ impl Default for Metrics {
             "policy_denials",
             "Inbound connections denied by policy, by the policy that denied",
             m.policy_denials.clone(),
+        );
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because the log writer fell behind (the data path never waits for it)",
+            m.log_lines_dropped.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -84,6 +84,10 @@ async fn serve(config: SidecarConfig) -> anyhow::Result<()> {
     let (trigger, drain) = crate::drain::channel();
     let daemon = DaemonIdentity::default();
     let (directory_tx, directory_rx) = watch::channel(Arc::new(Directory::new(&snapshot, &daemon)));
+    flows.set_resolver(crate::flows::access::Resolver {
+        directory: directory_rx.clone(),
+        trust_domain: config.trust_domain.clone(),
+    });
     // The sidecar enforces the workload file's policies for its pod, with Istio's defaults.
     let policy_config = PolicyConfig {
         node: Some(pod.node.clone()),
@@ -96,7 +100,7 @@ async fn serve(config: SidecarConfig) -> anyhow::Result<()> {
     let ctx = ProxyContext {
         trust_domain: config.trust_domain.clone(),
         endpoint_turn: Arc::default(),
-        directory: directory_rx,
+        directory: directory_rx.clone(),
         flows: flows.clone(),
         metrics: metrics.clone(),
         handshakes: Arc::default(),
@@ -119,12 +123,12 @@ async fn serve(config: SidecarConfig) -> anyhow::Result<()> {
         security,
         &tokio::runtime::Handle::current(),
     )?;
-    let readiness: Router = Arc::new(|path| match path {
+    let readiness: Router = admin::read_only(|path| match path {
         "/healthz/ready" => Reply::text(StatusCode::OK, "ready\n"),
         _ => Reply::text(StatusCode::NOT_FOUND, "try /healthz/ready\n"),
     });
     let (f, m) = (flows.clone(), metrics.clone());
-    let admin: Router = Arc::new(move |path| match path {
+    let admin: Router = admin::read_only(move |path| match path {
         "/flows" => Reply::json(&f.snapshot()),
         "/metrics" => Reply::text(StatusCode::OK, m.encode()),
         _ => Reply::text(

@@ -3,14 +3,13 @@
 //! oversized or unexpected requests refused.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{serve_listener, EndpointLimits, Reply, Router};
+use super::{read_only, serve_listener, EndpointLimits, Reply};
 
 /// Longest any awaited outcome may take.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -31,7 +30,7 @@ fn limits() -> EndpointLimits {
 async fn start(limits: EndpointLimits) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router: Router = Arc::new(|path| match path {
+    let router = read_only(|path| match path {
         "/big" => Reply::text(StatusCode::OK, "x".repeat(BIG)),
         "/metrics" => Reply::text(StatusCode::OK, "ambit_up 1\n"),
         _ => Reply::text(StatusCode::NOT_FOUND, "no\n"),
@@ -193,4 +192,16 @@ async fn oversized_unexpected_and_bodied_requests_are_refused() {
         .unwrap();
     let (raw, _) = read_to_end(&mut s).await;
     assert_eq!(status(&String::from_utf8_lossy(&raw)), "413");
+
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"PUT /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let (raw, _) = read_to_end(&mut s).await;
+    assert_eq!(status(&String::from_utf8_lossy(&raw)), "405");
+
+    // A read-only route takes no parameter: the one sent is named in the 400.
+    let reply = get(addr, "/metrics?verbose=1").await;
+    assert_eq!(status(&reply), "400", "{reply}");
+    assert!(reply.contains("unknown parameter \"verbose\""), "{reply}");
 }

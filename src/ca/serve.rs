@@ -176,7 +176,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config));
 
     let m = metrics.clone();
-    let router: Router = Arc::new(move |path| match path {
+    let router: Router = admin::read_only(move |path| match path {
         "/metrics" | "/stats/prometheus" => Reply::text(StatusCode::OK, m.encode()),
         "/healthz/ready" => Reply::text(StatusCode::OK, "ready\n"),
         _ => Reply::text(StatusCode::NOT_FOUND, "try /metrics or /healthz/ready\n"),

@@ -12,10 +12,10 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{
-    Backend, DaemonIdentity, MtlsMode, ReconcileConfig, RunConfig, SidecarConfig, Source, TcpCopy,
-    UninstallConfig, DEFAULT_ADMIN_ADDR, DEFAULT_CERT_VALIDITY, DEFAULT_DRAIN_SECS,
-    DEFAULT_METRICS_ADDR, DEFAULT_POOL_IDLE_SECS, DEFAULT_READINESS_ADDR, DEFAULT_ROOT_NAMESPACE,
-    DEFAULT_TRUST_DOMAIN, PROXY_GID, PROXY_UID,
+    Backend, DaemonIdentity, LogFormat, MtlsMode, ReconcileConfig, RunConfig, SidecarConfig,
+    Source, TcpCopy, UninstallConfig, DEFAULT_ADMIN_ADDR, DEFAULT_CERT_VALIDITY,
+    DEFAULT_DRAIN_SECS, DEFAULT_METRICS_ADDR, DEFAULT_POOL_IDLE_SECS, DEFAULT_READINESS_ADDR,
+    DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, PROXY_GID, PROXY_UID,
 };
 
 /// Flags of `ambit run`.
@@ -105,6 +105,10 @@ pub struct RunArgs {
     /// kernel, `buffered` through the process.
     #[arg(long, value_enum, env = "AMBIT_TCP_COPY", default_value_t = TcpCopy::Splice)]
     pub tcp_copy: TcpCopy,
+    /// Log line format: `text`, or `json` (one object per line, ztunnel's field names). The
+    /// level is set by RUST_LOG and changed live with `/logging` on the admin endpoint.
+    #[arg(long, value_enum, env = "AMBIT_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 impl RunArgs {
@@ -138,6 +142,7 @@ impl RunArgs {
             cert_validity: Duration::from_secs(self.cert_validity_secs),
             drain: Duration::from_secs(self.drain_secs),
             tcp_copy: self.tcp_copy,
+            log_format: self.log_format,
             poll_interval: Duration::from_millis(self.poll_ms),
             admin_addr: self.admin,
             metrics_addr: self.metrics,
@@ -187,6 +192,9 @@ pub struct SidecarArgs {
     /// kernel, `buffered` through the process.
     #[arg(long, value_enum, env = "AMBIT_TCP_COPY", default_value_t = TcpCopy::Splice)]
     pub tcp_copy: TcpCopy,
+    /// Log line format, as for `ambit run`.
+    #[arg(long, value_enum, env = "AMBIT_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 impl SidecarArgs {
@@ -334,6 +342,20 @@ mod tests {
         assert_eq!(c.cert_validity, DEFAULT_CERT_VALIDITY);
         assert_eq!(c.reconcile.root_namespace, "istio-system");
         assert!(matches!(c.ca, crate::ca::args::CaSource::Service(_)));
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        assert_eq!(
+            parse(&["--log-format", "json"]).unwrap().log_format,
+            LogFormat::Json
+        );
+        let err = parse(&["--log-format", "yaml"]).unwrap_err();
+        assert!(
+            err.contains("--log-format") && err.contains("text, json"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -229,6 +229,25 @@ pub enum TcpCopy {
     Buffered,
 }
 
+/// How the daemon writes its log lines (`--log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event: time, level, target, message, `key=value` fields.
+    #[default]
+    Text,
+    /// One JSON object per line: `level`, `time`, `scope` (the target), `message` and every
+    /// field under its own name (ztunnel's layout, so the same log pipeline parses both).
+    Json,
+}
+
+/// Log lines held for the writer thread before new ones are dropped (and counted): the
+/// data path never waits for stderr. At about 400 bytes a line, at most ~50 MiB.
+pub const LOG_BUFFERED_LINES: usize = 128 * 1024;
+
+/// DNS suffix of Service hostnames (`<name>.<namespace>.svc.<suffix>`), as access logs and
+/// the config dump name Services (Kubernetes' default cluster domain).
+pub const SERVICE_DOMAIN: &str = "cluster.local";
+
 /// A backend name that is neither `iptables` nor `nftables`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("unknown rule backend {0:?} (expected \"iptables\" or \"nftables\")")]
@@ -347,6 +366,8 @@ pub struct RunConfig {
     pub drain: Duration,
     /// How plain TCP connections are copied.
     pub tcp_copy: TcpCopy,
+    /// How log lines are written.
+    pub log_format: LogFormat,
 }
 
 /// The workload source.

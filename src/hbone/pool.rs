@@ -79,6 +79,22 @@ struct Conn {
     streams: Arc<AtomicUsize>,
     closed: Arc<AtomicBool>,
     idle_since: Arc<Mutex<Option<Instant>>>,
+    opened: Instant,
+}
+
+/// A pooled connection as the config dump shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PooledConnection {
+    /// The peer's 15008 address.
+    pub peer: SocketAddr,
+    /// The identity the peer had to present (and did, or the connection would not exist).
+    pub identity: String,
+    /// Tunnels open on it now.
+    pub streams: usize,
+    /// Seconds since it was dialled.
+    pub age_secs: u64,
+    /// Seconds since its last tunnel closed, while it has none.
+    pub idle_secs: Option<u64>,
 }
 
 impl Conn {
@@ -218,6 +234,29 @@ impl Pool {
             .sum()
     }
 
+    /// The pooled connections, by peer. A key whose dial is in progress is skipped.
+    pub fn connections(&self) -> Vec<PooledConnection> {
+        let now = Instant::now();
+        let mut out: Vec<PooledConnection> = lock(&self.slots)
+            .iter()
+            .filter_map(|(key, slot)| Some((key, slot.try_lock().ok()?.clone())))
+            .flat_map(|(key, conns)| {
+                conns.into_iter().filter(Conn::usable).map(move |c| {
+                    let idle_secs = lock(&c.idle_since).map(|t| (now - t).as_secs());
+                    PooledConnection {
+                        peer: key.peer,
+                        identity: key.expected.to_string(),
+                        streams: c.streams.load(Ordering::Acquire),
+                        age_secs: (now - c.opened).as_secs(),
+                        idle_secs,
+                    }
+                })
+            })
+            .collect();
+        out.sort_by_key(|c| (c.peer, c.age_secs));
+        out
+    }
+
     async fn dial(&self, peer: SocketAddr, expected: &Identity) -> Result<Conn, DialError> {
         tokio::time::timeout(DIAL_TIMEOUT, self.dial_inner(peer, expected))
             .await
@@ -279,6 +318,7 @@ impl Pool {
             streams: Arc::new(AtomicUsize::new(0)),
             closed,
             idle_since: Arc::new(Mutex::new(Some(Instant::now()))),
+            opened: Instant::now(),
         })
     }
 }

@@ -334,5 +334,8 @@ impl CertManager {
     }
 }
 
+mod dump;
+pub use dump::{CertDetails, CertView};
+
 #[cfg(test)]
 mod tests;

@@ -3,12 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
 use crate::capture::CaptureOptions;
+use crate::hbone::pool::{Pool, PooledConnection};
 use crate::netns::NetNs;
 use crate::rules::Backend;
 use crate::workload::enroll::Decision;
@@ -45,6 +46,9 @@ pub struct StatusBoard {
     pub policies: super::PolicyBoard,
     /// Captured pods by `namespace/name`, with what `ambit explain` reads in their netns.
     pub(super) captured: RwLock<BTreeMap<String, CapturedPod>>,
+    /// Each enrolled pod's identity and HBONE pool, for the config dump. Weak: the dump must
+    /// not keep a released pod's pool (and its connections) alive.
+    pools: RwLock<BTreeMap<String, (String, Weak<Pool>)>>,
 }
 
 /// A captured pod as installed: where its rules are and what they were built from.
@@ -58,6 +62,17 @@ pub struct CapturedPod {
     pub backend: Backend,
     /// The capture options its rules were built from.
     pub options: CaptureOptions,
+}
+
+/// One pod's outbound HBONE pool, as the config dump shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PodPoolView {
+    /// `namespace/name` of the pod.
+    pub pod: String,
+    /// The identity it presents to peers.
+    pub identity: String,
+    /// Its pooled connections.
+    pub connections: Vec<PooledConnection>,
 }
 
 impl StatusBoard {
@@ -80,9 +95,35 @@ impl StatusBoard {
     pub fn source_error(&self) -> Option<String> {
         read(&self.source_error).clone()
     }
+
+    /// Every enrolled pod's HBONE pool and its connections, by pod.
+    pub fn pools(&self) -> Vec<PodPoolView> {
+        read(&self.pools)
+            .iter()
+            .filter_map(|(pod, (identity, pool))| {
+                Some(PodPoolView {
+                    pod: pod.clone(),
+                    identity: identity.clone(),
+                    connections: pool.upgrade()?.connections(),
+                })
+            })
+            .collect()
+    }
+
+    pub(super) fn show_pool(&self, pod: &str, identity: String, pool: &Arc<Pool>) {
+        write(&self.pools).insert(pod.to_string(), (identity, Arc::downgrade(pool)));
+    }
+
+    pub(super) fn hide_pool(&self, pod: &str) {
+        write(&self.pools).remove(pod);
+    }
 }
 
-pub(super) fn read<T: Clone>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(super) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|p| p.into_inner())
 }
 

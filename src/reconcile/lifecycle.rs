@@ -60,6 +60,7 @@ impl Reconciler {
             .map_err(|e| format!("pod {key}: {e}"))?;
         let security = pod::security_for(&self.config, &self.certs, &self.metrics, pod, &netns)
             .map_err(|e| format!("pod {key}: {e}"))?;
+        let pool = (security.identity.to_string(), security.pool.clone());
         let proxy = PodProxy::start(
             self.ctx.clone(),
             Arc::new(pod.clone()),
@@ -83,6 +84,7 @@ impl Reconciler {
             Ok(outcome) => {
                 let label = outcome_label(outcome);
                 self.count_rules(label);
+                self.board.show_pool(&key, pool.0, &pool.1);
                 Ok(Enrolled {
                     pod: pod.clone(),
                     fingerprint: capture_fingerprint(pod),
@@ -161,6 +163,7 @@ impl Reconciler {
         )));
         let Entry::Enrolled(e) = entry else { return };
         let key = e.pod.key();
+        self.board.hide_pool(&key);
         let Enrolled { rules, _proxy, .. } = e;
         match blocking(move || rules.remove()).await {
             Ok(Ok(())) => tracing::info!(pod = %key, "pod released"),

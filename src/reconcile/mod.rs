@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use board::{not_enrolled, now_ms};
-pub use board::{CapturedPod, PodStatus, StatusBoard};
+pub use board::{CapturedPod, PodPoolView, PodStatus, StatusBoard};
 use pod::{blocking, capture_fingerprint, Fingerprint, PodRules};
 use policies::PolicyPublisher;
 pub use policies::{policy_config, PoliciesView, PolicyBoard};

@@ -159,6 +159,16 @@ impl Service {
         format!("{}/{}", self.namespace, self.name)
     }
 
+    /// The Service's DNS name, `<name>.<namespace>.svc.<domain>` (as Istio names services).
+    pub fn hostname(&self) -> String {
+        format!(
+            "{}.{}.svc.{}",
+            self.name,
+            self.namespace,
+            crate::config::SERVICE_DOMAIN
+        )
+    }
+
     /// Ready endpoints for service port `port`, as socket addresses of the same IP family as
     /// `family_of` (a ClusterIP of one family is served by endpoints of that family).
     pub fn ready_targets(&self, port: u16, family_of: IpAddr) -> Vec<SocketAddr> {
@@ -240,6 +250,14 @@ impl Directory {
     pub fn pick_endpoint(&self, svc: &Service, vip: SocketAddr, turn: usize) -> Option<SocketAddr> {
         let targets = svc.ready_targets(vip.port(), vip.ip());
         (!targets.is_empty()).then(|| targets[turn % targets.len()])
+    }
+
+    /// Every Service with a ClusterIP, by namespace and name.
+    pub fn services(&self) -> Vec<Arc<Service>> {
+        let mut all: Vec<Arc<Service>> = self.by_vip.values().cloned().collect();
+        all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        all.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        all
     }
 
     /// The pod that owns `ip`, and whether it is enrolled in the mesh.

@@ -221,3 +221,22 @@ async fn failed_rotation_keeps_the_old_certificate_and_retries() {
     assert_eq!(m.rotate_due(retry).await, (1, 0));
     assert_ne!(m.get(&who).unwrap().serial, old.serial);
 }
+
+#[tokio::test]
+async fn dump_shows_validity_and_chain_never_the_key() {
+    let d = TempDir::new("mgr-dump");
+    let m = manager(&d, Duration::from_secs(3600));
+    let (held, pending) = (id("a", "held"), id("a", "pending"));
+    m.set_allowed([held.clone(), pending.clone()].into());
+    m.ensure(&held).await.unwrap();
+    let dump = m.dump();
+    let names: Vec<&str> = dump.iter().map(|c| c.identity.as_str()).collect();
+    assert_eq!(names, [held.to_string(), pending.to_string()]);
+    let cert = dump[0].certificate.as_ref().expect("held certificate");
+    assert!((3500..=3600).contains(&cert.expires_in_secs), "{cert:?}");
+    assert_eq!(cert.serial, m.get(&held).unwrap().serial_hex());
+    assert!(cert.chain[0].starts_with("-----BEGIN CERTIFICATE-----"));
+    assert!(dump[1].certificate.is_none(), "not issued yet");
+    let text = serde_json::to_string(&dump).unwrap();
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+}
