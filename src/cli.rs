@@ -42,6 +42,59 @@ enum Command {
     /// capture rule in the pod's netns (with its counters), the route, the destination's
     /// listener and policy decision, and the flows seen. Asks this node's daemon.
     Explain(ExplainArgs),
+    /// Show this node daemon's state as tables (like `istioctl ztunnel-config`).
+    Config(ConfigArgs),
+}
+
+/// `ambit config` flags.
+#[derive(clap::Args, Debug)]
+struct ConfigArgs {
+    /// What to show.
+    #[arg(value_enum)]
+    section: crate::inspect::Section,
+    /// The daemon's admin endpoint.
+    #[arg(long, default_value = crate::config::DEFAULT_ADMIN_ADDR)]
+    admin: std::net::SocketAddr,
+    /// Output: a table, or the daemon's JSON.
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    output: Output,
+}
+
+/// GETs `path` from the daemon at `admin`, requiring a 200.
+fn admin_get(admin: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
+    let (status, body) =
+        crate::admin::client::get(admin, path, std::time::Duration::from_secs(10))?;
+    if status != 200 {
+        anyhow::bail!(
+            "the daemon at {admin} answered {status} to {path}: {}",
+            body.trim()
+        );
+    }
+    Ok(body)
+}
+
+fn show_config(args: ConfigArgs) -> anyhow::Result<()> {
+    use crate::inspect::{json_part, source_path, table, Section};
+    let parse = |body: &str, path: &str| -> anyhow::Result<serde_json::Value> {
+        serde_json::from_str(body)
+            .map_err(|e| anyhow::anyhow!("the daemon's {path} is not JSON: {e}"))
+    };
+    let path = source_path(args.section);
+    let doc = parse(&admin_get(args.admin, path)?, path)?;
+    match args.output {
+        Output::Json => println!("{:#}", json_part(args.section, &doc)),
+        Output::Text => {
+            let pools = match args.section {
+                Section::Connections => Some(parse(
+                    &admin_get(args.admin, "/config_dump")?,
+                    "/config_dump",
+                )?),
+                _ => None,
+            };
+            print!("{}", table(args.section, &doc, pools.as_ref()));
+        }
+    }
+    Ok(())
 }
 
 /// `ambit explain` flags.
@@ -69,20 +122,13 @@ enum Output {
 }
 
 fn explain(args: ExplainArgs) -> anyhow::Result<()> {
-    use crate::admin::client::{encode_segment, get};
+    use crate::admin::client::encode_segment;
     let path = format!(
         "/explain/{}/{}",
         encode_segment(&args.src),
         encode_segment(&args.dst.to_string())
     );
-    let (status, body) = get(args.admin, &path, std::time::Duration::from_secs(10))?;
-    if status != 200 {
-        anyhow::bail!(
-            "the daemon at {} answered {status}: {}",
-            args.admin,
-            body.trim()
-        );
-    }
+    let body = admin_get(args.admin, &path)?;
     match args.output {
         Output::Json => println!("{}", body.trim()),
         Output::Text => {
@@ -132,6 +178,7 @@ pub fn main() -> ExitCode {
         }
         Command::Uninstall(args) => crate::uninstall::run(args.into_config()),
         Command::Explain(args) => explain(args),
+        Command::Config(args) => show_config(args),
         Command::Ca(CaCommand::Serve(args)) => {
             crate::limits::raise_open_files_logged();
             args.config().and_then(crate::ca::serve::run)

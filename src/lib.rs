@@ -16,6 +16,7 @@ pub mod explain;
 pub mod flows;
 pub mod hbone;
 pub mod identity;
+pub mod inspect;
 pub mod k8s;
 #[cfg(feature = "lab")]
 pub mod lab;

@@ -1,7 +1,8 @@
 //! `ambit explain` against the live lab: for a captured cross-node flow, an excluded port, a
 //! passthrough destination, a self-call and a policy denial, the explanation is checked
 //! against what the traffic then actually did — the kernel's counter of the rule it names, the
-//! daemons' `/flows`, and what the client saw.
+//! daemons' `/flows`, and what the client saw. `ambit config` tables are checked against the
+//! same lab.
 //!
 //! Lab: 2 nodes × 3 pods, iptables and nftables; `n1-p2` excludes outbound port 9000, `n2-p3`
 //! is out of the mesh, a DENY policy covers port 8080 of `n2-p2`.
@@ -215,12 +216,80 @@ async fn scenario(backend: &'static str) {
         };
         assert!(text.contains(part), "{part:?} missing:\n{text}");
     }
+    config_tables(&c, &at("n2-p1", APP_PORT)).await;
+
     let mut bad = Command::new(env!("CARGO_BIN_EXE_ambit"));
     bad.args(["explain", "no-such-pod", "10.0.0.1:80"]);
     node.prepare_command(&mut bad);
     let out = bad.output().expect("run ambit explain");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-pod"));
+}
+
+/// `ambit config SECTION [-o json]` run in `node`'s namespace, as an operator on the node.
+fn config(c: &Cluster, node: &str, args: &[&str]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ambit"));
+    cmd.arg("config").args(args);
+    let ns = c.lab.node_netns(node).unwrap();
+    ns.prepare_command(&mut cmd);
+    let out = cmd.output().expect("run ambit config");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{args:?}: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// The tables show what the daemons hold: pods, certificates, a live connection and its
+/// pooled HBONE connection, the DENY policy on n2-p2.
+async fn config_tables(c: &Cluster, dst: &SocketAddr) {
+    let workloads = config(c, "n1", &["workloads"]);
+    for pod in ["n1-p1", "n1-p2", "n1-p3"] {
+        let line = workloads
+            .lines()
+            .find(|l| l.starts_with(&format!("lab/{pod} ")))
+            .unwrap_or_else(|| panic!("{pod} missing:\n{workloads}"));
+        assert!(line.contains("enrolled"), "{line}");
+    }
+    let json: Value = serde_json::from_str(&config(c, "n1", &["workloads", "-o", "json"])).unwrap();
+    assert_eq!(json.as_array().map(Vec::len), Some(3), "{json:#}");
+
+    let certs = config(c, "n1", &["certs"]);
+    let line = certs
+        .lines()
+        .find(|l| l.starts_with(&identity_of("n1-p1")))
+        .unwrap_or_else(|| panic!("no certificate line:\n{certs}"));
+    assert!(line.ends_with("valid"), "{line}");
+
+    // A connection held open is listed live, with its tunnel's pooled connection.
+    let ns = c.lab.pod_netns("n1-p1").unwrap();
+    let held = ambit::lab::traffic::connect(&ns, *dst)
+        .await
+        .expect("connect");
+    let local = ambit::socket::canonical(held.local_addr().unwrap()).to_string();
+    let mut table = String::new();
+    wait_until("the held connection in ambit config connections", || {
+        table = config(c, "n1", &["connections"]);
+        table.lines().any(|l| l.contains(&local))
+    });
+    let peer = format!("{}:15008", dst.ip());
+    assert!(
+        table.lines().any(|l| l.starts_with("lab/n1-p1")
+            && l.contains(&peer)
+            && l.contains(&identity_of("n2-p1"))),
+        "no pooled connection to {peer}:\n{table}"
+    );
+    drop(held);
+
+    let policies = config(c, "n2", &["policies"]);
+    assert!(
+        policies.lines().any(|l| l.starts_with("lab/n2-p2")
+            && l.contains("DENY")
+            && l.contains("lab/deny-p2-app")),
+        "{policies}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
