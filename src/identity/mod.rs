@@ -18,6 +18,7 @@
 
 pub mod ca;
 pub mod cert;
+pub mod crl;
 pub mod csr;
 pub mod issuer;
 mod keys;
