@@ -63,6 +63,9 @@ pub struct Metrics {
     /// Inbound connections denied by policy (at connect, or closed later by a policy change),
     /// per deciding policy.
     pub policy_denials: Family<PolicyLabels, Counter>,
+    /// Revocation: CRL `reloaded` / `reload_failed`, `handshake_refused` (revoked peer or no
+    /// valid CRL), live `connection_closed` (peer revoked).
+    pub crl_events: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -78,6 +81,7 @@ impl Default for Metrics {
             hbone_accepted: Counter::default(),
             handshakes_shed: Family::default(),
             policy_denials: Family::default(),
+            crl_events: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -120,6 +124,11 @@ impl Default for Metrics {
             "policy_denials",
             "Inbound connections denied by policy, by the policy that denied",
             m.policy_denials.clone(),
+        );
+        registry.register(
+            "crl_events",
+            "Certificate revocation: CRL reloads and failures, refused handshakes, closed connections",
+            m.crl_events.clone(),
         );
         Metrics { registry, ..m }
     }

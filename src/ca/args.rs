@@ -9,7 +9,8 @@ use anyhow::Context;
 use super::client::CaClient;
 use super::policy::Account;
 use super::serve::{AuthMode, ServeConfig};
-pub use crate::config::ca::{CaClientArgs, CaServeArgs, CaSource};
+pub use crate::config::ca::{CaClientArgs, CaRevokeArgs, CaServeArgs, CaSource, RevokeReason};
+use crate::identity::crl::{sign, Serial};
 use crate::identity::issuer::Issuer;
 use crate::identity::Ca;
 
@@ -31,6 +32,65 @@ impl CaSource {
                 })?))
             }
         }
+    }
+}
+
+impl CaSource {
+    /// The file holding the mesh roots: what peers and CRLs are verified against.
+    pub fn root_file(&self) -> std::path::PathBuf {
+        match self {
+            CaSource::Service(config) => config.root.clone(),
+            CaSource::InsecureLocal(dir) => dir.join(crate::identity::ca::ROOT_CERT),
+        }
+    }
+}
+
+impl CaRevokeArgs {
+    /// Adds the serials to `<ca dir>/ca-crl.pem`, re-signed with the CA key, and says what
+    /// was written.
+    pub fn run(self) -> anyhow::Result<()> {
+        let serials = self
+            .serials
+            .iter()
+            .map(|s| s.parse::<Serial>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let reason = self.reason.map(|r| {
+            use rcgen::RevocationReason as R;
+            match r {
+                RevokeReason::Unspecified => R::Unspecified,
+                RevokeReason::KeyCompromise => R::KeyCompromise,
+                RevokeReason::CaCompromise => R::CaCompromise,
+                RevokeReason::AffiliationChanged => R::AffiliationChanged,
+                RevokeReason::Superseded => R::Superseded,
+                RevokeReason::CessationOfOperation => R::CessationOfOperation,
+                RevokeReason::PrivilegeWithdrawn => R::PrivilegeWithdrawn,
+            }
+        });
+        let validity = Duration::from_secs(self.validity_days * 24 * 3600);
+        let signed = sign::revoke(
+            &self.ca_dir,
+            &serials,
+            reason,
+            validity,
+            std::time::SystemTime::now(),
+        )?;
+        let path = self.ca_dir.join(crate::identity::ca::CA_CRL);
+        for s in &serials {
+            let state = if signed.added.contains(s) {
+                "revoked"
+            } else {
+                "already revoked"
+            };
+            println!("{s}: {state}");
+        }
+        println!(
+            "{}: CRL number {}, {} revoked serial(s), next update {}",
+            path.display(),
+            signed.number,
+            signed.revoked,
+            crate::identity::ca::fmt_time(signed.next_update)
+        );
+        Ok(())
     }
 }
 

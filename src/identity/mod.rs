@@ -23,6 +23,7 @@ pub mod csr;
 pub mod issuer;
 mod keys;
 pub mod manager;
+pub mod revocation;
 pub mod spiffe;
 pub mod tls;
 pub mod verify;
