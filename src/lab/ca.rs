@@ -199,7 +199,21 @@ impl Lab {
             path.into(),
             "--ca-server-name".into(),
             CA_SERVER_NAME.into(),
+            // The CA's revocation list, read where `ambit ca revoke` writes it (the lab's
+            // stand-in for a mounted ConfigMap); absent until the first revocation.
+            "--ca-crl".into(),
+            self.ca_crl_path().into(),
         ])
+    }
+
+    /// The CA's `ca-crl.pem`, which every lab daemon and sidecar watches.
+    pub fn ca_crl_path(&self) -> PathBuf {
+        self.dir().join(CA_DIR).join(crate::identity::ca::CA_CRL)
+    }
+
+    /// The CA directory (with the key): where `ambit ca revoke --ca-dir` runs.
+    pub fn ca_dir(&self) -> PathBuf {
+        self.dir().join(CA_DIR)
     }
 
     /// Mints a token for `spec`, known to the CA service (file mode) and to the stand-in API
