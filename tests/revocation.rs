@@ -1,8 +1,10 @@
-//! Certificate revocation in the lab (issue 14, test b; real binaries, the lab CA): the lab's
-//! daemons watch the CA's `ca-crl.pem`, which `ambit ca revoke` rewrites.
+//! Certificate revocation in the lab (issue 14, test b; real binaries, the lab CA):
+//! `ambit ca revoke` rewrites the CA's `ca-crl.pem`, the CA service publishes it beside the
+//! root, and the daemons watch the published copy.
 //!
 //! - a revoked client certificate is refused by the server's daemon, a revoked server
-//!   certificate by the client's daemon, and a corrupt CRL keeps the last good one;
+//!   certificate by the client's daemon, a corrupt CRL keeps the last good one, and the CA
+//!   service publishes only CRLs that load;
 //! - a live connection is closed once its peer's certificate is revoked, on either side.
 #![cfg(feature = "lab")]
 
@@ -11,6 +13,7 @@ mod support;
 use std::net::SocketAddr;
 use std::process::Command;
 
+use ambit::lab::ca::CA_SERVICE;
 use ambit::lab::traffic::{connect, pattern, Server};
 use support::ca::binary;
 use support::*;
@@ -130,6 +133,17 @@ async fn revoked_client_and_server_certificates_are_refused_and_a_corrupt_crl_ke
     assert!(refused(&c, "n1-p1", c.v4("n2-p1")).await);
     assert!(refused(&c, "n2-p1", c.v4("n1-p1")).await);
     send(&c, "n1-p2", c.v4("n2-p1")).await;
+
+    // A bad CRL in the CA directory is not published at all.
+    std::fs::write(c.lab.ca_dir().join("ca-crl.pem"), "not a CRL").expect("write");
+    wait_until("the CA service refuses to publish it", || {
+        c.lab
+            .daemon_log(CA_SERVICE)
+            .contains("not publishing the CRL")
+    });
+    assert!(std::fs::read(c.lab.ca_crl_path())
+        .expect("published")
+        .starts_with(b"-----BEGIN X509 CRL-----\ngarbage"));
     drop(servers);
 }
 

@@ -131,6 +131,7 @@ impl CaServeArgs {
             auth,
             poll_interval: Duration::from_millis(200),
             threads: self.threads,
+            publish_crl: self.publish_crl,
         })
     }
 }

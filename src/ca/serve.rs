@@ -82,6 +82,8 @@ pub struct ServeConfig {
     pub poll_interval: Duration,
     /// Worker threads.
     pub threads: usize,
+    /// Where each good new version of `<ca dir>/ca-crl.pem` is copied for the proxies.
+    pub publish_crl: Option<PathBuf>,
 }
 
 /// Runs the CA service until SIGTERM/SIGINT.
@@ -153,6 +155,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
             )),
         ),
     };
+    if let Some(target) = config.publish_crl.clone() {
+        let (ca, dir) = (ca.clone(), config.ca_dir.clone());
+        tokio::spawn(async move { super::publish::publish_crl(&ca, dir, target).await });
+    }
     let metrics = Arc::new(CaMetrics::default());
     let service = CaService {
         ca: ca.clone(),

@@ -84,6 +84,7 @@ async fn fixture(tag: &str, max_validity: Duration) -> Fixture {
         },
         poll_interval: Duration::from_millis(50),
         threads: 1,
+        publish_crl: None,
     })
     .await
     .unwrap();

@@ -191,4 +191,8 @@ pub struct CaServeArgs {
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// Copy each new version of `<ca-dir>/ca-crl.pem` that loads (signed by this CA, not
+    /// expired) to this file, the one the proxies' --ca-crl reads (beside the distributed root).
+    #[arg(long, env = "AMBIT_CA_PUBLISH_CRL")]
+    pub publish_crl: Option<PathBuf>,
 }

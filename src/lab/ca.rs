@@ -13,7 +13,9 @@
 //!   its node, each sidecar to its own pod; the CA service checks them with TokenReview.
 //!
 //! Only `root-cert.pem` is handed out (copied to `<lab dir>/root-cert.pem`, as Istio's
-//! `istio-ca-root-cert` ConfigMap); the CA directory is passed to the CA service alone.
+//! `istio-ca-root-cert` ConfigMap) and, once there is one, the CRL the CA service publishes
+//! beside it (`<lab dir>/ca-crl.pem`, as `istio-ca-crl`); the CA directory is passed to the CA
+//! service alone.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -135,6 +137,9 @@ impl Lab {
             CA_SERVER_NAME.into(),
             "--server-ips".into(),
             self.fabric_ipv4().to_string().into(),
+            // Beside the distributed root, as Istio publishes the plug-in CA's CRL.
+            "--publish-crl".into(),
+            self.ca_crl_path().into(),
         ];
         if self.state().kube {
             args.extend([
@@ -199,16 +204,17 @@ impl Lab {
             path.into(),
             "--ca-server-name".into(),
             CA_SERVER_NAME.into(),
-            // The CA's revocation list, read where `ambit ca revoke` writes it (the lab's
-            // stand-in for a mounted ConfigMap); absent until the first revocation.
+            // The CA's revocation list as the CA service publishes it (the lab's stand-in for
+            // the mounted `istio-ca-crl` ConfigMap); absent until the first revocation.
             "--ca-crl".into(),
             self.ca_crl_path().into(),
         ])
     }
 
-    /// The CA's `ca-crl.pem`, which every lab daemon and sidecar watches.
+    /// The published `ca-crl.pem` (beside the root copy), which every lab daemon and sidecar
+    /// watches; the CA service copies `<CA dir>/ca-crl.pem` there when it changes.
     pub fn ca_crl_path(&self) -> PathBuf {
-        self.dir().join(CA_DIR).join(crate::identity::ca::CA_CRL)
+        self.dir().join(crate::identity::ca::CA_CRL)
     }
 
     /// The CA directory (with the key): where `ambit ca revoke --ca-dir` runs.

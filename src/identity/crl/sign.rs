@@ -165,7 +165,7 @@ fn reason_from_code(code: u8) -> Option<RevocationReason> {
 
 /// Writes `bytes` to a temporary file beside `path` (world-readable: the CRL is public and
 /// sidecars read it as the proxy user), syncs it and renames it over `path`.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let tmp = path.with_extension("pem.tmp");
     let write = || -> std::io::Result<()> {
         let mut f = fs::OpenOptions::new()
