@@ -15,6 +15,7 @@ use std::process::Command;
 
 use ambit::lab::ca::CA_SERVICE;
 use ambit::lab::traffic::{connect, pattern, Server};
+use ambit::lab::{Lab, LabSpec};
 use support::ca::binary;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,23 +23,38 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// The serial of the certificate `node`'s daemon holds for `pod`'s identity, from its log
 /// ("workload certificate issued identity=… serial=…").
 fn serial_of(c: &Cluster, node: &str, pod: &str) -> String {
+    serial_in(&c.lab, node, pod)
+}
+
+/// [`serial_of`] from the log of any lab process (`holder`: a node or a sidecar's pod).
+fn serial_in(lab: &Lab, holder: &str, pod: &str) -> String {
     let id = format!("identity={}", identity_of(pod));
-    let log = c.lab.daemon_log(node);
+    let log = lab.daemon_log(holder);
     log.lines()
         .rev()
         .filter(|l| l.contains("workload certificate") && l.contains(&id))
         .filter_map(|l| l.split("serial=").nth(1))
         .find_map(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no certificate for {pod} in {node}'s log:\n{log}"))
+        .unwrap_or_else(|| panic!("no certificate for {pod} in {holder}'s log:\n{log}"))
         .to_owned()
 }
 
 /// `ambit ca revoke --ca-dir <lab CA> SERIAL`, then waits until every daemon has loaded a
 /// CRL `loads` times.
 fn revoke(c: &Cluster, serial: &str, loads: f64) {
+    run_revoke(&c.lab, serial);
+    for node in ["n1", "n2"] {
+        wait_until(&format!("{node} loads the CRL"), || {
+            c.metric(node, "ambit_crl_events_total{outcome=\"reloaded\"}") >= loads
+        });
+    }
+}
+
+/// `ambit ca revoke --ca-dir <lab CA> SERIAL`.
+fn run_revoke(lab: &Lab, serial: &str) {
     let out = Command::new(binary())
         .args(["ca", "revoke", "--ca-dir"])
-        .arg(c.lab.ca_dir())
+        .arg(lab.ca_dir())
         .arg(serial)
         .output()
         .expect("run ambit ca revoke");
@@ -48,11 +64,6 @@ fn revoke(c: &Cluster, serial: &str, loads: f64) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("revoked"));
-    for node in ["n1", "n2"] {
-        wait_until(&format!("{node} loads the CRL"), || {
-            c.metric(node, "ambit_crl_events_total{outcome=\"reloaded\"}") >= loads
-        });
-    }
 }
 
 /// Whether an echo exchange from `from` to `dst` fails (the app sees its connection closed
@@ -218,4 +229,44 @@ async fn live_connections_close_when_the_peer_certificate_is_revoked() {
     // New connections with the revoked certificate are refused too.
     assert!(refused(&c, "n1-p1", c.v4("n2-p1")).await);
     drop(servers);
+}
+
+/// Sidecars (`ambit sidecar`, as UID 1337) watch the published CRL too: a sidecar refuses a
+/// revoked server certificate.
+#[tokio::test(flavor = "multi_thread")]
+async fn sidecars_refuse_a_revoked_peer() {
+    let lab = Lab::up(&LabSpec {
+        nodes: 2,
+        pods_per_node: 1,
+        namespace_ambient: false,
+        ..LabSpec::default()
+    })
+    .expect("lab up");
+    lab.start_sidecars(binary(), &[]).expect("sidecars");
+    let any = "[::]:8080".parse().expect("addr");
+    let n1 = lab.pod_netns("n1-p1").expect("ns");
+    let _app2 = Server::start(&lab.pod_netns("n2-p1").expect("ns"), any)
+        .await
+        .expect("echo");
+    let dst: SocketAddr = (lab.pod("n2-p1").expect("pod").ipv4, APP_PORT).into();
+    let payload = pattern(10_000);
+    let ex = ambit::lab::traffic::exchange(&n1, dst, &payload, DEADLINE)
+        .await
+        .expect("exchange before revocation");
+    assert!(ex.reply == payload);
+
+    run_revoke(&lab, &serial_in(&lab, "n2-p1", "n2-p1"));
+    // n1-p1's sidecar loads the CRL, closes its pooled connection to n2-p1 and refuses a new
+    // one.
+    wait_until("n1-p1's sidecar loads the CRL", || {
+        lab.admin_get("n1-p1", "/metrics")
+            .is_ok_and(|m| m.contains("ambit_crl_events_total{outcome=\"reloaded\"} 1"))
+    });
+    let after = ambit::lab::traffic::exchange(&n1, dst, &payload, PROMPT).await;
+    assert!(after.map_or(true, |ex| ex.reply != payload));
+    let log = lab.daemon_log("n1-p1");
+    assert!(
+        log.contains("handshake refused: server certificate revoked"),
+        "{log}"
+    );
 }
