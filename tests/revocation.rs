@@ -270,3 +270,27 @@ async fn sidecars_refuse_a_revoked_peer() {
         "{log}"
     );
 }
+
+/// Kubernetes mode: the CA service also publishes the CRL as Istio's `istio-ca-crl` ConfigMap
+/// (key `ca-crl.pem`), the one the DaemonSet mounts; the daemons enforce it.
+#[tokio::test(flavor = "multi_thread")]
+async fn kube_mode_publishes_the_crl_as_a_configmap() {
+    let c = Cluster::start_kube(2, 1, true, |_| {});
+    let any = "[::]:8080".parse().expect("addr");
+    let _server = Server::start(&c.lab.pod_netns("n2-p1").expect("ns"), any)
+        .await
+        .expect("echo");
+    c.wait_state("n1-p1", "enrolled");
+    c.wait_state("n2-p1", "enrolled");
+    let serial = serial_of(&c, "n1", "n1-p1");
+    revoke(&c, &serial, 1.0);
+    assert!(refused(&c, "n1-p1", c.v4("n2-p1")).await);
+    wait_log(&c, "n2", &["client certificate revoked", &serial]);
+
+    let published = std::fs::read_to_string(c.lab.ca_crl_path()).expect("published file");
+    let path = "/api/v1/namespaces/istio-system/configmaps/istio-ca-crl";
+    wait_until("the istio-ca-crl ConfigMap holds the CRL", || {
+        let (status, cm) = c.api("GET", path, None);
+        status == 200 && cm["data"]["ca-crl.pem"] == published.as_str()
+    });
+}

@@ -108,6 +108,18 @@ impl CaServeArgs {
             self.max_validity > 0,
             "--max-validity must be at least 1 second"
         );
+        let publish_crl_configmap = match &self.publish_crl_configmap {
+            None => None,
+            Some(s) => match s.split_once('/') {
+                Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                    Some((ns.to_string(), name.to_string()))
+                }
+                _ => anyhow::bail!(
+                    "--publish-crl-configmap {s:?}: expected NAMESPACE/NAME, e.g. \
+                     istio-system/istio-ca-crl"
+                ),
+            },
+        };
         let auth = match (self.kube, self.node_tokens, self.workloads) {
             (true, _, _) => AuthMode::Kube {
                 kubeconfig: self.kubeconfig,
@@ -132,6 +144,7 @@ impl CaServeArgs {
             poll_interval: Duration::from_millis(200),
             threads: self.threads,
             publish_crl: self.publish_crl,
+            publish_crl_configmap,
         })
     }
 }

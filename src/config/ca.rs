@@ -195,4 +195,8 @@ pub struct CaServeArgs {
     /// expired) to this file, the one the proxies' --ca-crl reads (beside the distributed root).
     #[arg(long, env = "AMBIT_CA_PUBLISH_CRL")]
     pub publish_crl: Option<PathBuf>,
+    /// With --kube: also publish it as the `ca-crl.pem` key of this ConfigMap
+    /// (NAMESPACE/NAME; Istio's is istio-system/istio-ca-crl, which the DaemonSet mounts).
+    #[arg(long, requires = "kube")]
+    pub publish_crl_configmap: Option<String>,
 }

@@ -37,6 +37,8 @@ pub const TOKENS_DIR: &str = "tokens";
 pub const NODE_TOKENS_FILE: &str = "ca-node-tokens.json";
 /// DNS name the CA service's certificate carries and clients verify.
 pub const CA_SERVER_NAME: &str = "ambit-ca.istio-system.svc";
+/// The ConfigMap the CA service publishes the CRL to in Kubernetes mode (Istio's name).
+pub const LAB_CRL_CONFIGMAP: &str = "istio-ca-crl";
 /// Namespace of the lab's "DaemonSet pods" (the daemon's own namespace).
 pub const DAEMON_NAMESPACE: &str = "istio-system";
 /// ServiceAccount of the node daemons, trusted by the CA service as node accounts.
@@ -146,6 +148,10 @@ impl Lab {
                 "--kube".into(),
                 "--kubeconfig".into(),
                 self.kubeconfig_path().into(),
+                // As in deploy/ambit-ca.yaml; the lab's daemons still read the file (no
+                // kubelet projects the ConfigMap here).
+                "--publish-crl-configmap".into(),
+                format!("{DAEMON_NAMESPACE}/{LAB_CRL_CONFIGMAP}").into(),
             ]);
         } else {
             args.extend([
