@@ -305,35 +305,29 @@ impl CrlSet {
         if self.crls.iter().all(|c| c.revoked.is_empty()) {
             return Ok(());
         }
-        let parsed = chain
+        // Per handshake: only the issuer and serial of each certificate are read, by walking
+        // the DER headers (a full X.509 parse costs far more and is needed only on a hit).
+        let keys = chain
             .iter()
             .enumerate()
             .map(|(index, c)| {
-                X509Certificate::from_der(c)
-                    .map(|(_, x)| x)
-                    .map_err(|e| CrlError::BadCertificate {
-                        index,
-                        reason: e.to_string(),
-                    })
+                issuer_and_serial(c).ok_or_else(|| CrlError::BadCertificate {
+                    index,
+                    reason: "not a DER X.509 certificate".into(),
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        for (i, cert) in parsed.iter().enumerate() {
-            let serial = Serial::from_bytes(cert.raw_serial());
-            let issuer = cert.issuer().as_raw();
+        for (i, (issuer, serial)) in keys.into_iter().enumerate() {
+            let serial = Serial::from_bytes(serial);
             for crl in &self.crls {
                 if crl.issuer != issuer || !crl.revoked.contains(&serial) {
                     continue;
                 }
-                if !crl.verified && !signed_by_next(crl, &parsed[i + 1..]) {
+                if !crl.verified && !signed_by_next(crl, &chain[i + 1..]) {
                     continue;
                 }
-                let subject = spiffe_identities(&chain[i])
-                    .ok()
-                    .and_then(|ids| ids.into_iter().next())
-                    .map(|id| id.to_string())
-                    .unwrap_or_else(|| cert.subject().to_string());
                 return Err(CrlError::Revoked {
-                    subject,
+                    subject: describe(&chain[i]),
                     serial,
                     issuer: crl.issuer_text.clone(),
                 });
@@ -343,17 +337,90 @@ impl CrlSet {
     }
 }
 
+/// A certificate's SPIFFE identity, or else its subject name, for messages.
+fn describe(cert: &CertificateDer<'_>) -> String {
+    if let Some(id) = spiffe_identities(cert)
+        .ok()
+        .and_then(|ids| ids.into_iter().next())
+    {
+        return id.to_string();
+    }
+    X509Certificate::from_der(cert)
+        .map(|(_, x)| x.subject().to_string())
+        .unwrap_or_else(|_| "(unparsable certificate)".into())
+}
+
 /// Whether `crl` is signed by the certificate of `rest` (the chain above the revoked one) that
 /// bears its issuer's name. The chain was verified by the handshake, so that certificate is a
 /// CA of ours.
-fn signed_by_next(crl: &Crl, rest: &[X509Certificate<'_>]) -> bool {
-    let Some(signer) = rest.iter().find(|c| c.subject().as_raw() == crl.issuer) else {
+fn signed_by_next(crl: &Crl, rest: &[CertificateDer<'_>]) -> bool {
+    let signer = rest.iter().find_map(|c| {
+        X509Certificate::from_der(c)
+            .ok()
+            .map(|(_, x)| x)
+            .filter(|x| x.subject().as_raw() == crl.issuer)
+    });
+    let Some(signer) = signer else {
         return false;
     };
     match CertificateRevocationList::from_der(&crl.der) {
         Ok((_, parsed)) => parsed.verify_signature(signer.public_key()).is_ok(),
         Err(_) => false,
     }
+}
+
+/// The issuer Name (whole DER element, as [`X509Certificate::issuer`]'s `as_raw`) and the
+/// serial's content bytes of a DER certificate:
+/// `Certificate ::= SEQUENCE { TBSCertificate ::= SEQUENCE { [0] version OPTIONAL,
+/// serialNumber INTEGER, signature AlgorithmIdentifier, issuer Name, … }, … }`.
+fn issuer_and_serial(der: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (cert, _) = der_element(der, 0x30)?;
+    let (tbs, _) = der_element(cert.content, 0x30)?;
+    let mut rest = tbs.content;
+    if rest.first() == Some(&0xa0) {
+        rest = der_element(rest, 0xa0)?.1;
+    }
+    let (serial, rest) = der_element(rest, 0x02)?;
+    let (_, rest) = der_element(rest, 0x30)?;
+    let (issuer, _) = der_element(rest, 0x30)?;
+    Some((issuer.whole, serial.content))
+}
+
+/// One DER element: its whole encoding and its content.
+struct Element<'a> {
+    whole: &'a [u8],
+    content: &'a [u8],
+}
+
+/// The element at the start of `input` if its tag is `tag` (definite lengths only, as DER
+/// requires), and what follows it.
+fn der_element(input: &[u8], tag: u8) -> Option<(Element<'_>, &[u8])> {
+    if *input.first()? != tag {
+        return None;
+    }
+    let first = *input.get(1)?;
+    let (len, header) = if first < 0x80 {
+        (usize::from(first), 2)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let bytes = input.get(2..2 + n)?;
+        let len = bytes
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, 2 + n)
+    };
+    let end = header.checked_add(len)?;
+    let whole = input.get(..end)?;
+    Some((
+        Element {
+            whole,
+            content: &whole[header..],
+        },
+        &input[end..],
+    ))
 }
 
 /// The DER of each `X509 CRL` block of a PEM file.

@@ -233,3 +233,51 @@ fn crl_of_an_intermediate_is_verified_against_the_presented_chain() {
     assert_eq!(set.revoked_count(), 1);
     set.check(&bob.chain).unwrap();
 }
+
+/// Cost of the revocation check per handshake (ignored; `cargo test --release --lib
+/// identity::crl::tests::check_cost -- --ignored --nocapture`): a CRL of 10 000 serials, chains
+/// of leaf + CA certificate.
+#[test]
+#[ignore]
+fn check_cost() {
+    let dir = TempDir::new("crl-cost");
+    let ca = init(dir.path()).unwrap();
+    let serials: Vec<Serial> = (0..10_000u32)
+        .map(|i| Serial::from_bytes(&(i + 1).to_be_bytes()))
+        .collect();
+    let t = std::time::Instant::now();
+    revoke(dir.path(), &serials, None, DAY, SystemTime::now()).unwrap();
+    let signed = t.elapsed();
+    let t = std::time::Instant::now();
+    let set = load(dir.path(), &ca).unwrap();
+    let loaded = t.elapsed();
+    let leaf = ca.issue(&id("a", "alice"), DAY, SystemTime::now()).unwrap();
+    const N: u32 = 20_000;
+    let t = std::time::Instant::now();
+    for _ in 0..N {
+        set.check(&leaf.chain).unwrap();
+    }
+    let per = t.elapsed() / N;
+    println!(
+        "10000 serials: sign {signed:?}, load {loaded:?}, check {per:?} per chain of {}",
+        leaf.chain.len()
+    );
+}
+
+#[test]
+fn the_der_walk_reads_what_x509_parser_reads() {
+    let dir = TempDir::new("crl-der");
+    let ca = init(dir.path()).unwrap();
+    let leaf = ca.issue(&id("a", "alice"), DAY, SystemTime::now()).unwrap();
+    for cert in &leaf.chain {
+        let (_, x) = X509Certificate::from_der(cert).unwrap();
+        let (issuer, serial) = issuer_and_serial(cert).unwrap();
+        assert_eq!(issuer, x.issuer().as_raw());
+        assert_eq!(serial, x.raw_serial());
+    }
+    let der = leaf.chain[0].as_ref();
+    for cut in [0, 1, 2, 10, der.len() / 2] {
+        assert!(issuer_and_serial(&der[..cut]).is_none(), "cut at {cut}");
+    }
+    assert!(issuer_and_serial(b"\x30\x84\xff\xff\xff\xff").is_none());
+}
