@@ -104,7 +104,7 @@ impl FromStr for Serial {
 #[derive(thiserror::Error)]
 pub enum CrlError {
     /// The file could not be read.
-    #[error("cannot read CRL file {path}: {reason}")]
+    #[error("cannot read {path}: {reason}")]
     Read {
         /// The file.
         path: String,

@@ -86,7 +86,7 @@ impl Revocation {
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
             .map_err(|e| CrlError::Read {
                 path: root_file.display().to_string(),
-                reason: format!("{e} (the roots CRLs are verified against)"),
+                reason: format!("{e} (the mesh roots, which CRLs are verified against)"),
             })?;
         let rev = Arc::new(Revocation::new(path, anchors, events));
         rev.reload(SystemTime::now());
@@ -140,8 +140,12 @@ impl Revocation {
             match state.loaded {
                 Loaded::Good(_) => tracing::error!(%path,
                     "CRL file disappeared; keeping the last good CRL"),
-                _ => tracing::warn!(%path,
-                    "no CRL file; no certificate is revoked until it appears"),
+                _ => {
+                    // Nothing published (any more): nothing to enforce, as at a first start.
+                    state.loaded = Loaded::Absent;
+                    tracing::warn!(%path,
+                        "no CRL file; no certificate is revoked until it appears");
+                }
             }
             return false;
         };

@@ -156,3 +156,16 @@ impl Revocation {
         self.revoked(chain).await
     }
 }
+
+#[test]
+fn removing_a_file_that_never_loaded_stops_refusing() {
+    let (dir, ca, rev, _) = setup("rev-removed");
+    let bob = ca.issue(&id("b", "bob"), DAY, SystemTime::now()).unwrap();
+    let path = dir.path().join(CA_CRL);
+    std::fs::write(&path, "garbage").unwrap();
+    rev.reload(SystemTime::now());
+    assert!(rev.check(&bob.chain).is_err());
+    std::fs::remove_file(&path).unwrap();
+    rev.reload(SystemTime::now());
+    rev.check(&bob.chain).unwrap();
+}
