@@ -17,8 +17,8 @@
 //!   [`Revocation::revoked`], which re-checks it whenever the set changes; the connection's
 //!   task then closes it.
 //!
-//! The set is read under a `RwLock` held for one lookup; handshakes and reloads never wait on
-//! I/O while holding it.
+//! The set is read under a `RwLock` held for one lookup; a reload reads and parses the file
+//! before taking it, so handshakes never wait on I/O or parsing.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -131,12 +131,15 @@ impl Revocation {
                 return false;
             }
         };
-        let mut state = self.write();
-        if state.seen == bytes {
+        if self.read().seen == bytes {
             return false;
         }
-        state.seen = bytes.clone();
-        let Some(bytes) = bytes else {
+        // Parsed before the lock is taken: handshakes keep checking against the current set
+        // meanwhile.
+        let parsed = bytes.as_ref().map(|b| CrlSet::parse(b, &self.anchors, now));
+        let mut state = self.write();
+        state.seen = bytes;
+        let Some(parsed) = parsed else {
             match state.loaded {
                 Loaded::Good(_) => tracing::error!(%path,
                     "CRL file disappeared; keeping the last good CRL"),
@@ -149,7 +152,7 @@ impl Revocation {
             }
             return false;
         };
-        match CrlSet::parse(&bytes, &self.anchors, now) {
+        match parsed {
             Ok(set) => {
                 tracing::info!(%path, crls = set.len(), revoked = set.revoked_count(),
                     "CRL loaded");
@@ -247,7 +250,8 @@ impl Revocation {
     }
 }
 
-/// Where a revoked or unknown-status peer is refused: `inner` unchanged without a CRL.
+/// Wraps a server-certificate verifier (client side) so that it also refuses revoked chains;
+/// `inner` is returned unchanged when no CRL is configured.
 pub fn guard_server(
     inner: Arc<dyn ServerCertVerifier>,
     revocation: Option<&Arc<Revocation>>,
