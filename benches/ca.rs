@@ -107,6 +107,8 @@ fn run(dir: &Path, requests: usize, clients: usize) -> anyhow::Result<()> {
         },
         poll_interval: Duration::from_millis(50),
         threads: 2,
+        publish_crl: None,
+        publish_crl_configmap: None,
     }))?;
     let addr = running.addr;
     let client_rt = tokio::runtime::Builder::new_multi_thread()

@@ -75,7 +75,16 @@ async fn serve(
     let (policy_tx, policy_rx) = watch::channel(Arc::new(no_policy));
     let live = Arc::new(LiveConns::default());
     tokio::spawn(live.clone().follow(policy_rx.clone()));
-    let certs = Arc::new(CertManager::new(config.ca.issuer()?).with_validity(config.cert_validity));
+    let revocation = crate::identity::revocation::start_for(
+        config.ca_crl.as_ref(),
+        &config.ca.root_file(),
+        &metrics,
+    )?;
+    let certs = Arc::new(
+        CertManager::new(config.ca.issuer()?)
+            .with_validity(config.cert_validity)
+            .with_revocation(revocation),
+    );
     tokio::spawn(certs.clone().run_rotation());
     let ctx = ProxyContext {
         trust_domain: config.reconcile.trust_domain.clone(),

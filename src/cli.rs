@@ -151,6 +151,10 @@ enum CaCommand {
     /// (IstioCertificateService), for node daemons (the pods of their own node only) and
     /// sidecars (their own identity only). The only process that reads ca-key.pem.
     Serve(Box<crate::ca::args::CaServeArgs>),
+    /// Revoke workload certificates: add their serial numbers to DIR/ca-crl.pem, re-signed with
+    /// the CA key (run where ca-key.pem lives). Proxies started with --ca-crl pick it up,
+    /// refuse the revoked certificates and close live connections using them.
+    Revoke(crate::ca::args::CaRevokeArgs),
 }
 
 /// Entry point of the binary.
@@ -183,6 +187,7 @@ pub fn main() -> ExitCode {
             crate::limits::raise_open_files_logged();
             args.config().and_then(crate::ca::serve::run)
         }
+        Command::Ca(CaCommand::Revoke(args)) => args.run(),
         Command::Ca(CaCommand::Init { dir }) => crate::identity::ca::init(&dir)
             .map(|_| println!("CA created in {}", dir.display()))
             .map_err(anyhow::Error::from),

@@ -66,6 +66,9 @@ pub struct Metrics {
     /// Log lines dropped because the log writer fell behind (set from
     /// [`crate::logging::LogControl::dropped_lines`] at each scrape).
     pub log_lines_dropped: Counter,
+    /// Revocation: CRL `reloaded` / `reload_failed`, `handshake_refused` (revoked peer or no
+    /// valid CRL), live `connection_closed` (peer revoked).
+    pub crl_events: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -82,6 +85,7 @@ impl Default for Metrics {
             handshakes_shed: Family::default(),
             policy_denials: Family::default(),
             log_lines_dropped: Counter::default(),
+            crl_events: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -129,6 +133,11 @@ impl Default for Metrics {
             "log_lines_dropped",
             "Log lines dropped because the log writer fell behind (the data path never waits for it)",
             m.log_lines_dropped.clone(),
+        );
+        registry.register(
+            "crl_events",
+            "Certificate revocation: CRL reloads and failures, refused handshakes, closed connections",
+            m.crl_events.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -63,7 +63,13 @@ async fn serve(config: SidecarConfig) -> anyhow::Result<()> {
     // The certificate first: once the rules are in, root's own connections (this one to the
     // CA) would be captured; later renewals run as the proxy user, which the rules let out.
     let identity = Identity::new(&config.trust_domain, &pod.namespace, &pod.service_account)?;
-    let certs = Arc::new(CertManager::new(config.ca.issuer()?));
+    let metrics = Arc::new(Metrics::default());
+    let revocation = crate::identity::revocation::start_for(
+        config.ca_crl.as_ref(),
+        &config.ca.root_file(),
+        &metrics,
+    )?;
+    let certs = Arc::new(CertManager::new(config.ca.issuer()?).with_revocation(revocation));
     certs.set_allowed([identity.clone()].into());
     certs.ensure(&identity).await?;
     tokio::spawn(certs.clone().run_rotation());
@@ -79,7 +85,6 @@ async fn serve(config: SidecarConfig) -> anyhow::Result<()> {
     .with_context(|| format!("installing the sidecar rules for {}", config.pod))?;
     tracing::info!(pod = %config.pod, ?outcome, "sidecar rules in place");
 
-    let metrics = Arc::new(Metrics::default());
     let flows = Arc::new(FlowTable::default());
     let (trigger, drain) = crate::drain::channel();
     let daemon = DaemonIdentity::default();

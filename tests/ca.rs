@@ -200,6 +200,10 @@ fn deploy_mounts_the_ca_key_only_into_the_ca_service() {
                     doc.contains("--ca-address"),
                     "{file}: no CA service address"
                 );
+                assert!(
+                    doc.contains("name: istio-ca-crl") && doc.contains("--ca-crl"),
+                    "{file}: the CA's revocation list is not mounted and watched"
+                );
             }
         }
     }

@@ -9,7 +9,8 @@ use anyhow::Context;
 use super::client::CaClient;
 use super::policy::Account;
 use super::serve::{AuthMode, ServeConfig};
-pub use crate::config::ca::{CaClientArgs, CaServeArgs, CaSource};
+pub use crate::config::ca::{CaClientArgs, CaRevokeArgs, CaServeArgs, CaSource, RevokeReason};
+use crate::identity::crl::{sign, Serial};
 use crate::identity::issuer::Issuer;
 use crate::identity::Ca;
 
@@ -34,6 +35,65 @@ impl CaSource {
     }
 }
 
+impl CaSource {
+    /// The file holding the mesh roots: what peers and CRLs are verified against.
+    pub fn root_file(&self) -> std::path::PathBuf {
+        match self {
+            CaSource::Service(config) => config.root.clone(),
+            CaSource::InsecureLocal(dir) => dir.join(crate::identity::ca::ROOT_CERT),
+        }
+    }
+}
+
+impl CaRevokeArgs {
+    /// Adds the serials to `<ca dir>/ca-crl.pem`, re-signed with the CA key, and says what
+    /// was written.
+    pub fn run(self) -> anyhow::Result<()> {
+        let serials = self
+            .serials
+            .iter()
+            .map(|s| s.parse::<Serial>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let reason = self.reason.map(|r| {
+            use rcgen::RevocationReason as R;
+            match r {
+                RevokeReason::Unspecified => R::Unspecified,
+                RevokeReason::KeyCompromise => R::KeyCompromise,
+                RevokeReason::CaCompromise => R::CaCompromise,
+                RevokeReason::AffiliationChanged => R::AffiliationChanged,
+                RevokeReason::Superseded => R::Superseded,
+                RevokeReason::CessationOfOperation => R::CessationOfOperation,
+                RevokeReason::PrivilegeWithdrawn => R::PrivilegeWithdrawn,
+            }
+        });
+        let validity = Duration::from_secs(self.validity_days * 24 * 3600);
+        let signed = sign::revoke(
+            &self.ca_dir,
+            &serials,
+            reason,
+            validity,
+            std::time::SystemTime::now(),
+        )?;
+        let path = self.ca_dir.join(crate::identity::ca::CA_CRL);
+        for s in &serials {
+            let state = if signed.added.contains(s) {
+                "revoked"
+            } else {
+                "already revoked"
+            };
+            println!("{s}: {state}");
+        }
+        println!(
+            "{}: CRL number {}, {} revoked serial(s), next update {}",
+            path.display(),
+            signed.number,
+            signed.revoked,
+            crate::identity::ca::fmt_time(signed.next_update)
+        );
+        Ok(())
+    }
+}
+
 impl CaServeArgs {
     /// The service configuration, with the flags checked.
     pub fn config(self) -> anyhow::Result<ServeConfig> {
@@ -48,6 +108,18 @@ impl CaServeArgs {
             self.max_validity > 0,
             "--max-validity must be at least 1 second"
         );
+        let publish_crl_configmap = match &self.publish_crl_configmap {
+            None => None,
+            Some(s) => match s.split_once('/') {
+                Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                    Some((ns.to_string(), name.to_string()))
+                }
+                _ => anyhow::bail!(
+                    "--publish-crl-configmap {s:?}: expected NAMESPACE/NAME, e.g. \
+                     istio-system/istio-ca-crl"
+                ),
+            },
+        };
         let auth = match (self.kube, self.node_tokens, self.workloads) {
             (true, _, _) => AuthMode::Kube {
                 kubeconfig: self.kubeconfig,
@@ -71,6 +143,8 @@ impl CaServeArgs {
             auth,
             poll_interval: Duration::from_millis(200),
             threads: self.threads,
+            publish_crl: self.publish_crl,
+            publish_crl_configmap,
         })
     }
 }

@@ -7,6 +7,7 @@ pub mod client;
 pub mod directory;
 pub mod policy;
 pub mod proto;
+pub mod publish;
 pub mod serve;
 pub mod service;
 

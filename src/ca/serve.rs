@@ -27,6 +27,7 @@ use super::auth::{Authenticator, TokenFile};
 use super::directory::Directory;
 use super::policy::{Account, Policy};
 use super::proto::istio_certificate_service_server::IstioCertificateServiceServer;
+use super::publish::CrlTarget;
 use super::service::{CaMetrics, CaService};
 use crate::admin::{self, Reply, Router};
 use crate::identity::{tls, Ca};
@@ -82,6 +83,10 @@ pub struct ServeConfig {
     pub poll_interval: Duration,
     /// Worker threads.
     pub threads: usize,
+    /// Where each good new version of `<ca dir>/ca-crl.pem` is copied for the proxies.
+    pub publish_crl: Option<PathBuf>,
+    /// The ConfigMap (namespace, name) it is also published to, with `--kube`.
+    pub publish_crl_configmap: Option<(String, String)>,
 }
 
 /// Runs the CA service until SIGTERM/SIGINT.
@@ -128,7 +133,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         Ca::load(&config.ca_dir)
             .with_context(|| format!("loading the mesh CA from {}", config.ca_dir.display()))?,
     );
-    let (auth, directory) = match &config.auth {
+    let (auth, directory, kube) = match &config.auth {
         AuthMode::Kube {
             kubeconfig,
             audiences,
@@ -139,7 +144,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
                     client: client.clone(),
                     audiences: audiences.clone(),
                 },
-                Directory::Kube(client),
+                Directory::Kube(client.clone()),
+                Some(client),
             )
         }
         AuthMode::Files {
@@ -151,8 +157,26 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
                 workloads.clone(),
                 config.poll_interval,
             )),
+            None,
         ),
     };
+    let mut targets: Vec<CrlTarget> = config
+        .publish_crl
+        .iter()
+        .cloned()
+        .map(CrlTarget::File)
+        .collect();
+    if let (Some((namespace, name)), Some(client)) = (&config.publish_crl_configmap, &kube) {
+        targets.push(CrlTarget::ConfigMap {
+            client: client.clone(),
+            namespace: namespace.clone(),
+            name: name.clone(),
+        });
+    }
+    if !targets.is_empty() {
+        let (ca, dir) = (ca.clone(), config.ca_dir.clone());
+        tokio::spawn(async move { super::publish::publish_crl(&ca, dir, targets).await });
+    }
     let metrics = Arc::new(CaMetrics::default());
     let service = CaService {
         ca: ca.clone(),

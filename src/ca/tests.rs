@@ -84,6 +84,8 @@ async fn fixture(tag: &str, max_validity: Duration) -> Fixture {
         },
         poll_interval: Duration::from_millis(50),
         threads: 1,
+        publish_crl: None,
+        publish_crl_configmap: None,
     })
     .await
     .unwrap();

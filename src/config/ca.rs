@@ -70,6 +70,11 @@ pub struct CaClientArgs {
     /// directory (Istio plug-in layout) instead of asking a CA service.
     #[arg(long, env = "AMBIT_INSECURE_LOCAL_CA_DIR")]
     pub insecure_local_ca_dir: Option<PathBuf>,
+    /// The CA's certificate revocation list (`ca-crl.pem`, PEM CRLs), watched for changes:
+    /// peers presenting a revoked certificate are refused and live HBONE connections to them
+    /// closed (docs/revocation.md). Absent file: nothing is revoked until it appears.
+    #[arg(long, env = "AMBIT_CA_CRL")]
+    pub ca_crl: Option<PathBuf>,
 }
 
 impl CaClientArgs {
@@ -95,6 +100,43 @@ impl CaClientArgs {
             impersonate,
         }))
     }
+}
+
+/// Why a certificate is revoked (RFC 5280 reason codes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RevokeReason {
+    /// No reason given (code 0).
+    Unspecified,
+    /// The certificate's private key leaked (1).
+    KeyCompromise,
+    /// The CA's key leaked (2).
+    CaCompromise,
+    /// The subject changed (3).
+    AffiliationChanged,
+    /// Replaced by another certificate (4).
+    Superseded,
+    /// The workload is gone (5).
+    CessationOfOperation,
+    /// Privileges withdrawn (9).
+    PrivilegeWithdrawn,
+}
+
+/// `ambit ca revoke`.
+#[derive(Args, Debug, Clone)]
+pub struct CaRevokeArgs {
+    /// CA directory in Istio's plug-in layout (needs ca-key.pem); ca-crl.pem is rewritten there.
+    #[arg(long, env = "AMBIT_CA_DIR")]
+    pub ca_dir: PathBuf,
+    /// Serial numbers to revoke, in hex (`openssl x509 -noout -serial`, `3a:5f:…` or `0x3a5f…`).
+    /// None: re-sign the current list with a fresh nextUpdate.
+    pub serials: Vec<String>,
+    /// Reason recorded in the CRL entries.
+    #[arg(long, value_enum)]
+    pub reason: Option<RevokeReason>,
+    /// Days until the new CRL's nextUpdate.
+    #[arg(long, default_value_t = super::DEFAULT_CRL_VALIDITY.as_secs() / 86400,
+        value_parser = clap::value_parser!(u64).range(1..=3650))]
+    pub validity_days: u64,
 }
 
 /// `ambit ca serve`.
@@ -149,4 +191,12 @@ pub struct CaServeArgs {
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// Copy each new version of `<ca-dir>/ca-crl.pem` that loads (signed by this CA, not
+    /// expired) to this file, the one the proxies' --ca-crl reads (beside the distributed root).
+    #[arg(long, env = "AMBIT_CA_PUBLISH_CRL")]
+    pub publish_crl: Option<PathBuf>,
+    /// With --kube: also publish it as the `ca-crl.pem` key of this ConfigMap
+    /// (NAMESPACE/NAME; Istio's is istio-system/istio-ca-crl, which the DaemonSet mounts).
+    #[arg(long, requires = "kube")]
+    pub publish_crl_configmap: Option<String>,
 }

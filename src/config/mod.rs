@@ -202,6 +202,13 @@ pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
 pub const DEFAULT_TRUSTED_NODE_ACCOUNT: &str = "istio-system/ambit";
 /// Default longest lifetime the CA service grants.
 pub const DEFAULT_CA_MAX_VALIDITY: Duration = DEFAULT_CERT_VALIDITY;
+/// How long a CRL signed by `ambit ca revoke` is valid (its nextUpdate). Long, because a
+/// node refuses to load an expired CRL and the CA has no schedule re-signing it: re-sign with
+/// `ambit ca revoke --ca-dir DIR` (no serial) well before it runs out.
+pub const DEFAULT_CRL_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How often a proxy checks its `--ca-crl` file for a new version. The file is small and
+/// only re-parsed when its bytes change, so a short period costs one read per second.
+pub const CRL_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Namespace label choosing the inbound mTLS mode of its pods (ambit's own shorthand).
 pub const MTLS_MODE_LABEL: &str = "ambit.io/mtls-mode";
@@ -360,6 +367,8 @@ pub struct RunConfig {
     pub data_threads: usize,
     /// Where workload certificates come from.
     pub ca: ca::CaSource,
+    /// The CA's revocation list, watched (`--ca-crl`).
+    pub ca_crl: Option<PathBuf>,
     /// Lifetime of issued workload certificates.
     pub cert_validity: Duration,
     /// Longest live connections may run on after SIGTERM before they are cut.
@@ -403,6 +412,8 @@ pub struct SidecarConfig {
     pub workloads: PathBuf,
     /// Where the certificate comes from (the sidecar asks for its own identity).
     pub ca: ca::CaSource,
+    /// The CA's revocation list, watched (`--ca-crl`).
+    pub ca_crl: Option<PathBuf>,
     /// Trust domain.
     pub trust_domain: String,
     /// The proxy user the process runs as once set up.

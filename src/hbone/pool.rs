@@ -21,6 +21,7 @@ use crate::config::{
     H2_STREAM_WINDOW as STREAM_WINDOW, HBONE_DIAL_TIMEOUT as DIAL_TIMEOUT,
     POOL_MAX_STREAMS_PER_CONNECTION as MAX_STREAMS_PER_CONNECTION,
 };
+use crate::identity::revocation::{peer_chain, revoked_or_never, Revocation};
 use crate::identity::Identity;
 use crate::socket::Placement;
 
@@ -153,6 +154,8 @@ pub struct Pool {
     idle_timeout: Duration,
     slots: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Vec<Conn>>>>>,
     dials: prometheus_client::metrics::counter::Counter,
+    /// Live connections are closed when this set revokes their server's chain.
+    revocation: Option<Arc<Revocation>>,
 }
 
 impl Pool {
@@ -170,7 +173,17 @@ impl Pool {
             idle_timeout,
             slots: Mutex::new(HashMap::new()),
             dials,
+            revocation: None,
         })
+    }
+
+    /// Closes pooled connections whose server certificate `revocation` comes to revoke.
+    /// Called right after [`Pool::new`], before the pool is shared.
+    pub fn with_revocation(mut self: Arc<Self>, revocation: Option<Arc<Revocation>>) -> Arc<Self> {
+        if let Some(pool) = Arc::get_mut(&mut self) {
+            pool.revocation = revocation;
+        }
+        self
     }
 
     /// A connection to `peer` (which must present `expected`) with room for one more stream.
@@ -284,6 +297,7 @@ impl Pool {
                 expected: expected.clone(),
                 reason: e.to_string(),
             })?;
+        let chain = peer_chain(tls.get_ref().1);
         let (send, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
@@ -301,6 +315,8 @@ impl Pool {
         let closed = Arc::new(AtomicBool::new(false));
         let flag = closed.clone();
         let keepalive = super::keepalive::watch_or_never(connection.ping_pong());
+        let revoked = revoked_or_never(self.revocation.clone(), chain);
+        let expected = expected.clone();
         tokio::spawn(async move {
             tokio::select! {
                 ended = &mut connection => if let Err(e) = ended {
@@ -308,6 +324,12 @@ impl Pool {
                 },
                 dead = keepalive => {
                     tracing::warn!(%peer, error = %dead, "HBONE peer unresponsive; connection closed");
+                }
+                why = revoked => {
+                    // Flag first, so no new stream is put on it while it closes.
+                    flag.store(true, Ordering::Release);
+                    tracing::warn!(%peer, server = %expected, error = %why,
+                        "closing HBONE connection: server certificate revoked");
                 }
             }
             flag.store(true, Ordering::Release);

@@ -26,6 +26,8 @@ pub struct Accepted {
     pub conn: Connection<TlsStream<TcpStream>, Bytes>,
     /// The client's SPIFFE identity, from its verified certificate.
     pub client: Identity,
+    /// The client's verified chain (leaf first), re-checked when the CRL changes.
+    pub client_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// Why an HBONE connection was refused before any request.
@@ -66,6 +68,7 @@ async fn handshake(
         .map_err(AcceptError::Tls)?;
     let client = crate::identity::tls::peer_identity(tls.get_ref().1)
         .map_err(|e| AcceptError::Identity(e.to_string()))?;
+    let client_chain = crate::identity::revocation::peer_chain(tls.get_ref().1);
     let conn = h2::server::Builder::new()
         .initial_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
@@ -78,7 +81,11 @@ async fn handshake(
         .handshake::<_, Bytes>(tls)
         .await
         .map_err(AcceptError::Http2)?;
-    Ok(Accepted { conn, client })
+    Ok(Accepted {
+        conn,
+        client,
+        client_chain,
+    })
 }
 
 /// Answers a CONNECT with an error `status` and ends the stream.

@@ -7,6 +7,7 @@
 //! | `ca-key.pem` | its private key: PKCS#8, PKCS#1 (RSA) or SEC1 (ECDSA) |
 //! | `root-cert.pem` | the trust anchor(s) peers are verified against |
 //! | `cert-chain.pem` | the chain from `ca-cert.pem` towards the root, sent after each leaf |
+//! | `ca-crl.pem` | optional: revoked certificates, CRLs signed by the CA ([`super::crl`]) |
 
 use std::fmt;
 use std::fs;
@@ -42,6 +43,8 @@ pub const CA_KEY: &str = "ca-key.pem";
 pub const ROOT_CERT: &str = "root-cert.pem";
 /// Chain (signing certificate up to the root) file name.
 pub const CERT_CHAIN: &str = "cert-chain.pem";
+/// Certificate revocation list file name (Istio's plug-in layout; optional).
+pub const CA_CRL: &str = "ca-crl.pem";
 
 /// How far a leaf's notBefore is moved into the past, so that a peer whose clock is slightly
 /// behind ours does not reject a certificate we just issued as "not yet valid".
@@ -295,6 +298,11 @@ impl Ca {
     pub fn not_after(&self) -> SystemTime {
         self.not_after
     }
+
+    /// The signing certificate and key, for CRLs ([`super::crl::sign`]).
+    pub(crate) fn signer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
+    }
 }
 
 /// Creates a new self-signed root CA (ECDSA P-256, 10 years) in `dir` in the plug-in layout and
@@ -408,7 +416,7 @@ fn unix_secs(t: SystemTime) -> i64 {
     }
 }
 
-fn to_offset(t: SystemTime) -> Result<OffsetDateTime, String> {
+pub(crate) fn to_offset(t: SystemTime) -> Result<OffsetDateTime, String> {
     OffsetDateTime::from_unix_timestamp(unix_secs(t)).map_err(|e| format!("time out of range: {e}"))
 }
 

@@ -18,6 +18,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use super::ca::fmt_time;
 use super::issuer::Issuer;
+use super::revocation::Revocation;
 use super::{tls, Identity, IdentityError, WorkloadCert};
 
 /// Default lifetime of a workload certificate.
@@ -78,6 +79,7 @@ pub struct CertManager {
     roots: Arc<RootCertStore>,
     validity: Duration,
     state: RwLock<State>,
+    revocation: Option<Arc<Revocation>>,
 }
 
 impl std::fmt::Debug for CertManager {
@@ -99,7 +101,19 @@ impl CertManager {
             issuer,
             validity: DEFAULT_VALIDITY,
             state: RwLock::new(State::default()),
+            revocation: None,
         }
+    }
+
+    /// Makes every configuration refuse peers whose chain `revocation` revokes.
+    pub fn with_revocation(mut self, revocation: Option<Arc<Revocation>>) -> Self {
+        self.revocation = revocation;
+        self
+    }
+
+    /// The CRL set peers are checked against, if one is configured.
+    pub fn revocation(&self) -> Option<Arc<Revocation>> {
+        self.revocation.clone()
     }
 
     /// Sets the lifetime of certificates issued from now on.
@@ -146,7 +160,11 @@ impl CertManager {
         if let Some(config) = entry.server.get() {
             return Ok(config.clone());
         }
-        let config = tls::server_config(&entry.cert, self.roots.clone())?;
+        let config = tls::server_config_revocable(
+            &entry.cert,
+            self.roots.clone(),
+            self.revocation.as_ref(),
+        )?;
         // A concurrent caller may have won the race; either config is equivalent.
         Ok(entry.server.get_or_init(|| config).clone())
     }
@@ -159,7 +177,12 @@ impl CertManager {
         expected_server: Vec<Identity>,
     ) -> Result<Arc<ClientConfig>, IdentityError> {
         let own = self.get(id)?;
-        tls::client_config(&own, self.roots.clone(), expected_server)
+        tls::client_config_revocable(
+            &own,
+            self.roots.clone(),
+            expected_server,
+            self.revocation.as_ref(),
+        )
     }
 
     fn entry(&self, id: &Identity) -> Result<Arc<Entry>, IdentityError> {

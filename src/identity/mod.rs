@@ -18,10 +18,12 @@
 
 pub mod ca;
 pub mod cert;
+pub mod crl;
 pub mod csr;
 pub mod issuer;
 mod keys;
 pub mod manager;
+pub mod revocation;
 pub mod spiffe;
 pub mod tls;
 pub mod verify;

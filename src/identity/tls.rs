@@ -20,6 +20,7 @@ use rustls::server::{
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, CommonState, RootCertStore, ServerConfig, SignatureScheme};
 
+use super::revocation::{guard_client, guard_server, Revocation};
 use super::verify::{spiffe_identities, uri_sans, ServerIdentityVerifier, TrustDomainVerifier};
 use super::{Identity, IdentityError, WorkloadCert};
 
@@ -58,6 +59,16 @@ pub fn client_config(
     roots: Arc<RootCertStore>,
     expected_server: Vec<Identity>,
 ) -> Result<Arc<ClientConfig>, IdentityError> {
+    client_config_revocable(own, roots, expected_server, None)
+}
+
+/// [`client_config`], also refusing servers whose chain `revocation` revokes.
+pub fn client_config_revocable(
+    own: &WorkloadCert,
+    roots: Arc<RootCertStore>,
+    expected_server: Vec<Identity>,
+    revocation: Option<&Arc<Revocation>>,
+) -> Result<Arc<ClientConfig>, IdentityError> {
     let provider = provider();
     let verifier = ServerIdentityVerifier::new(
         roots,
@@ -67,7 +78,7 @@ pub fn client_config(
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_custom_certificate_verifier(guard_server(Arc::new(verifier), revocation))
         .with_client_cert_resolver(Arc::new(FixedCert(own.certified_key())));
     config.alpn_protocols = vec![crate::config::HBONE_ALPN.to_vec()];
     config.enable_sni = false;
@@ -81,6 +92,15 @@ pub fn server_config(
     own: &WorkloadCert,
     roots: Arc<RootCertStore>,
 ) -> Result<Arc<ServerConfig>, IdentityError> {
+    server_config_revocable(own, roots, None)
+}
+
+/// [`server_config`], also refusing clients whose chain `revocation` revokes.
+pub fn server_config_revocable(
+    own: &WorkloadCert,
+    roots: Arc<RootCertStore>,
+    revocation: Option<&Arc<Revocation>>,
+) -> Result<Arc<ServerConfig>, IdentityError> {
     let provider = provider();
     let webpki = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
         .build()
@@ -88,7 +108,7 @@ pub fn server_config(
     let verifier = TrustDomainVerifier::new(webpki, own.identity.trust_domain());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(verifier))
+        .with_client_cert_verifier(guard_client(Arc::new(verifier), revocation))
         .with_cert_resolver(Arc::new(FixedCert(own.certified_key())));
     config.alpn_protocols = vec![crate::config::HBONE_ALPN.to_vec()];
     // Clients never resume, so issuing tickets or caching sessions would be wasted work.

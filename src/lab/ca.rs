@@ -13,7 +13,9 @@
 //!   its node, each sidecar to its own pod; the CA service checks them with TokenReview.
 //!
 //! Only `root-cert.pem` is handed out (copied to `<lab dir>/root-cert.pem`, as Istio's
-//! `istio-ca-root-cert` ConfigMap); the CA directory is passed to the CA service alone.
+//! `istio-ca-root-cert` ConfigMap) and, once there is one, the CRL the CA service publishes
+//! beside it (`<lab dir>/ca-crl.pem`, as `istio-ca-crl`); the CA directory is passed to the CA
+//! service alone.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -35,6 +37,8 @@ pub const TOKENS_DIR: &str = "tokens";
 pub const NODE_TOKENS_FILE: &str = "ca-node-tokens.json";
 /// DNS name the CA service's certificate carries and clients verify.
 pub const CA_SERVER_NAME: &str = "ambit-ca.istio-system.svc";
+/// The ConfigMap the CA service publishes the CRL to in Kubernetes mode (Istio's name).
+pub const LAB_CRL_CONFIGMAP: &str = "istio-ca-crl";
 /// Namespace of the lab's "DaemonSet pods" (the daemon's own namespace).
 pub const DAEMON_NAMESPACE: &str = "istio-system";
 /// ServiceAccount of the node daemons, trusted by the CA service as node accounts.
@@ -135,12 +139,19 @@ impl Lab {
             CA_SERVER_NAME.into(),
             "--server-ips".into(),
             self.fabric_ipv4().to_string().into(),
+            // Beside the distributed root, as Istio publishes the plug-in CA's CRL.
+            "--publish-crl".into(),
+            self.ca_crl_path().into(),
         ];
         if self.state().kube {
             args.extend([
                 "--kube".into(),
                 "--kubeconfig".into(),
                 self.kubeconfig_path().into(),
+                // As in deploy/ambit-ca.yaml; the lab's daemons still read the file (no
+                // kubelet projects the ConfigMap here).
+                "--publish-crl-configmap".into(),
+                format!("{DAEMON_NAMESPACE}/{LAB_CRL_CONFIGMAP}").into(),
             ]);
         } else {
             args.extend([
@@ -199,7 +210,22 @@ impl Lab {
             path.into(),
             "--ca-server-name".into(),
             CA_SERVER_NAME.into(),
+            // The CA's revocation list as the CA service publishes it (the lab's stand-in for
+            // the mounted `istio-ca-crl` ConfigMap); absent until the first revocation.
+            "--ca-crl".into(),
+            self.ca_crl_path().into(),
         ])
+    }
+
+    /// The published `ca-crl.pem` (beside the root copy), which every lab daemon and sidecar
+    /// watches; the CA service copies `<CA dir>/ca-crl.pem` there when it changes.
+    pub fn ca_crl_path(&self) -> PathBuf {
+        self.dir().join(crate::identity::ca::CA_CRL)
+    }
+
+    /// The CA directory (with the key): where `ambit ca revoke --ca-dir` runs.
+    pub fn ca_dir(&self) -> PathBuf {
+        self.dir().join(CA_DIR)
     }
 
     /// Mints a token for `spec`, known to the CA service (file mode) and to the stand-in API

@@ -110,6 +110,8 @@ pub struct PodSecurity {
     pub pool: Arc<Pool>,
     /// Server side of 15008.
     pub server_tls: ServerTls,
+    /// The CRL set live 15008 connections are re-checked against, if any.
+    pub revocation: Option<Arc<crate::identity::revocation::Revocation>>,
 }
 
 impl PodSecurity {
@@ -133,8 +135,10 @@ impl PodSecurity {
             Arc::new(move || c.server_config(&id).map_err(|e| e.to_string()));
         PodSecurity {
             identity,
-            pool: Pool::new(placement, client_tls, pool_idle, dials),
+            pool: Pool::new(placement, client_tls, pool_idle, dials)
+                .with_revocation(certs.revocation()),
             server_tls,
+            revocation: certs.revocation(),
         }
     }
 }

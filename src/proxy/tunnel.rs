@@ -19,6 +19,7 @@ use crate::flows::Listener;
 use crate::hbone::server::{respond_error, respond_ok, Accepted};
 use crate::hbone::stream::Ended;
 use crate::hbone::{forwarded_for, parse_target};
+use crate::identity::revocation::revoked_or_never;
 use crate::identity::Identity;
 
 /// Serves one accepted TCP connection on 15008 until it closes. `handshake` is its admission
@@ -41,6 +42,7 @@ pub(crate) async fn serve_connection(
     let Accepted {
         mut conn,
         client: client_id,
+        client_chain,
     } = match crate::hbone::server::accept(tcp, config).await {
         Ok(accepted) => accepted,
         Err(e) => {
@@ -55,9 +57,17 @@ pub(crate) async fn serve_connection(
     tokio::pin!(keepalive);
     let drain = scope.ctx.drain.clone();
     let mut draining = false;
+    let revoked = revoked_or_never(scope.security.revocation.clone(), client_chain);
+    tokio::pin!(revoked);
     loop {
         let next = tokio::select! {
             next = conn.accept() => next,
+            why = &mut revoked => {
+                // Dropping the connection ends its tunnels: their apps see the close.
+                tracing::warn!(pod = %scope.key, %peer, client = %client_id, error = %why,
+                    "closing HBONE connection: client certificate revoked");
+                break;
+            }
             dead = &mut keepalive => {
                 tracing::info!(pod = %scope.key, %peer, error = %dead, "closing HBONE connection");
                 break;

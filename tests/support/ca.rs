@@ -130,7 +130,11 @@ pub fn process_reaches_ca_key(pid: u32, ca_dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
     let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-    if cmdline.contains("ca-key") || cmdline.contains(&ca_dir.display().to_string()) {
+    // Whole arguments: `<lab>/ca-crl.pem` (the published CRL) merely starts like `<lab>/ca`.
+    let names_dir = cmdline
+        .split([' ', '='])
+        .any(|a| Path::new(a).starts_with(ca_dir));
+    if cmdline.contains("ca-key") || names_dir {
         found.push(format!("argument: {cmdline}"));
     }
     for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))

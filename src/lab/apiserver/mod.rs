@@ -150,6 +150,15 @@ pub(crate) const RESOURCES: &[ResourceType] = &[
     ResourceType {
         group: "",
         version: "v1",
+        plural: "configmaps",
+        singular: "configmap",
+        kind: "ConfigMap",
+        namespaced: true,
+        short_names: &["cm"],
+    },
+    ResourceType {
+        group: "",
+        version: "v1",
         plural: "events",
         singular: "event",
         kind: "Event",
