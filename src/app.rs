@@ -74,6 +74,7 @@ async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Resul
         policy: policy_rx,
         live,
         tcp_copy: config.tcp_copy,
+        cluster_id: config.cluster_id.clone(),
     };
 
     let m = metrics.clone();

@@ -134,6 +134,7 @@ impl RunArgs {
                     kubeconfig: self.kubeconfig,
                 },
             },
+            cluster_id: self.ca.cluster_id.clone(),
             ca: self.ca.source(true)?,
             cert_validity: Duration::from_secs(self.cert_validity_secs),
             drain: Duration::from_secs(self.drain_secs),
@@ -195,6 +196,7 @@ impl SidecarArgs {
         Ok(SidecarConfig {
             pod: self.pod,
             workloads: self.workloads,
+            cluster_id: self.ca.cluster_id.clone(),
             ca: self.ca.source(false)?,
             trust_domain: self.trust_domain,
             uid: self.uid,

@@ -177,6 +177,7 @@ async fn publish_round_trips_through_the_kube_source_conversion_and_merges_three
         annotations: BTreeMap::from([("lab/note".to_string(), "1".to_string())]),
         netns: None,
         host_network: false,
+        workload: None,
     };
     let mut snap = Snapshot {
         namespaces: vec![WlNamespace {
