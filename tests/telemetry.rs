@@ -24,6 +24,8 @@ use tokio::net::TcpStream;
 const VIP: &str = "10.96.0.20";
 const SERVICE_PORT: u16 = 5432;
 const DB_PORT: u16 = 9090;
+/// A port of `n2-p1` an AuthorizationPolicy denies.
+const DENIED_PORT: u16 = 9191;
 
 /// One sample of the exposition: metric name, labels, value.
 #[derive(Debug)]
@@ -247,6 +249,13 @@ async fn scenario(tcp_copy: &'static str) {
                     ports: [("pg".to_string(), DB_PORT)].into(),
                 }],
             });
+            s.istio.push(serde_json::json!({
+                "apiVersion": "security.istio.io/v1",
+                "kind": "AuthorizationPolicy",
+                "metadata": {"name": "no-admin-port", "namespace": "lab"},
+                "spec": {"action": "DENY",
+                         "rules": [{"to": [{"operation": {"ports": [DENIED_PORT.to_string()]}}]}]},
+            }));
         },
         args,
     );
@@ -401,6 +410,33 @@ async fn scenario(tcp_copy: &'static str) {
         want,
         first_out + rest_out,
     );
+
+    // Denied by n2-p1's policy: the destination counts it failed with DENY, the source (which
+    // only sees the tunnel refused) with CONNECT; no Service was addressed or matches the port.
+    let denied = SocketAddr::new(c.lab.pod("n2-p1").unwrap().ipv4.into(), DENIED_PORT);
+    let src = c.lab.pod("n1-p1").unwrap().ipv4.into();
+    let attempt = try_echo(
+        &c.lab.pod_netns("n1-p1").unwrap(),
+        src,
+        denied,
+        b"let me in",
+    )
+    .await;
+    assert_ne!(attempt.seen, Seen::Echo, "the denied port answered");
+    let no_service = [
+        ("destination_service", "unknown"),
+        ("destination_service_namespace", "unknown"),
+        ("destination_service_name", "unknown"),
+    ];
+    for (node, reporter, flag) in [("n1", "source", "CONNECT"), ("n2", "destination", "DENY")] {
+        let mut opened = labels(&hbone, &no_service);
+        opened.insert("reporter".into(), reporter.into());
+        wait_value(&c, node, "istio_tcp_connections_opened_total", &opened, 1.0);
+        let mut ended = opened.clone();
+        ended.insert("response_flags".into(), flag.into());
+        wait_value(&c, node, "istio_tcp_connections_closed_total", &ended, 1.0);
+        wait_value(&c, node, "istio_tcp_connections_failed_total", &ended, 1.0);
+    }
 
     // The process and build series are there too, and ambit's own metrics stay.
     for node in ["n1", "n2"] {
