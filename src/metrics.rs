@@ -196,4 +196,46 @@ mod tests {
             assert!(text.contains(family), "{family} missing from\n{text}");
         }
     }
+
+    /// Every series the Grafana dashboard in `deploy/grafana/` queries is one ambit exports.
+    #[test]
+    fn the_dashboard_queries_only_exported_series() {
+        let dashboard = include_str!("../deploy/grafana/ambit-dashboard.json");
+        let text = Metrics::default().encode();
+        let exported: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .flat_map(|l| {
+                let mut words = l.split(' ');
+                let (name, kind) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                match kind {
+                    "counter" => vec![format!("{name}_total")],
+                    _ => vec![name.to_string()],
+                }
+            })
+            .collect();
+        let mut queried = 0;
+        for (i, _) in dashboard.match_indices('{') {
+            let before = &dashboard[..i];
+            let name: String = before
+                .chars()
+                .rev()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            if name.starts_with("istio_")
+                || name.starts_with("ambit_")
+                || name.starts_with("process_")
+            {
+                queried += 1;
+                assert!(
+                    exported.contains(&name),
+                    "the dashboard queries {name}, not exported:\n{text}"
+                );
+            }
+        }
+        assert!(queried > 20, "only {queried} queries found");
+    }
 }
