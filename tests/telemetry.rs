@@ -288,6 +288,10 @@ async fn scenario(tcp_copy: &'static str) {
         ("request_protocol", "tcp"),
         ("response_flags", "-"),
         ("connection_security_policy", "mutual_tls"),
+        ("source_region", "unknown"),
+        ("source_zone", "unknown"),
+        ("destination_region", "unknown"),
+        ("destination_zone", "unknown"),
     ];
     let at_source = labels(&hbone, &[]);
     let at_destination = labels(&hbone, &[("reporter", "destination")]);

@@ -167,7 +167,8 @@ impl Workload {
     }
 }
 
-/// The label set every TCP metric carries, in ztunnel's order.
+/// The label set every TCP metric carries, in ztunnel's order (checked against a running
+/// ztunnel: the same 27 names in the same order).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
     /// `source` or `destination`.
@@ -216,6 +217,16 @@ pub struct TcpLabels {
     pub response_flags: ResponseFlags,
     /// `mutual_tls` for HBONE, `unknown` for plain TCP.
     pub connection_security_policy: SecurityPolicy,
+    /// The client's region. ztunnel adds the four locality labels whenever it knows either
+    /// end's workload (always, for the connections ambit reports); ambit does not know node
+    /// topology, so they are `unknown`, as in ztunnel for workloads without locality.
+    pub source_region: &'static str,
+    /// The client's zone.
+    pub source_zone: &'static str,
+    /// The server's region.
+    pub destination_region: &'static str,
+    /// The server's zone.
+    pub destination_zone: &'static str,
 }
 
 impl TcpLabels {
@@ -246,6 +257,10 @@ impl TcpLabels {
             request_protocol: "tcp",
             response_flags: ResponseFlags::None,
             connection_security_policy: security,
+            source_region: UNKNOWN,
+            source_zone: UNKNOWN,
+            destination_region: UNKNOWN,
+            destination_zone: UNKNOWN,
         }
     }
 
@@ -488,7 +503,11 @@ mod tests {
         let live = scrape();
         assert!(live.contains("istio_tcp_connections_opened_total{reporter=\"source\",source_workload=\"web-7d9f8-abcde\",source_canonical_service=\"web\""), "{live}");
         assert!(
-            live.contains("connection_security_policy=\"mutual_tls\"} 1"),
+            live.contains(
+                "connection_security_policy=\"mutual_tls\",source_region=\"unknown\",\
+                 source_zone=\"unknown\",destination_region=\"unknown\",\
+                 destination_zone=\"unknown\"} 1"
+            ),
             "{live}"
         );
         let line = |text: &str, name: &str| {
