@@ -16,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use ambit::netns::NetNs;
-use ambit::workload::{Endpoint, Service, ServicePort};
+use ambit::workload::{Endpoint, Service, ServicePort, Snapshot};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -204,61 +204,68 @@ impl DbClient {
 /// With plain TCP copied by splice(2) (the default).
 #[tokio::test(flavor = "multi_thread")]
 async fn istio_tcp_metrics_label_both_reporters_and_count_bytes_live() {
-    scenario("splice").await
+    scenario(file_lab("splice")).await
 }
 
 /// With plain TCP copied through buffers.
 #[tokio::test(flavor = "multi_thread")]
 async fn istio_tcp_metrics_count_bytes_live_with_buffered_copy() {
-    scenario("buffered").await
+    scenario(file_lab("buffered")).await
 }
 
-async fn scenario(tcp_copy: &'static str) {
+/// With the Kubernetes source: the client's workload comes from its pod's controller owner.
+#[tokio::test(flavor = "multi_thread")]
+async fn istio_tcp_metrics_with_the_kubernetes_source() {
+    scenario(Cluster::start_kube(2, 1, true, world)).await
+}
+
+/// The lab's pods, Service and policy (see the top of the file).
+fn world(s: &mut Snapshot) {
+    let client = s.pods.iter_mut().find(|p| p.name == "n1-p1").unwrap();
+    client.workload = Some("client".into());
+    client
+        .labels
+        .insert("app.kubernetes.io/name".into(), "shop-client".into());
+    client.labels.insert("version".into(), "v1".into());
+    let db = s.pods.iter_mut().find(|p| p.name == "n2-p1").unwrap();
+    let db_ip = db.ips[0];
+    for (k, v) in [
+        ("app", "not-this-one"),
+        ("service.istio.io/canonical-name", "db"),
+        ("service.istio.io/canonical-revision", "v2"),
+    ] {
+        db.labels.insert(k.into(), v.into());
+    }
+    s.services.push(Service {
+        name: "db".into(),
+        namespace: "lab".into(),
+        cluster_ips: vec![VIP.parse().unwrap()],
+        ports: vec![ServicePort {
+            name: "pg".into(),
+            port: SERVICE_PORT,
+        }],
+        endpoints: vec![Endpoint {
+            ip: db_ip,
+            ready: true,
+            ports: [("pg".to_string(), DB_PORT)].into(),
+        }],
+    });
+    s.istio.push(serde_json::json!({
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "no-admin-port", "namespace": "lab"},
+        "spec": {"action": "DENY",
+                 "rules": [{"to": [{"operation": {"ports": [DENIED_PORT.to_string()]}}]}]},
+    }));
+}
+
+/// With the workload file, plain TCP copied by `tcp_copy` (`splice` or `buffered`).
+fn file_lab(tcp_copy: &'static str) -> Cluster {
     let args = move |_: &str| vec![format!("--tcp-copy={tcp_copy}")];
-    let c = Cluster::start_with(
-        2,
-        1,
-        "iptables",
-        |s| {
-            let client = s.pods.iter_mut().find(|p| p.name == "n1-p1").unwrap();
-            client.workload = Some("client".into());
-            client
-                .labels
-                .insert("app.kubernetes.io/name".into(), "shop-client".into());
-            client.labels.insert("version".into(), "v1".into());
-            let db = s.pods.iter_mut().find(|p| p.name == "n2-p1").unwrap();
-            let db_ip = db.ips[0];
-            for (k, v) in [
-                ("app", "not-this-one"),
-                ("service.istio.io/canonical-name", "db"),
-                ("service.istio.io/canonical-revision", "v2"),
-            ] {
-                db.labels.insert(k.into(), v.into());
-            }
-            s.services.push(Service {
-                name: "db".into(),
-                namespace: "lab".into(),
-                cluster_ips: vec![VIP.parse().unwrap()],
-                ports: vec![ServicePort {
-                    name: "pg".into(),
-                    port: SERVICE_PORT,
-                }],
-                endpoints: vec![Endpoint {
-                    ip: db_ip,
-                    ready: true,
-                    ports: [("pg".to_string(), DB_PORT)].into(),
-                }],
-            });
-            s.istio.push(serde_json::json!({
-                "apiVersion": "security.istio.io/v1",
-                "kind": "AuthorizationPolicy",
-                "metadata": {"name": "no-admin-port", "namespace": "lab"},
-                "spec": {"action": "DENY",
-                         "rules": [{"to": [{"operation": {"ports": [DENIED_PORT.to_string()]}}]}]},
-            }));
-        },
-        args,
-    );
+    Cluster::start_with(2, 1, "iptables", world, args)
+}
+
+async fn scenario(c: Cluster) {
     c.wait_state("n1-p1", "enrolled");
     c.wait_state("n2-p1", "enrolled");
     let script = [3000, 500, 7000, 1500];
