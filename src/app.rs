@@ -97,6 +97,7 @@ async fn serve(
         policy: policy_rx,
         live,
         tcp_copy: config.tcp_copy,
+        cluster_id: config.cluster_id.clone(),
     };
 
     let state = Arc::new(routes::State {

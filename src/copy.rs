@@ -20,6 +20,28 @@ use crate::config::{
     COPY_MEDIUM_BUFFER as MEDIUM_BUFFER,
 };
 
+/// Where a copy adds the bytes it moves, chunk by chunk, as they are written: a flow's own
+/// count, a Prometheus counter, or both. Called once per chunk (up to a splice or read buffer),
+/// so an implementation must be cheap: an atomic add.
+pub trait Tally: Sync {
+    /// Adds `n` bytes just written to the other side.
+    fn add(&self, n: u64);
+}
+
+impl Tally for AtomicU64 {
+    fn add(&self, n: u64) {
+        self.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Two tallies fed together, e.g. a flow's count and the connection's metric counter.
+impl<A: Tally + ?Sized, B: Tally + ?Sized> Tally for (&A, &B) {
+    fn add(&self, n: u64) {
+        self.0.add(n);
+        self.1.add(n);
+    }
+}
+
 /// Waits until `reader` has data, end of stream or an error, taking nothing: a zero-length read
 /// waits for readiness on a socket. Copies call it so that an idle connection holds no buffer.
 pub(crate) async fn readable<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result<()> {
@@ -33,7 +55,7 @@ pub(crate) async fn readable<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result
 pub async fn copy_one_way<R, W>(
     mut reader: R,
     mut writer: W,
-    counter: &AtomicU64,
+    counter: &dyn Tally,
 ) -> io::Result<u64>
 where
     R: AsyncRead + Unpin,
@@ -51,7 +73,7 @@ where
         }
         writer.write_all(&buf[..n]).await?;
         total += n as u64;
-        counter.fetch_add(n as u64, Ordering::Relaxed);
+        counter.add(n as u64);
         // Grow only when a read filled the buffer: small request/response traffic never does.
         if n == buf.len() {
             let want = if total >= GROW_AFTER_LARGE {
@@ -82,8 +104,8 @@ pub struct Transferred {
 pub async fn bidirectional(
     mut downstream: TcpStream,
     mut upstream: TcpStream,
-    sent: &AtomicU64,
-    received: &AtomicU64,
+    sent: &dyn Tally,
+    received: &dyn Tally,
     how: TcpCopy,
 ) -> io::Result<Transferred> {
     both_ways(&mut downstream, &mut upstream, sent, received, how).await
@@ -93,8 +115,8 @@ pub async fn bidirectional(
 async fn both_ways(
     downstream: &mut TcpStream,
     upstream: &mut TcpStream,
-    sent: &AtomicU64,
-    received: &AtomicU64,
+    sent: &dyn Tally,
+    received: &dyn Tally,
     how: TcpCopy,
 ) -> io::Result<Transferred> {
     let (sent, received) = match how {
@@ -139,8 +161,8 @@ pub fn reset(stream: TcpStream) {
 pub async fn bidirectional_until<T>(
     mut downstream: TcpStream,
     mut upstream: TcpStream,
-    sent: &AtomicU64,
-    received: &AtomicU64,
+    sent: &dyn Tally,
+    received: &dyn Tally,
     how: TcpCopy,
     stop: impl std::future::Future<Output = T>,
 ) -> Ended<T> {

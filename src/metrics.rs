@@ -1,4 +1,11 @@
-//! Prometheus metrics, served on `:15020/metrics`.
+//! Prometheus metrics, served on `:15020/metrics`: ambit's own operational counters
+//! (`ambit_*`), Istio's standard TCP metrics ([`tcp`], `istio_tcp_*`), the process figures
+//! ([`process`], `process_*`) and the build info (`istio_build`). `docs/metrics.md` lists them.
+
+pub mod process;
+pub mod tcp;
+
+use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -44,6 +51,8 @@ pub const NO_ALLOW_MATCHED: &str = "(no ALLOW policy matched)";
 /// Every metric the daemon exports.
 pub struct Metrics {
     registry: Registry,
+    /// Istio's TCP metrics, which every proxied connection reports to.
+    pub tcp: Arc<tcp::TcpMetrics>,
     /// Connections accepted, per listener.
     pub connections_opened: Family<ListenerLabels, Counter>,
     /// Connections that ended in an error, per listener.
@@ -73,8 +82,15 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("ambit");
+        let mut root = Registry::default();
+        let tcp = Arc::new(tcp::TcpMetrics::default());
+        let istio = root.sub_registry_with_prefix("istio");
+        tcp.register(istio);
+        process::register_build_info(istio);
+        root.register_collector(Box::new(process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("ambit");
         let m = Metrics {
+            tcp,
             connections_opened: Family::default(),
             connections_failed: Family::default(),
             bytes: Family::default(),
@@ -139,7 +155,10 @@ impl Default for Metrics {
             "Certificate revocation: CRL reloads and failures, refused handshakes, closed connections",
             m.crl_events.clone(),
         );
-        Metrics { registry, ..m }
+        Metrics {
+            registry: root,
+            ..m
+        }
     }
 }
 
@@ -180,5 +199,61 @@ mod tests {
             text.contains(r#"ambit_policy_denials_total{policy="AuthorizationPolicy lab/deny"} 1"#),
             "{text}"
         );
+        for family in [
+            "# TYPE istio_tcp_connections_opened counter",
+            "# TYPE istio_tcp_sent_bytes counter",
+            "# TYPE process_cpu_seconds counter",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_start_time_seconds ",
+            &format!(
+                "istio_build{{component=\"ambit\",tag=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            ),
+        ] {
+            assert!(text.contains(family), "{family} missing from\n{text}");
+        }
+    }
+
+    /// Every series the Grafana dashboard in `deploy/grafana/` queries is one ambit exports.
+    #[test]
+    fn the_dashboard_queries_only_exported_series() {
+        let dashboard = include_str!("../deploy/grafana/ambit-dashboard.json");
+        let text = Metrics::default().encode();
+        let exported: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .flat_map(|l| {
+                let mut words = l.split(' ');
+                let (name, kind) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                match kind {
+                    "counter" => vec![format!("{name}_total")],
+                    _ => vec![name.to_string()],
+                }
+            })
+            .collect();
+        let mut queried = 0;
+        for (i, _) in dashboard.match_indices('{') {
+            let before = &dashboard[..i];
+            let name: String = before
+                .chars()
+                .rev()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            if name.starts_with("istio_")
+                || name.starts_with("ambit_")
+                || name.starts_with("process_")
+            {
+                queried += 1;
+                assert!(
+                    exported.contains(&name),
+                    "the dashboard queries {name}, not exported:\n{text}"
+                );
+            }
+        }
+        assert!(queried > 20, "only {queried} queries found");
     }
 }

@@ -113,6 +113,7 @@ async fn serve(config: SidecarConfig) -> anyhow::Result<()> {
         policy: policy_rx,
         live,
         tcp_copy: config.tcp_copy,
+        cluster_id: config.cluster_id.clone(),
     };
     let security = PodSecurity::new(
         identity,

@@ -63,7 +63,8 @@ pub struct CaClientArgs {
     /// Name the CA service's certificate must carry (default: the host of --ca-address).
     #[arg(long, env = "AMBIT_CA_SERVER_NAME")]
     pub ca_server_name: Option<String>,
-    /// Sent as the `clusterid` header (istiod's cluster name).
+    /// This cluster's name (istiod's cluster ID): sent to the CA as the `clusterid` header and
+    /// named in the `source_cluster`/`destination_cluster` metric labels.
     #[arg(long, env = "AMBIT_CLUSTER_ID", default_value = DEFAULT_CLUSTER_ID)]
     pub cluster_id: String,
     /// INSECURE, development only: sign certificates in-process with the CA key in this

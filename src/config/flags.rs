@@ -138,6 +138,7 @@ impl RunArgs {
                     kubeconfig: self.kubeconfig,
                 },
             },
+            cluster_id: self.ca.cluster_id.clone(),
             ca: self.ca.source(true)?,
             ca_crl: self.ca.ca_crl.clone(),
             cert_validity: Duration::from_secs(self.cert_validity_secs),
@@ -204,6 +205,7 @@ impl SidecarArgs {
         Ok(SidecarConfig {
             pod: self.pod,
             workloads: self.workloads,
+            cluster_id: self.ca.cluster_id.clone(),
             ca: self.ca.source(false)?,
             ca_crl: self.ca.ca_crl.clone(),
             trust_domain: self.trust_domain,

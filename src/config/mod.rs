@@ -195,8 +195,12 @@ pub const DEFAULT_CA_METRICS_ADDR: &str = "[::]:15014";
 pub const GRPC_ALPN: &[u8] = b"h2";
 /// Audience a node's ServiceAccount token must carry for the CA (Istio's too).
 pub const DEFAULT_CA_TOKEN_AUDIENCE: &str = "istio-ca";
-/// The `clusterid` header sent to the CA (istiod's default cluster name).
+/// The `clusterid` header sent to the CA (istiod's default cluster name); also the cluster
+/// named in the `source_cluster`/`destination_cluster` metric labels.
 pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
+/// DNS domain of the cluster: a Service's host name is `name.namespace.svc.<domain>` (the
+/// `destination_service` metric label).
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
 /// ServiceAccount of the ambit DaemonSet: trusted by the CA to ask for the identities of the
 /// pods on its node.
 pub const DEFAULT_TRUSTED_NODE_ACCOUNT: &str = "istio-system/ambit";
@@ -377,6 +381,8 @@ pub struct RunConfig {
     pub tcp_copy: TcpCopy,
     /// How log lines are written.
     pub log_format: LogFormat,
+    /// The cluster this node belongs to (`--cluster-id`), named in metrics.
+    pub cluster_id: String,
 }
 
 /// The workload source.
@@ -432,6 +438,8 @@ pub struct SidecarConfig {
     pub poll_interval: Duration,
     /// How plain TCP connections are copied.
     pub tcp_copy: TcpCopy,
+    /// The cluster the pod belongs to (`--cluster-id`), named in metrics.
+    pub cluster_id: String,
 }
 
 /// Settings of `ambit uninstall`: which pods to release and how to find their namespaces.

@@ -9,13 +9,13 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use super::Tally;
 use crate::config::{COPY_LARGE_BUFFER, SPLICE_PIPE_SIZE};
 
 /// A pipe's two ends.
@@ -50,7 +50,7 @@ const FLAGS: SpliceFFlags = SpliceFFlags::SPLICE_F_MOVE.union(SpliceFFlags::SPLI
 pub(crate) async fn one_way(
     from: &TcpStream,
     to: &TcpStream,
-    counter: &AtomicU64,
+    counter: &dyn Tally,
 ) -> io::Result<u64> {
     let mut total = 0u64;
     // No pipe until the connection has data.
@@ -98,13 +98,13 @@ pub(crate) async fn one_way(
             };
             left -= n;
             total += n as u64;
-            counter.fetch_add(n as u64, Ordering::Relaxed);
+            counter.add(n as u64);
         }
     }
 }
 
 /// Writes what `pipe` holds to `to` through a buffer; returns the bytes written.
-async fn drain(pipe: &Pipe, to: &TcpStream, counter: &AtomicU64) -> io::Result<u64> {
+async fn drain(pipe: &Pipe, to: &TcpStream, counter: &dyn Tally) -> io::Result<u64> {
     let mut buf = vec![0u8; COPY_LARGE_BUFFER];
     let mut total = 0u64;
     loop {
@@ -118,7 +118,7 @@ async fn drain(pipe: &Pipe, to: &TcpStream, counter: &AtomicU64) -> io::Result<u
         }
         write_all(to, &buf[..n]).await?;
         total += n as u64;
-        counter.fetch_add(n as u64, Ordering::Relaxed);
+        counter.add(n as u64);
     }
 }
 
@@ -126,7 +126,7 @@ async fn drain(pipe: &Pipe, to: &TcpStream, counter: &AtomicU64) -> io::Result<u
 async fn buffered(
     from: &TcpStream,
     to: &TcpStream,
-    counter: &AtomicU64,
+    counter: &dyn Tally,
     mut total: u64,
 ) -> io::Result<u64> {
     let mut buf = vec![0u8; COPY_LARGE_BUFFER];
@@ -140,7 +140,7 @@ async fn buffered(
         }
         write_all(to, &buf[..n]).await?;
         total += n as u64;
-        counter.fetch_add(n as u64, Ordering::Relaxed);
+        counter.add(n as u64);
     }
 }
 
@@ -169,6 +169,7 @@ fn pipe_holding(data: &[u8]) -> io::Result<Pipe> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn tcp_pair() -> (TcpStream, TcpStream) {

@@ -6,7 +6,6 @@
 //! slow reader throttles the sender through HTTP/2 flow control, not through memory.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
@@ -16,6 +15,7 @@ use crate::config::{
     TUNNEL_BULK_AFTER as BULK_AFTER, TUNNEL_BULK_READ as BULK_READ,
     TUNNEL_INITIAL_READ as INITIAL_READ,
 };
+use crate::copy::Tally;
 
 fn h2_io(e: h2::Error) -> io::Error {
     if e.is_io() {
@@ -38,7 +38,7 @@ fn is_graceful_reset(e: &h2::Error) -> bool {
 pub async fn tcp_to_h2<R: AsyncRead + Unpin>(
     mut reader: R,
     send: &mut SendStream<Bytes>,
-    counter: &AtomicU64,
+    counter: &dyn Tally,
 ) -> io::Result<u64> {
     let mut total = 0u64;
     let mut buf = BytesMut::new();
@@ -73,7 +73,7 @@ pub async fn tcp_to_h2<R: AsyncRead + Unpin>(
             send.send_data(part, false).map_err(h2_io)?;
         }
         total += n as u64;
-        counter.fetch_add(n as u64, Ordering::Relaxed);
+        counter.add(n as u64);
     }
 }
 
@@ -81,7 +81,7 @@ pub async fn tcp_to_h2<R: AsyncRead + Unpin>(
 pub async fn h2_to_tcp<W: AsyncWrite + Unpin>(
     mut recv: RecvStream,
     mut writer: W,
-    counter: &AtomicU64,
+    counter: &dyn Tally,
 ) -> io::Result<u64> {
     let mut total = 0u64;
     while let Some(frame) = recv.data().await {
@@ -95,7 +95,7 @@ pub async fn h2_to_tcp<W: AsyncWrite + Unpin>(
         // Give the window back only once the bytes are out: flow control follows the reader.
         let _ = recv.flow_control().release_capacity(n);
         total += n as u64;
-        counter.fetch_add(n as u64, Ordering::Relaxed);
+        counter.add(n as u64);
     }
     writer.shutdown().await?;
     Ok(total)
@@ -110,8 +110,8 @@ pub async fn bidirectional(
     tcp: tokio::net::TcpStream,
     mut send: SendStream<Bytes>,
     recv: RecvStream,
-    tcp_to_tunnel: &AtomicU64,
-    tunnel_to_tcp: &AtomicU64,
+    tcp_to_tunnel: &dyn Tally,
+    tunnel_to_tcp: &dyn Tally,
 ) -> io::Result<Transferred> {
     let (r, w) = tcp.into_split();
     let (sent, received) = tokio::try_join!(
@@ -128,8 +128,8 @@ pub async fn bidirectional_until<T>(
     tcp: tokio::net::TcpStream,
     mut send: SendStream<Bytes>,
     recv: RecvStream,
-    tcp_to_tunnel: &AtomicU64,
-    tunnel_to_tcp: &AtomicU64,
+    tcp_to_tunnel: &dyn Tally,
+    tunnel_to_tcp: &dyn Tally,
     stop: impl std::future::Future<Output = T>,
 ) -> Ended<T> {
     let (mut r, mut w) = tcp.into_split();

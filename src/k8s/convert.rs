@@ -62,12 +62,43 @@ pub fn pod(p: &K8sPod) -> Result<Option<Pod>, RejectedPod> {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "default".into()),
         node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        workload: workload_of(meta),
         ips,
         labels: meta.labels.clone().unwrap_or_default(),
         annotations: meta.annotations.clone().unwrap_or_default(),
         netns: None,
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
     }))
+}
+
+/// The workload a pod belongs to, by Istio's heuristic (`pkg/kube/util.go`,
+/// `GetDeployMetaFromPod`): a generated pod's controller owner names it, and a ReplicaSet whose
+/// name ends in the pod's `pod-template-hash` stands for its Deployment. `None` for a bare pod.
+fn workload_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<String> {
+    meta.generate_name.as_ref().filter(|g| !g.is_empty())?;
+    let owner = meta
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.controller == Some(true))?;
+    let hash = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("pod-template-hash"))
+        .filter(|h| !h.is_empty());
+    match hash {
+        Some(h) if owner.kind == "ReplicaSet" => Some(
+            owner
+                .name
+                .strip_suffix(h.as_str())
+                .and_then(|n| n.strip_suffix('-'))
+                .unwrap_or(&owner.name)
+                .to_string(),
+        ),
+        _ => Some(owner.name.clone()),
+    }
 }
 
 /// Converts a Namespace.
@@ -175,6 +206,34 @@ mod tests {
         assert_eq!(pod.ips.len(), 2);
         assert_eq!(pod.labels["app"], "web");
         assert!(pod.netns.is_none());
+        assert_eq!(pod.workload, None, "a bare pod is its own workload");
+    }
+
+    #[test]
+    fn a_deployments_pod_names_the_deployment_and_other_owners_name_themselves() {
+        let owned = |kind: &str, owner: &str, hash: Option<&str>| {
+            let mut labels = serde_json::Map::new();
+            if let Some(h) = hash {
+                labels.insert("pod-template-hash".into(), h.into());
+            }
+            let p: K8sPod = from_json(serde_json::json!({
+                "metadata": {"uid": "u1", "name": "web-x", "namespace": "shop",
+                             "generateName": "web-", "labels": labels,
+                             "ownerReferences": [{"apiVersion": "apps/v1", "kind": kind,
+                                 "name": owner, "uid": "o1", "controller": true}]},
+                "status": {"podIP": "10.0.0.2"}
+            }));
+            pod(&p).unwrap().unwrap().workload
+        };
+        assert_eq!(
+            owned("ReplicaSet", "web-7d9f8b6c5d", Some("7d9f8b6c5d")).as_deref(),
+            Some("web")
+        );
+        assert_eq!(
+            owned("ReplicaSet", "web-rs", None).as_deref(),
+            Some("web-rs")
+        );
+        assert_eq!(owned("StatefulSet", "db", None).as_deref(), Some("db"));
     }
 
     #[test]

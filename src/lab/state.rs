@@ -238,6 +238,7 @@ impl LabPod {
             namespace: self.namespace.clone(),
             service_account: self.service_account.clone(),
             node: self.node.clone(),
+            workload: None,
             ips: vec![IpAddr::V4(self.ipv4), IpAddr::V6(self.ipv6)],
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),

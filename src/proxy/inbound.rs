@@ -12,9 +12,10 @@ use std::net::SocketAddr;
 use tokio::net::TcpStream;
 
 use super::authz::{self, Inbound};
-use super::{count_failure, dial, open_flow, relay_guarded, PodScope, Refusal};
+use super::{count_failure, dial, open_flow, relay_guarded, telemetry, PodScope, Refusal};
 use crate::config::PROXY_PORTS;
 use crate::flows::Listener;
+use crate::metrics::tcp::ResponseFlags;
 
 /// Handles one accepted inbound plaintext connection.
 pub(crate) async fn serve(scope: &PodScope, stream: TcpStream, peer: SocketAddr) {
@@ -41,11 +42,13 @@ pub(crate) async fn serve(scope: &PodScope, stream: TcpStream, peer: SocketAddr)
         identity: None,
         dst,
     };
+    let tcp = telemetry::inbound(scope, peer.ip(), dst, None);
     let admitted = match authz::admit(scope, &flow, conn) {
         Ok(admitted) => admitted,
         Err(decision) => {
             flow.fail(Refusal::Denied(authz::denial(&decision)));
             count_failure(scope, Listener::Inbound);
+            tcp.fail(ResponseFlags::Deny);
             crate::copy::reset(stream);
             return;
         }
@@ -56,11 +59,21 @@ pub(crate) async fn serve(scope: &PodScope, stream: TcpStream, peer: SocketAddr)
     flow.set_route("app");
     match dial(scope, dst, source).await {
         Ok(upstream) => {
-            relay_guarded(scope, Listener::Inbound, flow, stream, upstream, admitted).await
+            relay_guarded(
+                scope,
+                Listener::Inbound,
+                flow,
+                &tcp,
+                stream,
+                upstream,
+                admitted,
+            )
+            .await
         }
         Err(e) => {
             flow.fail(e);
             count_failure(scope, Listener::Inbound);
+            tcp.fail(ResponseFlags::Connect);
         }
     }
 }

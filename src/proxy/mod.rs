@@ -17,6 +17,7 @@ pub mod admission;
 pub mod authz;
 mod inbound;
 pub(crate) mod outbound;
+mod telemetry;
 mod tunnel;
 
 pub use authz::LiveConns;
@@ -36,6 +37,7 @@ use crate::copy;
 use crate::flows::{Flow, FlowTable, Listener};
 use crate::hbone::pool::Pool;
 use crate::identity::Identity;
+use crate::metrics::tcp::{Connection, ResponseFlags};
 use crate::metrics::{ListenerLabels, Metrics};
 use crate::policy::PolicySnapshot;
 use crate::socket;
@@ -67,6 +69,8 @@ pub struct ProxyContext {
     pub live: Arc<LiveConns>,
     /// How plain TCP connections are copied.
     pub tcp_copy: crate::copy::TcpCopy,
+    /// The cluster this proxy's pods run in, named in the metrics' `*_cluster` labels.
+    pub cluster_id: String,
 }
 
 /// Errors from starting a pod's proxy.
@@ -343,19 +347,21 @@ pub(crate) async fn dial(
     }
 }
 
-/// Runs the copy for an established pair and records its outcome.
+/// Runs the copy for an established pair and records its outcome. Bytes are added to the
+/// flow and to the connection's metrics (`tcp`) as they move.
 pub(crate) async fn relay(
     scope: &PodScope,
     kind: Listener,
     flow: Flow,
+    tcp: &Connection,
     downstream: tokio::net::TcpStream,
     upstream: tokio::net::TcpStream,
 ) {
     let result = copy::bidirectional(
         downstream,
         upstream,
-        flow.sent(),
-        flow.received(),
+        &(flow.sent(), tcp.request_bytes()),
+        &(flow.received(), tcp.response_bytes()),
         scope.ctx.tcp_copy,
     )
     .await;
@@ -372,16 +378,16 @@ pub(crate) async fn relay_guarded(
     scope: &PodScope,
     kind: Listener,
     flow: Flow,
+    tcp: &Connection,
     downstream: tokio::net::TcpStream,
     upstream: tokio::net::TcpStream,
     mut admitted: authz::Registration,
 ) {
-    let (sent, received) = (flow.sent(), flow.received());
     let ended = copy::bidirectional_until(
         downstream,
         upstream,
-        sent,
-        received,
+        &(flow.sent(), tcp.request_bytes()),
+        &(flow.received(), tcp.response_bytes()),
         scope.ctx.tcp_copy,
         admitted.denied(),
     )
@@ -396,6 +402,7 @@ pub(crate) async fn relay_guarded(
         copy::Ended::Stopped(decision) => {
             authz::closed_by_policy(scope, &flow, &decision);
             count_failure(scope, kind);
+            tcp.fail(ResponseFlags::Deny);
         }
     }
 }

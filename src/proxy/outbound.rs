@@ -10,11 +10,12 @@ use std::sync::atomic::Ordering;
 
 use tokio::net::TcpStream;
 
-use super::{account_bytes, count_failure, dial, open_flow, relay, PodScope, Refusal};
+use super::{account_bytes, count_failure, dial, open_flow, relay, telemetry, PodScope, Refusal};
 use crate::config::{HBONE_DIAL_TIMEOUT, HBONE_PORT, PROXY_PORTS};
 use crate::flows::{Flow, Listener};
 use crate::hbone::{self, TunnelRequest};
 use crate::identity::Identity;
+use crate::metrics::tcp::{Connection, ResponseFlags, SecurityPolicy};
 use crate::workload::Directory;
 
 /// How an outbound connection is carried on.
@@ -98,11 +99,15 @@ pub(crate) async fn serve(scope: &PodScope, stream: TcpStream, peer: SocketAddr)
         Route::Passthrough { target } => {
             flow.set_route("passthrough");
             flow.set_upstream(target);
+            let tcp = telemetry::outbound(scope, dst, target, SecurityPolicy::Unknown);
             match dial(scope, target, None).await {
-                Ok(upstream) => relay(scope, Listener::Outbound, flow, stream, upstream).await,
+                Ok(upstream) => {
+                    relay(scope, Listener::Outbound, flow, &tcp, stream, upstream).await
+                }
                 Err(e) => {
                     flow.fail(e);
                     count_failure(scope, Listener::Outbound);
+                    tcp.fail(ResponseFlags::Connect);
                 }
             }
         }
@@ -113,9 +118,14 @@ pub(crate) async fn serve(scope: &PodScope, stream: TcpStream, peer: SocketAddr)
         } => {
             flow.set_route("hbone");
             flow.set_upstream(target);
-            if let Err(e) = tunnel(scope, &flow, stream, peer, target, via, &identity).await {
+            let tcp = telemetry::outbound(scope, dst, target, SecurityPolicy::MutualTls);
+            let carried = tunnel(scope, &flow, &tcp, stream, peer, target, via, &identity).await;
+            if let Err((e, flags)) = carried {
                 flow.fail(e);
                 count_failure(scope, Listener::Outbound);
+                if let Some(flags) = flags {
+                    tcp.fail(flags);
+                }
             }
         }
     }
@@ -124,9 +134,10 @@ pub(crate) async fn serve(scope: &PodScope, stream: TcpStream, peer: SocketAddr)
 /// Why a CONNECT stream could not be opened.
 #[derive(Debug, thiserror::Error)]
 enum OpenError {
-    /// No connection to the peer (dial, TLS, credentials) or a malformed request.
+    /// No connection to the peer (dial, TLS, credentials) or a malformed request, with the
+    /// metrics' name for it.
     #[error("{0}")]
-    Connection(String),
+    Connection(String, ResponseFlags),
     /// HTTP/2 failed on an established connection before any response; the connection was
     /// discarded from the pool.
     #[error("{0}")]
@@ -153,9 +164,10 @@ async fn open_stream(
         .pool
         .checkout(via, identity)
         .await
-        .map_err(|e| OpenError::Connection(e.to_string()))?;
-    let built = hbone::build_request(request)
-        .map_err(|e| OpenError::Connection(format!("building CONNECT: {e}")))?;
+        .map_err(|e| OpenError::Connection(e.to_string(), telemetry::dial_failure(&e)))?;
+    let built = hbone::build_request(request).map_err(|e| {
+        OpenError::Connection(format!("building CONNECT: {e}"), ResponseFlags::Connect)
+    })?;
     let opened = async {
         let mut send = lease.send.clone().ready().await?;
         let (response, stream) = send.send_request(built, false)?;
@@ -173,23 +185,31 @@ async fn open_stream(
             // No answer at all: the connection is likely dead; later tunnels must not wait on
             // it too. Not retried: the client has waited long enough.
             lease.discard();
-            Err(OpenError::Connection(format!(
-                "HBONE CONNECT to {dst} via {via}: no response"
-            )))
+            Err(OpenError::Connection(
+                format!("HBONE CONNECT to {dst} via {via}: no response"),
+                ResponseFlags::Connect,
+            ))
         }
     }
 }
 
-/// Opens a CONNECT stream to `dst` through `via` and copies the client connection through it.
+/// Why a tunnel failed: the flow's error text and the metrics' response flag (`None` for an
+/// error while copying, which Istio does not count as a failed connection).
+type TunnelError = (String, Option<ResponseFlags>);
+
+/// Opens a CONNECT stream to `dst` through `via` and copies the client connection through it,
+/// adding the bytes to the flow and to the connection's metrics (`tcp`) as they move.
+#[allow(clippy::too_many_arguments)]
 async fn tunnel(
     scope: &PodScope,
     flow: &Flow,
+    tcp: &Connection,
     client: TcpStream,
     client_addr: SocketAddr,
     dst: SocketAddr,
     via: SocketAddr,
     identity: &Identity,
-) -> Result<(), String> {
+) -> Result<(), TunnelError> {
     let request = TunnelRequest {
         target: dst,
         client: client_addr,
@@ -207,22 +227,40 @@ async fn tunnel(
             tracing::debug!(pod = %scope.key, %via, error = %first, "retrying CONNECT on a fresh connection");
             open_stream(scope, &request, via, identity)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(failed_open)?
         }
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(failed_open(e)),
     };
     if response.status() != http::StatusCode::OK {
-        return Err(format!(
+        // Any refusal by the peer, its policy's 401 included, is CONNECT at the source, as in
+        // ztunnel (the destination reports the DENY).
+        let flags = ResponseFlags::Connect;
+        let why = format!(
             "HBONE CONNECT to {dst} via {via}: peer answered {}",
             response.status()
-        ));
+        );
+        return Err((why, Some(flags)));
     }
     // The TLS verifier accepted the server only if it presented this identity.
     flow.set_peer_identity(identity.to_string());
     let recv = response.into_body();
-    let result =
-        hbone::stream::bidirectional(client, send_stream, recv, flow.sent(), flow.received()).await;
+    let result = hbone::stream::bidirectional(
+        client,
+        send_stream,
+        recv,
+        &(flow.sent(), tcp.request_bytes()),
+        &(flow.received(), tcp.response_bytes()),
+    )
+    .await;
     drop(lease);
     account_bytes(scope, Listener::Outbound, flow);
-    result.map(|_| ()).map_err(|e| format!("copy: {e}"))
+    result.map(|_| ()).map_err(|e| (format!("copy: {e}"), None))
+}
+
+fn failed_open(e: OpenError) -> TunnelError {
+    let flags = match &e {
+        OpenError::Connection(_, flags) => *flags,
+        OpenError::Stream(_) => ResponseFlags::Connect,
+    };
+    (e.to_string(), Some(flags))
 }

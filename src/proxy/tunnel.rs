@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 use super::admission::HandshakeGuard;
 use super::authz::{self, Inbound};
-use super::{count_failure, dial, PodScope};
+use super::{count_failure, dial, telemetry, PodScope};
 use crate::config::{HBONE_PORT, PROXY_PORTS};
 use crate::flows::Listener;
 use crate::hbone::server::{respond_error, respond_ok, Accepted};
@@ -21,6 +21,7 @@ use crate::hbone::stream::Ended;
 use crate::hbone::{forwarded_for, parse_target};
 use crate::identity::revocation::revoked_or_never;
 use crate::identity::Identity;
+use crate::metrics::tcp::ResponseFlags;
 
 /// Serves one accepted TCP connection on 15008 until it closes. `handshake` is its admission
 /// slot, released once the handshakes are done. The connection is pinged (a dead client is
@@ -155,12 +156,14 @@ async fn serve_stream(
         identity: Some(client_id.clone()),
         dst,
     };
+    let tcp = telemetry::inbound(scope, peer.ip(), dst, Some(client_id));
     let mut admitted = match authz::admit(scope, &flow, conn) {
         Ok(admitted) => admitted,
         Err(decision) => {
             respond_error(respond, StatusCode::UNAUTHORIZED);
             flow.fail(format!("401 {}", authz::denial(&decision)));
             count_failure(scope, Listener::Hbone);
+            tcp.fail(ResponseFlags::Deny);
             return;
         }
     };
@@ -174,6 +177,7 @@ async fn serve_stream(
             respond_error(respond, StatusCode::SERVICE_UNAVAILABLE);
             flow.fail(format!("503 {e}"));
             count_failure(scope, Listener::Hbone);
+            tcp.fail(ResponseFlags::Connect);
             return;
         }
     };
@@ -181,14 +185,17 @@ async fn serve_stream(
         Ok(s) => s,
         Err(e) => {
             flow.fail(format!("sending 200: {e}"));
+            tcp.fail(ResponseFlags::Connect);
             return;
         }
     };
     let recv = req.into_body();
-    let (received, sent) = (flow.received(), flow.sent());
+    // The app answers (server → client) into the tunnel; the tunnel carries the client's bytes.
+    let to_client = (flow.received(), tcp.response_bytes());
+    let to_app = (flow.sent(), tcp.request_bytes());
     let stop = admitted.denied();
     let ended =
-        crate::hbone::stream::bidirectional_until(app, send, recv, received, sent, stop).await;
+        crate::hbone::stream::bidirectional_until(app, send, recv, &to_client, &to_app, stop).await;
     super::account_bytes(scope, Listener::Hbone, &flow);
     match ended {
         Ended::Copied(Ok(_)) => {}
@@ -199,6 +206,7 @@ async fn serve_stream(
         Ended::Stopped(decision) => {
             authz::closed_by_policy(scope, &flow, &decision);
             count_failure(scope, Listener::Hbone);
+            tcp.fail(ResponseFlags::Deny);
         }
     }
 }

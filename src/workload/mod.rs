@@ -29,6 +29,11 @@ pub struct Pod {
     pub service_account: String,
     /// Node the pod is scheduled on.
     pub node: String,
+    /// The workload the pod belongs to (a Deployment, StatefulSet, Job...), as Istio derives
+    /// it from the controller owner reference; `None` for a bare pod, which is its own workload.
+    /// Names the pod in metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
     /// Pod IPs (IPv4 and/or IPv6).
     #[serde(default, deserialize_with = "deserialize_ips")]
     pub ips: Vec<IpAddr>,
@@ -217,6 +222,7 @@ impl Snapshot {
 pub struct Directory {
     by_ip: HashMap<IpAddr, (Arc<Pod>, bool)>,
     by_vip: HashMap<IpAddr, Arc<Service>>,
+    by_endpoint: HashMap<IpAddr, Vec<Arc<Service>>>,
 }
 
 impl Directory {
@@ -231,13 +237,24 @@ impl Directory {
             }
         }
         let mut by_vip = HashMap::new();
+        let mut by_endpoint: HashMap<IpAddr, Vec<Arc<Service>>> = HashMap::new();
         for svc in &snapshot.services {
             let svc = Arc::new(svc.clone());
             for ip in &svc.cluster_ips {
                 by_vip.insert(*ip, svc.clone());
             }
+            for e in &svc.endpoints {
+                let of_ip = by_endpoint.entry(e.ip).or_default();
+                if !of_ip.iter().any(|s| Arc::ptr_eq(s, &svc)) {
+                    of_ip.push(svc.clone());
+                }
+            }
         }
-        Directory { by_ip, by_vip }
+        Directory {
+            by_ip,
+            by_vip,
+            by_endpoint,
+        }
     }
 
     /// The Service whose ClusterIP is `ip`.
@@ -258,6 +275,17 @@ impl Directory {
         all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         all.dedup_by(|a, b| Arc::ptr_eq(a, b));
         all
+    }
+
+    /// The first Service (in snapshot order) that has `endpoint` among its endpoints with
+    /// `endpoint`'s port as a target port: the Service a connection arriving there most likely
+    /// came through (a server cannot know which one the client addressed).
+    pub fn service_behind(&self, endpoint: SocketAddr) -> Option<&Arc<Service>> {
+        self.by_endpoint.get(&endpoint.ip())?.iter().find(|svc| {
+            svc.endpoints
+                .iter()
+                .any(|e| e.ip == endpoint.ip() && e.ports.values().any(|p| *p == endpoint.port()))
+        })
     }
 
     /// The pod that owns `ip`, and whether it is enrolled in the mesh.

@@ -83,7 +83,12 @@ impl DesiredObject {
     fn to_create(&self) -> Value {
         let mut obj = self.fields.clone();
         strip_nulls(&mut obj);
-        let mut meta = Map::new();
+        // Metadata the fields carry (a pod's owner) comes first; name, labels... are added.
+        let mut meta = obj
+            .get("metadata")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
         meta.insert("name".into(), json!(self.name));
         if !self.namespace.is_empty() {
             meta.insert("namespace".into(), json!(self.namespace));
@@ -134,7 +139,10 @@ impl DesiredObject {
             }
         }
         if !meta.is_empty() {
-            patch["metadata"] = Value::Object(meta);
+            match patch.get_mut("metadata").and_then(Value::as_object_mut) {
+                Some(fixed) => fixed.extend(meta),
+                None => patch["metadata"] = Value::Object(meta),
+            }
         }
         patch
     }
@@ -197,6 +205,38 @@ fn pod_object(pod: &Pod, host_ips: &[IpAddr]) -> DesiredObject {
         .map(|ip| json!({"ip": ip.to_string()}))
         .collect();
     let or_null = |v: Vec<Value>| if v.is_empty() { Value::Null } else { json!(v) };
+    let mut fields = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "spec": {
+            "nodeName": pod.node,
+            "serviceAccountName": pod.service_account,
+            "hostNetwork": if pod.host_network { json!(true) } else { Value::Null },
+            "containers": [{"name": "app", "image": LAB_IMAGE}],
+        },
+        "status": {
+            "phase": "Running",
+            "podIP": pod.ips.first().map(|ip| json!(ip.to_string())).unwrap_or(Value::Null),
+            "podIPs": or_null(ips),
+            "hostIP": host_ips.first().map(|ip| json!(ip.to_string())).unwrap_or(Value::Null),
+            "hostIPs": or_null(host_list),
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    });
+    if let Some(workload) = &pod.workload {
+        // A pod of a workload is one its controller generated: a StatefulSet's, whose name the
+        // kube source takes as the workload's (`k8s::convert`).
+        fields["metadata"] = json!({
+            "generateName": format!("{workload}-"),
+            "ownerReferences": [{
+                "apiVersion": "apps/v1",
+                "kind": "StatefulSet",
+                "name": workload,
+                "uid": format!("lab-{}-{workload}", pod.namespace),
+                "controller": true,
+            }],
+        });
+    }
     DesiredObject {
         resource: "v1/pods".into(),
         namespace: pod.namespace.clone(),
@@ -204,24 +244,7 @@ fn pod_object(pod: &Pod, host_ips: &[IpAddr]) -> DesiredObject {
         uid: Some(pod.uid.clone()),
         labels: pod.labels.clone(),
         annotations: pod.annotations.clone(),
-        fields: json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "spec": {
-                "nodeName": pod.node,
-                "serviceAccountName": pod.service_account,
-                "hostNetwork": if pod.host_network { json!(true) } else { Value::Null },
-                "containers": [{"name": "app", "image": LAB_IMAGE}],
-            },
-            "status": {
-                "phase": "Running",
-                "podIP": pod.ips.first().map(|ip| json!(ip.to_string())).unwrap_or(Value::Null),
-                "podIPs": or_null(ips),
-                "hostIP": host_ips.first().map(|ip| json!(ip.to_string())).unwrap_or(Value::Null),
-                "hostIPs": or_null(host_list),
-                "conditions": [{"type": "Ready", "status": "True"}],
-            },
-        }),
+        fields,
     }
 }
 

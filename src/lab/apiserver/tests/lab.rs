@@ -177,6 +177,7 @@ async fn publish_round_trips_through_the_kube_source_conversion_and_merges_three
         annotations: BTreeMap::from([("lab/note".to_string(), "1".to_string())]),
         netns: None,
         host_network: false,
+        workload: None,
     };
     let mut snap = Snapshot {
         namespaces: vec![WlNamespace {
@@ -218,6 +219,8 @@ async fn publish_round_trips_through_the_kube_source_conversion_and_merges_three
         rejected: Vec::new(),
     };
     snap.pods[1].host_network = true;
+    // A controller's pod: its owner reaches the kube source, which names the workload by it.
+    snap.pods[0].workload = Some("web-set".into());
     let hosts = BTreeMap::new();
     let report = sync(&client, None, &snap, &hosts).await.unwrap();
     assert_eq!(report.created.len(), 6, "{report:?}"); // namespace, 2 pods, service, 2 slices
