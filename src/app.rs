@@ -61,7 +61,11 @@ async fn serve(config: RunConfig, data: tokio::runtime::Handle) -> anyhow::Resul
     let (policy_tx, policy_rx) = watch::channel(Arc::new(no_policy));
     let live = Arc::new(LiveConns::default());
     tokio::spawn(live.clone().follow(policy_rx.clone()));
-    let certs = Arc::new(CertManager::new(config.ca.issuer()?).with_validity(config.cert_validity));
+    let certs = Arc::new(
+        CertManager::new(config.ca.issuer()?)
+            .with_validity(config.cert_validity)
+            .with_tls_policy(config.tls_policy),
+    );
     tokio::spawn(certs.clone().run_rotation());
     let ctx = ProxyContext {
         trust_domain: config.reconcile.trust_domain.clone(),

@@ -57,6 +57,9 @@ enum CaCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    // Before any TLS: the Kubernetes client builds its rustls config from the process-wide
+    // provider (identity TLS names its own).
+    crate::identity::tls::install_process_provider();
     let result = match cli.command {
         Command::Run(args) => {
             crate::limits::raise_open_files_logged();

@@ -63,7 +63,7 @@ async fn serve(config: SidecarConfig) -> anyhow::Result<()> {
     // The certificate first: once the rules are in, root's own connections (this one to the
     // CA) would be captured; later renewals run as the proxy user, which the rules let out.
     let identity = Identity::new(&config.trust_domain, &pod.namespace, &pod.service_account)?;
-    let certs = Arc::new(CertManager::new(config.ca.issuer()?));
+    let certs = Arc::new(CertManager::new(config.ca.issuer()?).with_tls_policy(config.tls_policy));
     certs.set_allowed([identity.clone()].into());
     certs.ensure(&identity).await?;
     tokio::spawn(certs.clone().run_rotation());
@@ -110,7 +110,7 @@ async fn serve(config: SidecarConfig) -> anyhow::Result<()> {
         &certs,
         Placement::Sidecar,
         Duration::from_secs(60),
-        metrics.hbone_dials.clone(),
+        metrics.dial_counters(),
     );
     let _proxy = PodProxy::start(
         ctx,

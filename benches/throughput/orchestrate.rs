@@ -272,7 +272,8 @@ impl Bench<'_> {
             &server.namespace,
             &server.service_account,
         )?;
-        let config = tls::client_config(&cert, ca.roots(), vec![expected])?;
+        let config =
+            tls::client_config(&cert, ca.roots(), vec![expected], tls::TlsPolicy::Default)?;
         let fabric = self.lab.fabric_netns()?;
         let peer = SocketAddr::from((server.ipv4, HBONE_PORT));
         let target = SocketAddr::from((server.ipv4, HANDSHAKE_PING_PORT));

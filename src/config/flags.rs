@@ -13,7 +13,7 @@ use clap::Args;
 
 use super::{
     Backend, DaemonIdentity, MtlsMode, ReconcileConfig, RunConfig, SidecarConfig, Source, TcpCopy,
-    UninstallConfig, DEFAULT_ADMIN_ADDR, DEFAULT_CERT_VALIDITY, DEFAULT_DRAIN_SECS,
+    TlsPolicy, UninstallConfig, DEFAULT_ADMIN_ADDR, DEFAULT_CERT_VALIDITY, DEFAULT_DRAIN_SECS,
     DEFAULT_METRICS_ADDR, DEFAULT_POOL_IDLE_SECS, DEFAULT_READINESS_ADDR, DEFAULT_ROOT_NAMESPACE,
     DEFAULT_TRUST_DOMAIN, PROXY_GID, PROXY_UID,
 };
@@ -105,6 +105,11 @@ pub struct RunArgs {
     /// kernel, `buffered` through the process.
     #[arg(long, value_enum, env = "AMBIT_TCP_COPY", default_value_t = TcpCopy::Splice)]
     pub tcp_copy: TcpCopy,
+    /// HBONE key exchange: `default` prefers post-quantum X25519MLKEM768 and falls back to
+    /// classical groups; `pqc` requires X25519MLKEM768 (peers without it are refused, like
+    /// ztunnel's COMPLIANCE_POLICY=pqc); `classical` offers only X25519, P-256, P-384.
+    #[arg(long, value_enum, env = "AMBIT_TLS_POLICY", default_value_t = TlsPolicy::Default)]
+    pub tls_policy: TlsPolicy,
 }
 
 impl RunArgs {
@@ -138,6 +143,7 @@ impl RunArgs {
             cert_validity: Duration::from_secs(self.cert_validity_secs),
             drain: Duration::from_secs(self.drain_secs),
             tcp_copy: self.tcp_copy,
+            tls_policy: self.tls_policy,
             poll_interval: Duration::from_millis(self.poll_ms),
             admin_addr: self.admin,
             metrics_addr: self.metrics,
@@ -187,6 +193,11 @@ pub struct SidecarArgs {
     /// kernel, `buffered` through the process.
     #[arg(long, value_enum, env = "AMBIT_TCP_COPY", default_value_t = TcpCopy::Splice)]
     pub tcp_copy: TcpCopy,
+    /// HBONE key exchange: `default` prefers post-quantum X25519MLKEM768 and falls back to
+    /// classical groups; `pqc` requires X25519MLKEM768 (peers without it are refused, like
+    /// ztunnel's COMPLIANCE_POLICY=pqc); `classical` offers only X25519, P-256, P-384.
+    #[arg(long, value_enum, env = "AMBIT_TLS_POLICY", default_value_t = TlsPolicy::Default)]
+    pub tls_policy: TlsPolicy,
 }
 
 impl SidecarArgs {
@@ -205,6 +216,7 @@ impl SidecarArgs {
             threads: self.threads as usize,
             poll_interval: Duration::from_millis(200),
             tcp_copy: self.tcp_copy,
+            tls_policy: self.tls_policy,
         })
     }
 }

@@ -229,6 +229,40 @@ pub enum TcpCopy {
     Buffered,
 }
 
+/// Which key-exchange groups HBONE's mutual TLS offers (client) and accepts (server); the
+/// groups themselves are `identity::tls::kx_groups`'.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum TlsPolicy {
+    /// Post-quantum hybrid X25519MLKEM768 preferred, classical groups (X25519, P-256, P-384)
+    /// as fallback: quantum-safe between peers that have it (ambit, Linkerd's default) and
+    /// still interoperable with a classical peer (ztunnel's default).
+    #[default]
+    Default,
+    /// X25519MLKEM768 only, like ztunnel's `COMPLIANCE_POLICY=pqc`: a peer without it is
+    /// refused, so no session key ever rests on classical key exchange alone.
+    Pqc,
+    /// Classical groups only: for comparison (the key-exchange bench) and for a peer whose
+    /// network mishandles the larger post-quantum handshake.
+    Classical,
+}
+
+impl TlsPolicy {
+    /// The flag value (`default`, `pqc`, `classical`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsPolicy::Default => "default",
+            TlsPolicy::Pqc => "pqc",
+            TlsPolicy::Classical => "classical",
+        }
+    }
+}
+
+impl fmt::Display for TlsPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A backend name that is neither `iptables` nor `nftables`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("unknown rule backend {0:?} (expected \"iptables\" or \"nftables\")")]
@@ -347,6 +381,8 @@ pub struct RunConfig {
     pub drain: Duration,
     /// How plain TCP connections are copied.
     pub tcp_copy: TcpCopy,
+    /// Key-exchange groups of HBONE TLS.
+    pub tls_policy: TlsPolicy,
 }
 
 /// The workload source.
@@ -400,6 +436,8 @@ pub struct SidecarConfig {
     pub poll_interval: Duration,
     /// How plain TCP connections are copied.
     pub tcp_copy: TcpCopy,
+    /// Key-exchange groups of HBONE TLS.
+    pub tls_policy: TlsPolicy,
 }
 
 /// Settings of `ambit uninstall`: which pods to release and how to find their namespaces.

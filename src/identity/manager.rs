@@ -18,7 +18,8 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use super::ca::fmt_time;
 use super::issuer::Issuer;
-use super::{tls, Identity, IdentityError, WorkloadCert};
+use super::tls::{self, TlsPolicy};
+use super::{Identity, IdentityError, WorkloadCert};
 
 /// Default lifetime of a workload certificate.
 pub use crate::config::DEFAULT_CERT_VALIDITY as DEFAULT_VALIDITY;
@@ -77,6 +78,8 @@ pub struct CertManager {
     issuer: Arc<dyn Issuer>,
     roots: Arc<RootCertStore>,
     validity: Duration,
+    /// Key-exchange groups of every config handed out.
+    tls_policy: TlsPolicy,
     state: RwLock<State>,
 }
 
@@ -85,6 +88,7 @@ impl std::fmt::Debug for CertManager {
         f.debug_struct("CertManager")
             .field("issuer", &self.issuer.describe())
             .field("validity", &self.validity)
+            .field("tls_policy", &self.tls_policy)
             .field("certs", &self.read().certs.len())
             .finish_non_exhaustive()
     }
@@ -98,6 +102,7 @@ impl CertManager {
             roots: issuer.roots(),
             issuer,
             validity: DEFAULT_VALIDITY,
+            tls_policy: TlsPolicy::default(),
             state: RwLock::new(State::default()),
         }
     }
@@ -105,6 +110,12 @@ impl CertManager {
     /// Sets the lifetime of certificates issued from now on.
     pub fn with_validity(mut self, validity: Duration) -> Self {
         self.validity = validity;
+        self
+    }
+
+    /// Sets the key-exchange policy of the TLS configs handed out from now on.
+    pub fn with_tls_policy(mut self, policy: TlsPolicy) -> Self {
+        self.tls_policy = policy;
         self
     }
 
@@ -146,7 +157,7 @@ impl CertManager {
         if let Some(config) = entry.server.get() {
             return Ok(config.clone());
         }
-        let config = tls::server_config(&entry.cert, self.roots.clone())?;
+        let config = tls::server_config(&entry.cert, self.roots.clone(), self.tls_policy)?;
         // A concurrent caller may have won the race; either config is equivalent.
         Ok(entry.server.get_or_init(|| config).clone())
     }
@@ -159,7 +170,7 @@ impl CertManager {
         expected_server: Vec<Identity>,
     ) -> Result<Arc<ClientConfig>, IdentityError> {
         let own = self.get(id)?;
-        tls::client_config(&own, self.roots.clone(), expected_server)
+        tls::client_config(&own, self.roots.clone(), expected_server, self.tls_policy)
     }
 
     fn entry(&self, id: &Identity) -> Result<Arc<Entry>, IdentityError> {

@@ -20,6 +20,7 @@ use crate::hbone::server::{respond_error, respond_ok, Accepted};
 use crate::hbone::stream::Ended;
 use crate::hbone::{forwarded_for, parse_target};
 use crate::identity::Identity;
+use crate::metrics::count_tls_handshake;
 
 /// Serves one accepted TCP connection on 15008 until it closes. `handshake` is its admission
 /// slot, released once the handshakes are done. The connection is pinged (a dead client is
@@ -41,6 +42,7 @@ pub(crate) async fn serve_connection(
     let Accepted {
         mut conn,
         client: client_id,
+        tls_group,
     } = match crate::hbone::server::accept(tcp, config).await {
         Ok(accepted) => accepted,
         Err(e) => {
@@ -50,6 +52,7 @@ pub(crate) async fn serve_connection(
     };
     drop(handshake);
     scope.ctx.metrics.hbone_accepted.inc();
+    count_tls_handshake(&scope.ctx.metrics.tls_handshakes, tls_group, "server");
     let client_id = Arc::new(client_id);
     let keepalive = crate::hbone::keepalive::watch_or_never(conn.ping_pong());
     tokio::pin!(keepalive);
@@ -74,9 +77,9 @@ pub(crate) async fn serve_connection(
         match next {
             Ok((req, respond)) => {
                 let (scope, client_id) = (scope.clone(), client_id.clone());
-                tokio::spawn(
-                    async move { serve_stream(&scope, peer, &client_id, req, respond).await },
-                );
+                tokio::spawn(async move {
+                    serve_stream(&scope, peer, &client_id, tls_group, req, respond).await
+                });
             }
             Err(e) => {
                 tracing::debug!(pod = %scope.key, %peer, error = %e, "HBONE connection ended");
@@ -105,6 +108,7 @@ async fn serve_stream(
     scope: &PodScope,
     peer: SocketAddr,
     client_id: &Identity,
+    tls_group: Option<&'static str>,
     req: Request<h2::RecvStream>,
     respond: SendResponse<Bytes>,
 ) {
@@ -118,6 +122,7 @@ async fn serve_stream(
         .flows
         .start(&scope.key, Listener::Hbone, client, dst);
     flow.set_peer_identity(client_id.to_string());
+    flow.set_tls_group(tls_group);
     let refusal = match &target {
         Err(e) => Some((StatusCode::BAD_REQUEST, e.to_string())),
         Ok(t) if !scope.owns(t.ip()) => Some((
