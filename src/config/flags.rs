@@ -346,6 +346,7 @@ mod tests {
         assert_eq!(c.cert_validity, DEFAULT_CERT_VALIDITY);
         assert_eq!(c.reconcile.root_namespace, "istio-system");
         assert!(matches!(c.ca, crate::ca::args::CaSource::Service(_)));
+        assert_eq!(c.tls_policy, TlsPolicy::Default);
     }
 
     #[test]
@@ -410,6 +411,15 @@ mod tests {
         let e = parse(&["--rules", "nft"]).unwrap_err();
         assert!(
             e.contains("--rules") && e.contains("iptables, nftables"),
+            "{e}"
+        );
+        assert_eq!(
+            parse(&["--tls-policy", "pqc"]).unwrap().tls_policy,
+            TlsPolicy::Pqc
+        );
+        let e = parse(&["--tls-policy", "pq"]).unwrap_err();
+        assert!(
+            e.contains("--tls-policy") && e.contains("default, pqc, classical"),
             "{e}"
         );
     }
