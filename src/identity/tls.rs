@@ -123,8 +123,8 @@ pub fn handshake_failure(err: &std::io::Error, offered: &CryptoProvider) -> Stri
             groups()
         ),
         Some(rustls::Error::AlertReceived(AlertDescription::HandshakeFailure)) => format!(
-            "the peer refused the handshake (handshake_failure alert), as a peer does that \
-             shares no key-exchange group with this side, which allows only {} (--tls-policy)",
+            "the peer refused the handshake (handshake_failure alert), most likely for lack \
+             of a common key-exchange group: this side allows only {} (--tls-policy)",
             groups()
         ),
         _ => err.to_string(),
