@@ -37,8 +37,8 @@ pub fn provider() -> Arc<CryptoProvider> {
     provider_for(TlsPolicy::Default)
 }
 
-/// The crypto provider for identity TLS under `policy`: aws-lc-rs (ztunnel's, and faster than
-/// *ring* at AES-GCM), restricted to the TLS 1.3 AES-GCM suites ztunnel offers (no ChaCha20),
+/// The crypto provider for identity TLS under `policy`: aws-lc-rs (ztunnel's, and the rustls
+/// provider that has ML-KEM), restricted to the TLS 1.3 AES-GCM suites ztunnel offers (no ChaCha20),
 /// so both sides negotiate the same way, and to the key-exchange groups of `policy`
 /// ([`kx_groups`]). Built once per policy.
 pub fn provider_for(policy: TlsPolicy) -> Arc<CryptoProvider> {
@@ -67,8 +67,9 @@ pub fn provider_for(policy: TlsPolicy) -> Arc<CryptoProvider> {
 ///
 /// - `Default`: the hybrid X25519MLKEM768 first, then X25519, P-256 and P-384. A client sends
 ///   key shares for both X25519MLKEM768 and X25519 (the X25519 half is shared), so a classical
-///   server (ztunnel's default) answers without a HelloRetryRequest, and a server picks the
-///   hybrid whenever the client offers it.
+///   server answers without a HelloRetryRequest. A server picks the hybrid whenever the client
+///   sent a share for it; a client that only lists it (ztunnel's default sends an X25519
+///   share) gets X25519 rather than a HelloRetryRequest, which would cost a round trip.
 /// - `Pqc`: X25519MLKEM768 only, as ztunnel's `COMPLIANCE_POLICY=pqc`: a peer without it is
 ///   refused (no common group).
 /// - `Classical`: X25519, P-256, P-384: what ambit offered before post-quantum key exchange.
