@@ -234,8 +234,8 @@ pub enum TcpCopy {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum TlsPolicy {
     /// Post-quantum hybrid X25519MLKEM768 preferred, classical groups (X25519, P-256, P-384)
-    /// as fallback: quantum-safe between peers that have it (ambit, Linkerd's default) and
-    /// still interoperable with a classical peer (ztunnel's default).
+    /// as fallback: quantum-safe with peers that offer it (ambit, ztunnel as a server,
+    /// Linkerd) and still interoperable with peers that do not.
     #[default]
     Default,
     /// X25519MLKEM768 only, like ztunnel's `COMPLIANCE_POLICY=pqc`: a peer without it is
