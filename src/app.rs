@@ -83,6 +83,7 @@ async fn serve(
     let certs = Arc::new(
         CertManager::new(config.ca.issuer()?)
             .with_validity(config.cert_validity)
+            .with_tls_policy(config.tls_policy)
             .with_revocation(revocation),
     );
     tokio::spawn(certs.clone().run_rotation());

@@ -166,6 +166,9 @@ pub fn main() -> ExitCode {
         Command::Sidecar(args) => args.log_format,
         _ => crate::config::LogFormat::Text,
     });
+    // Before any TLS: the Kubernetes client builds its rustls config from the process-wide
+    // provider (identity TLS names its own).
+    crate::identity::tls::install_process_provider();
     let result = match cli.command {
         Command::Run(args) => {
             crate::limits::raise_open_files_logged();

@@ -71,6 +71,9 @@ pub struct FlowRecord {
     /// The verified SPIFFE identity of the mesh peer (the client on 15008, the server for an
     /// outbound tunnel).
     pub peer_identity: Option<String>,
+    /// The key-exchange group of the HBONE connection's TLS handshake (`X25519MLKEM768`,
+    /// `X25519`, ...); the client side reports its pooled connection's.
+    pub tls_group: Option<&'static str>,
     /// The inbound policy decision (15006, 15008), naming the policy that allowed or denied,
     /// e.g. `allowed: ALLOW AuthorizationPolicy shop/allow-web matched`.
     pub policy: Option<String>,
@@ -96,6 +99,7 @@ struct LiveFlow {
     received: AtomicU64,
     error: Mutex<Option<String>>,
     peer_identity: Mutex<Option<String>>,
+    tls_group: Mutex<Option<&'static str>>,
     policy: Mutex<Option<String>>,
 }
 
@@ -116,6 +120,7 @@ impl LiveFlow {
             finished,
             error: lock(&self.error).clone(),
             peer_identity: lock(&self.peer_identity).clone(),
+            tls_group: *lock(&self.tls_group),
             policy: lock(&self.policy).clone(),
         }
     }
@@ -146,6 +151,11 @@ impl Flow {
     /// Records the verified identity of the mesh peer.
     pub fn set_peer_identity(&self, identity: impl Into<String>) {
         *lock(&self.shared.peer_identity) = Some(identity.into());
+    }
+
+    /// Records the key-exchange group of the TLS handshake that carries the flow.
+    pub fn set_tls_group(&self, group: Option<&'static str>) {
+        *lock(&self.shared.tls_group) = group;
     }
 
     /// Records the policy decision that let the connection in (or kept it out).
@@ -222,6 +232,7 @@ impl FlowTable {
             received: AtomicU64::new(0),
             error: Mutex::new(None),
             peer_identity: Mutex::new(None),
+            tls_group: Mutex::new(None),
             policy: Mutex::new(None),
         });
         lock(&self.live).insert(id, shared.clone());

@@ -44,6 +44,43 @@ pub struct PolicyLabels {
     pub policy: String,
 }
 
+/// Labels of completed TLS handshakes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsHandshakeLabels {
+    /// The negotiated key-exchange group's IANA name (`X25519MLKEM768`, `X25519`,
+    /// `secp256r1`, ...).
+    pub group: &'static str,
+    /// `client` (an HBONE connection dialled) or `server` (accepted on 15008).
+    pub side: &'static str,
+}
+
+/// Completed HBONE TLS handshakes by key-exchange group and side.
+pub type TlsHandshakes = Family<TlsHandshakeLabels, Counter>;
+
+/// Counts one completed handshake of `side` that used `group` (`None`: not reported by
+/// rustls, counted as `unknown`).
+pub fn count_tls_handshake(
+    family: &TlsHandshakes,
+    group: Option<&'static str>,
+    side: &'static str,
+) {
+    family
+        .get_or_create(&TlsHandshakeLabels {
+            group: group.unwrap_or("unknown"),
+            side,
+        })
+        .inc();
+}
+
+/// What an HBONE connection pool counts: connections dialled, and their handshakes by group.
+#[derive(Clone, Debug, Default)]
+pub struct DialCounters {
+    /// [`Metrics::hbone_dials`].
+    pub dials: Counter,
+    /// [`Metrics::tls_handshakes`].
+    pub handshakes: TlsHandshakes,
+}
+
 /// The `policy` label of a denial that no single policy made: ALLOW policies apply to the
 /// workload and none of them matched.
 pub const NO_ALLOW_MATCHED: &str = "(no ALLOW policy matched)";
@@ -78,6 +115,8 @@ pub struct Metrics {
     /// Revocation: CRL `reloaded` / `reload_failed`, `handshake_refused` (revoked peer or no
     /// valid CRL), live `connection_closed` (peer revoked).
     pub crl_events: Family<OutcomeLabels, Counter>,
+    /// HBONE TLS handshakes completed, by key-exchange group and side.
+    pub tls_handshakes: TlsHandshakes,
 }
 
 impl Default for Metrics {
@@ -102,6 +141,7 @@ impl Default for Metrics {
             policy_denials: Family::default(),
             log_lines_dropped: Counter::default(),
             crl_events: Family::default(),
+            tls_handshakes: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -155,6 +195,11 @@ impl Default for Metrics {
             "Certificate revocation: CRL reloads and failures, refused handshakes, closed connections",
             m.crl_events.clone(),
         );
+        registry.register(
+            "tls_handshakes",
+            "HBONE TLS handshakes completed, by key-exchange group and side (client, server)",
+            m.tls_handshakes.clone(),
+        );
         Metrics {
             registry: root,
             ..m
@@ -163,6 +208,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The counters a pool of HBONE connections updates.
+    pub fn dial_counters(&self) -> DialCounters {
+        DialCounters {
+            dials: self.hbone_dials.clone(),
+            handshakes: self.tls_handshakes.clone(),
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -197,6 +250,12 @@ mod tests {
         let text = m.encode();
         assert!(
             text.contains(r#"ambit_policy_denials_total{policy="AuthorizationPolicy lab/deny"} 1"#),
+            "{text}"
+        );
+        count_tls_handshake(&m.tls_handshakes, Some("X25519MLKEM768"), "server");
+        let text = m.encode();
+        assert!(
+            text.contains(r#"ambit_tls_handshakes_total{group="X25519MLKEM768",side="server"} 1"#),
             "{text}"
         );
         for family in [

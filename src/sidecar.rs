@@ -69,7 +69,11 @@ async fn serve(config: SidecarConfig) -> anyhow::Result<()> {
         &config.ca.root_file(),
         &metrics,
     )?;
-    let certs = Arc::new(CertManager::new(config.ca.issuer()?).with_revocation(revocation));
+    let certs = Arc::new(
+        CertManager::new(config.ca.issuer()?)
+            .with_tls_policy(config.tls_policy)
+            .with_revocation(revocation),
+    );
     certs.set_allowed([identity.clone()].into());
     certs.ensure(&identity).await?;
     tokio::spawn(certs.clone().run_rotation());
@@ -120,7 +124,7 @@ async fn serve(config: SidecarConfig) -> anyhow::Result<()> {
         &certs,
         Placement::Sidecar,
         Duration::from_secs(60),
-        metrics.hbone_dials.clone(),
+        metrics.dial_counters(),
     );
     let _proxy = PodProxy::start(
         ctx,

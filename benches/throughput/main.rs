@@ -145,7 +145,8 @@
 //! repository; without it the ztunnel mode is skipped with a note (in the output too).
 //! `--meshes=direct,ztunnel,ambient,sidecar`, `--pairs=cross-node,same-node,passthrough` and
 //! `--no-scaling` (small labs, no 2/8/32 points) select parts; `$AMBIT_BIN` runs another ambit
-//! binary in the ambient and sidecar modes (A/B of two builds, see `benches/ab.sh`).
+//! binary in the ambient and sidecar modes and in the first part's daemons (A/B of two builds,
+//! see `benches/ab.sh` and `benches/kx.sh`).
 //!
 //! # Arguments and environment
 //!

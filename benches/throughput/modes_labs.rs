@@ -70,7 +70,8 @@ pub(crate) struct ModesOut {
     pub(crate) ztunnel_skipped: Option<String>,
 }
 
-fn ambit_binary() -> PathBuf {
+/// The ambit binary the daemons run: `$AMBIT_BIN`, else the one cargo built.
+pub(crate) fn ambit_binary() -> PathBuf {
     std::env::var_os(AMBIT_BIN_ENV)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ambit")))

@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -82,7 +81,7 @@ pub(crate) fn run(plan: Plan, args: &[String]) -> anyhow::Result<()> {
     eprintln!("direct (no daemon):");
     modes.push(bench.mode(DIRECT)?);
 
-    let binary = PathBuf::from(env!("CARGO_BIN_EXE_ambit"));
+    let binary = crate::modes_labs::ambit_binary();
     let daemon_args = [
         format!("--rules={RULES}"),
         format!("--pool-idle-secs={POOL_IDLE_SECS}"),
@@ -272,7 +271,8 @@ impl Bench<'_> {
             &server.namespace,
             &server.service_account,
         )?;
-        let config = tls::client_config(&cert, ca.roots(), vec![expected])?;
+        let config =
+            tls::client_config(&cert, ca.roots(), vec![expected], tls::TlsPolicy::Default)?;
         let fabric = self.lab.fabric_netns()?;
         let peer = SocketAddr::from((server.ipv4, HBONE_PORT));
         let target = SocketAddr::from((server.ipv4, HANDSHAKE_PING_PORT));

@@ -13,7 +13,7 @@ use clap::Args;
 
 use super::{
     Backend, DaemonIdentity, LogFormat, MtlsMode, ReconcileConfig, RunConfig, SidecarConfig,
-    Source, TcpCopy, UninstallConfig, DEFAULT_ADMIN_ADDR, DEFAULT_CERT_VALIDITY,
+    Source, TcpCopy, TlsPolicy, UninstallConfig, DEFAULT_ADMIN_ADDR, DEFAULT_CERT_VALIDITY,
     DEFAULT_DRAIN_SECS, DEFAULT_METRICS_ADDR, DEFAULT_POOL_IDLE_SECS, DEFAULT_READINESS_ADDR,
     DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, PROXY_GID, PROXY_UID,
 };
@@ -109,6 +109,11 @@ pub struct RunArgs {
     /// level is set by RUST_LOG and changed live with `/logging` on the admin endpoint.
     #[arg(long, value_enum, env = "AMBIT_LOG_FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// HBONE key exchange: `default` prefers post-quantum X25519MLKEM768 and falls back to
+    /// classical groups; `pqc` requires X25519MLKEM768 (peers without it are refused, like
+    /// ztunnel's COMPLIANCE_POLICY=pqc); `classical` offers only X25519, P-256, P-384.
+    #[arg(long, value_enum, env = "AMBIT_TLS_POLICY", default_value_t = TlsPolicy::Default)]
+    pub tls_policy: TlsPolicy,
 }
 
 impl RunArgs {
@@ -145,6 +150,7 @@ impl RunArgs {
             drain: Duration::from_secs(self.drain_secs),
             tcp_copy: self.tcp_copy,
             log_format: self.log_format,
+            tls_policy: self.tls_policy,
             poll_interval: Duration::from_millis(self.poll_ms),
             admin_addr: self.admin,
             metrics_addr: self.metrics,
@@ -197,6 +203,11 @@ pub struct SidecarArgs {
     /// Log line format, as for `ambit run`.
     #[arg(long, value_enum, env = "AMBIT_LOG_FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// HBONE key exchange: `default` prefers post-quantum X25519MLKEM768 and falls back to
+    /// classical groups; `pqc` requires X25519MLKEM768 (peers without it are refused, like
+    /// ztunnel's COMPLIANCE_POLICY=pqc); `classical` offers only X25519, P-256, P-384.
+    #[arg(long, value_enum, env = "AMBIT_TLS_POLICY", default_value_t = TlsPolicy::Default)]
+    pub tls_policy: TlsPolicy,
 }
 
 impl SidecarArgs {
@@ -217,6 +228,7 @@ impl SidecarArgs {
             threads: self.threads as usize,
             poll_interval: Duration::from_millis(200),
             tcp_copy: self.tcp_copy,
+            tls_policy: self.tls_policy,
         })
     }
 }
@@ -347,6 +359,7 @@ mod tests {
         assert_eq!(c.reconcile.root_namespace, "istio-system");
         assert!(matches!(c.ca, crate::ca::args::CaSource::Service(_)));
         assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.tls_policy, TlsPolicy::Default);
     }
 
     #[test]
@@ -424,6 +437,15 @@ mod tests {
         let e = parse(&["--rules", "nft"]).unwrap_err();
         assert!(
             e.contains("--rules") && e.contains("iptables, nftables"),
+            "{e}"
+        );
+        assert_eq!(
+            parse(&["--tls-policy", "pqc"]).unwrap().tls_policy,
+            TlsPolicy::Pqc
+        );
+        let e = parse(&["--tls-policy", "pq"]).unwrap_err();
+        assert!(
+            e.contains("--tls-policy") && e.contains("default, pqc, classical"),
             "{e}"
         );
     }

@@ -258,6 +258,39 @@ pub const LOG_BUFFERED_LINES: usize = 128 * 1024;
 /// DNS suffix of Service hostnames (`<name>.<namespace>.svc.<suffix>`), as access logs and
 /// the config dump name Services (Kubernetes' default cluster domain).
 pub const SERVICE_DOMAIN: &str = "cluster.local";
+/// Which key-exchange groups HBONE's mutual TLS offers (client) and accepts (server); the
+/// groups themselves are `identity::tls::kx_groups`'.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum TlsPolicy {
+    /// Post-quantum hybrid X25519MLKEM768 preferred, classical groups (X25519, P-256, P-384)
+    /// as fallback: quantum-safe with peers that offer it (ambit, ztunnel as a server,
+    /// Linkerd) and still interoperable with peers that do not.
+    #[default]
+    Default,
+    /// X25519MLKEM768 only, like ztunnel's `COMPLIANCE_POLICY=pqc`: a peer without it is
+    /// refused, so no session key ever rests on classical key exchange alone.
+    Pqc,
+    /// Classical groups only: for comparison (the key-exchange bench) and for a peer whose
+    /// network mishandles the larger post-quantum handshake.
+    Classical,
+}
+
+impl TlsPolicy {
+    /// The flag value (`default`, `pqc`, `classical`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsPolicy::Default => "default",
+            TlsPolicy::Pqc => "pqc",
+            TlsPolicy::Classical => "classical",
+        }
+    }
+}
+
+impl fmt::Display for TlsPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A backend name that is neither `iptables` nor `nftables`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -383,6 +416,8 @@ pub struct RunConfig {
     pub log_format: LogFormat,
     /// The cluster this node belongs to (`--cluster-id`), named in metrics.
     pub cluster_id: String,
+    /// Key-exchange groups of HBONE TLS.
+    pub tls_policy: TlsPolicy,
 }
 
 /// The workload source.
@@ -440,6 +475,8 @@ pub struct SidecarConfig {
     pub tcp_copy: TcpCopy,
     /// The cluster the pod belongs to (`--cluster-id`), named in metrics.
     pub cluster_id: String,
+    /// Key-exchange groups of HBONE TLS.
+    pub tls_policy: TlsPolicy,
 }
 
 /// Settings of `ambit uninstall`: which pods to release and how to find their namespaces.

@@ -16,6 +16,7 @@
 //! | `duration` | e.g. `12ms` |
 //! | `error` | why the connection failed (absent when it did not) |
 //! | `policy` | ambit's own: the inbound policy decision and the policy that made it |
+//! | `tls_group` | ambit's own: the HBONE handshake's key-exchange group (e.g. `X25519MLKEM768`) |
 //!
 //! A failed connection is logged at ERROR, a completed one at INFO (as ztunnel does); with
 //! `/logging?level=access=debug` each connection is also logged when it opens. Pods are named
@@ -59,6 +60,7 @@ pub(crate) struct AccessFields {
     pub duration: String,
     pub error: Option<String>,
     pub policy: Option<String>,
+    pub tls_group: Option<&'static str>,
 }
 
 impl AccessFields {
@@ -125,6 +127,7 @@ impl AccessFields {
             duration: format!("{}ms", record.duration_ms),
             error: record.error.clone(),
             policy: record.policy.clone(),
+            tls_group: record.tls_group,
         }
     }
 
@@ -152,6 +155,7 @@ impl AccessFields {
                     duration = %self.duration,
                     error = self.error.as_deref(),
                     policy = self.policy.as_deref(),
+                    tls_group = self.tls_group,
                     "connection complete"
                 )
             };

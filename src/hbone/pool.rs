@@ -22,7 +22,8 @@ use crate::config::{
     POOL_MAX_STREAMS_PER_CONNECTION as MAX_STREAMS_PER_CONNECTION,
 };
 use crate::identity::revocation::{peer_chain, revoked_or_never, Revocation};
-use crate::identity::Identity;
+use crate::identity::{tls, Identity};
+use crate::metrics::{count_tls_handshake, DialCounters};
 use crate::socket::Placement;
 
 /// Errors of the HBONE client.
@@ -77,6 +78,8 @@ struct Key {
 #[derive(Clone)]
 struct Conn {
     send: SendRequest<Bytes>,
+    /// Key-exchange group of the connection's TLS handshake.
+    tls_group: Option<&'static str>,
     streams: Arc<AtomicUsize>,
     closed: Arc<AtomicBool>,
     idle_since: Arc<Mutex<Option<Instant>>>,
@@ -128,6 +131,11 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// The key-exchange group the connection's TLS handshake used (e.g. `X25519MLKEM768`).
+    pub fn tls_group(&self) -> Option<&'static str> {
+        self.conn.tls_group
+    }
+
     /// Takes the connection out of service (a stream failed on it before any byte was sent):
     /// the next checkout dials afresh instead of finding it.
     pub fn discard(&self) {
@@ -153,26 +161,26 @@ pub struct Pool {
     tls: ClientTls,
     idle_timeout: Duration,
     slots: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Vec<Conn>>>>>,
-    dials: prometheus_client::metrics::counter::Counter,
+    counters: DialCounters,
     /// Live connections are closed when this set revokes their server's chain.
     revocation: Option<Arc<Revocation>>,
 }
 
 impl Pool {
     /// A pool dialling from the pod (`placement`) with credentials from `tls`.
-    /// `dials` counts every connection dialled.
+    /// `counters` count every connection dialled and its handshake's key-exchange group.
     pub fn new(
         placement: Placement,
         tls: ClientTls,
         idle_timeout: Duration,
-        dials: prometheus_client::metrics::counter::Counter,
+        counters: DialCounters,
     ) -> Arc<Pool> {
         Arc::new(Pool {
             placement,
             tls,
             idle_timeout,
             slots: Mutex::new(HashMap::new()),
-            dials,
+            counters,
             revocation: None,
         })
     }
@@ -289,15 +297,18 @@ impl Pool {
         // No SNI is sent and the name is not used for verification: the peer is checked by
         // its SPIFFE identity.
         let name = ServerName::IpAddress(peer.ip().into());
+        let provider = config.crypto_provider().clone();
         let tls = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
             .map_err(|e| DialError::Tls {
                 peer,
                 expected: expected.clone(),
-                reason: e.to_string(),
+                reason: tls::handshake_failure(&e, &provider),
             })?;
         let chain = peer_chain(tls.get_ref().1);
+        let tls_group = tls::negotiated_group(tls.get_ref().1);
+        count_tls_handshake(&self.counters.handshakes, tls_group, "client");
         let (send, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
@@ -334,9 +345,10 @@ impl Pool {
             }
             flag.store(true, Ordering::Release);
         });
-        self.dials.inc();
+        self.counters.dials.inc();
         Ok(Conn {
             send,
+            tls_group,
             streams: Arc::new(AtomicUsize::new(0)),
             closed,
             idle_since: Arc::new(Mutex::new(Some(Instant::now()))),

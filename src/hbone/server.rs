@@ -28,14 +28,17 @@ pub struct Accepted {
     pub client: Identity,
     /// The client's verified chain (leaf first), re-checked when the CRL changes.
     pub client_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// The key-exchange group the TLS handshake used (e.g. `X25519MLKEM768`).
+    pub tls_group: Option<&'static str>,
 }
 
 /// Why an HBONE connection was refused before any request.
 #[derive(Debug, thiserror::Error)]
 pub enum AcceptError {
-    /// The TLS handshake failed (bad or missing client certificate, wrong trust domain, ...).
+    /// The TLS handshake failed (bad or missing client certificate, wrong trust domain, no
+    /// key-exchange group in common, ...), explained by `identity::tls::handshake_failure`.
     #[error("TLS handshake refused: {0}")]
-    Tls(std::io::Error),
+    Tls(String),
     /// The client certificate carries no usable SPIFFE identity.
     #[error("client identity: {0}")]
     Identity(String),
@@ -62,13 +65,15 @@ async fn handshake(
     tcp: TcpStream,
     tls: Arc<rustls::ServerConfig>,
 ) -> Result<Accepted, AcceptError> {
+    let provider = tls.crypto_provider().clone();
     let tls = tokio_rustls::TlsAcceptor::from(tls)
         .accept(tcp)
         .await
-        .map_err(AcceptError::Tls)?;
+        .map_err(|e| AcceptError::Tls(crate::identity::tls::handshake_failure(&e, &provider)))?;
     let client = crate::identity::tls::peer_identity(tls.get_ref().1)
         .map_err(|e| AcceptError::Identity(e.to_string()))?;
     let client_chain = crate::identity::revocation::peer_chain(tls.get_ref().1);
+    let tls_group = crate::identity::tls::negotiated_group(tls.get_ref().1);
     let conn = h2::server::Builder::new()
         .initial_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
@@ -85,6 +90,7 @@ async fn handshake(
         conn,
         client,
         client_chain,
+        tls_group,
     })
 }
 

@@ -19,7 +19,8 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use super::ca::fmt_time;
 use super::issuer::Issuer;
 use super::revocation::Revocation;
-use super::{tls, Identity, IdentityError, WorkloadCert};
+use super::tls::{self, TlsPolicy};
+use super::{Identity, IdentityError, WorkloadCert};
 
 /// Default lifetime of a workload certificate.
 pub use crate::config::DEFAULT_CERT_VALIDITY as DEFAULT_VALIDITY;
@@ -78,6 +79,8 @@ pub struct CertManager {
     issuer: Arc<dyn Issuer>,
     roots: Arc<RootCertStore>,
     validity: Duration,
+    /// Key-exchange groups of every config handed out.
+    tls_policy: TlsPolicy,
     state: RwLock<State>,
     revocation: Option<Arc<Revocation>>,
 }
@@ -87,6 +90,7 @@ impl std::fmt::Debug for CertManager {
         f.debug_struct("CertManager")
             .field("issuer", &self.issuer.describe())
             .field("validity", &self.validity)
+            .field("tls_policy", &self.tls_policy)
             .field("certs", &self.read().certs.len())
             .finish_non_exhaustive()
     }
@@ -100,6 +104,7 @@ impl CertManager {
             roots: issuer.roots(),
             issuer,
             validity: DEFAULT_VALIDITY,
+            tls_policy: TlsPolicy::default(),
             state: RwLock::new(State::default()),
             revocation: None,
         }
@@ -119,6 +124,12 @@ impl CertManager {
     /// Sets the lifetime of certificates issued from now on.
     pub fn with_validity(mut self, validity: Duration) -> Self {
         self.validity = validity;
+        self
+    }
+
+    /// Sets the key-exchange policy of the TLS configs handed out from now on.
+    pub fn with_tls_policy(mut self, policy: TlsPolicy) -> Self {
+        self.tls_policy = policy;
         self
     }
 
@@ -163,6 +174,7 @@ impl CertManager {
         let config = tls::server_config_revocable(
             &entry.cert,
             self.roots.clone(),
+            self.tls_policy,
             self.revocation.as_ref(),
         )?;
         // A concurrent caller may have won the race; either config is equivalent.
@@ -181,6 +193,7 @@ impl CertManager {
             &own,
             self.roots.clone(),
             expected_server,
+            self.tls_policy,
             self.revocation.as_ref(),
         )
     }

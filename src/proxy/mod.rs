@@ -127,7 +127,7 @@ impl PodSecurity {
         certs: &Arc<crate::identity::manager::CertManager>,
         placement: socket::Placement,
         pool_idle: Duration,
-        dials: prometheus_client::metrics::counter::Counter,
+        counters: crate::metrics::DialCounters,
     ) -> PodSecurity {
         let (c, id) = (certs.clone(), identity.clone());
         let client_tls: crate::hbone::pool::ClientTls = Arc::new(move |expected| {
@@ -139,7 +139,7 @@ impl PodSecurity {
             Arc::new(move || c.server_config(&id).map_err(|e| e.to_string()));
         PodSecurity {
             identity,
-            pool: Pool::new(placement, client_tls, pool_idle, dials)
+            pool: Pool::new(placement, client_tls, pool_idle, counters)
                 .with_revocation(certs.revocation()),
             server_tls,
             revocation: certs.revocation(),

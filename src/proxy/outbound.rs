@@ -243,6 +243,7 @@ async fn tunnel(
     }
     // The TLS verifier accepted the server only if it presented this identity.
     flow.set_peer_identity(identity.to_string());
+    flow.set_tls_group(lease.tls_group());
     let recv = response.into_body();
     let result = hbone::stream::bidirectional(
         client,

@@ -21,6 +21,7 @@ use crate::hbone::stream::Ended;
 use crate::hbone::{forwarded_for, parse_target};
 use crate::identity::revocation::revoked_or_never;
 use crate::identity::Identity;
+use crate::metrics::count_tls_handshake;
 use crate::metrics::tcp::ResponseFlags;
 
 /// Serves one accepted TCP connection on 15008 until it closes. `handshake` is its admission
@@ -44,6 +45,7 @@ pub(crate) async fn serve_connection(
         mut conn,
         client: client_id,
         client_chain,
+        tls_group,
     } = match crate::hbone::server::accept(tcp, config).await {
         Ok(accepted) => accepted,
         Err(e) => {
@@ -53,6 +55,7 @@ pub(crate) async fn serve_connection(
     };
     drop(handshake);
     scope.ctx.metrics.hbone_accepted.inc();
+    count_tls_handshake(&scope.ctx.metrics.tls_handshakes, tls_group, "server");
     let client_id = Arc::new(client_id);
     let keepalive = crate::hbone::keepalive::watch_or_never(conn.ping_pong());
     tokio::pin!(keepalive);
@@ -85,9 +88,9 @@ pub(crate) async fn serve_connection(
         match next {
             Ok((req, respond)) => {
                 let (scope, client_id) = (scope.clone(), client_id.clone());
-                tokio::spawn(
-                    async move { serve_stream(&scope, peer, &client_id, req, respond).await },
-                );
+                tokio::spawn(async move {
+                    serve_stream(&scope, peer, &client_id, tls_group, req, respond).await
+                });
             }
             Err(e) => {
                 tracing::debug!(pod = %scope.key, %peer, error = %e, "HBONE connection ended");
@@ -116,6 +119,7 @@ async fn serve_stream(
     scope: &PodScope,
     peer: SocketAddr,
     client_id: &Identity,
+    tls_group: Option<&'static str>,
     req: Request<h2::RecvStream>,
     respond: SendResponse<Bytes>,
 ) {
@@ -129,6 +133,7 @@ async fn serve_stream(
         .flows
         .start(&scope.key, Listener::Hbone, client, dst);
     flow.set_peer_identity(client_id.to_string());
+    flow.set_tls_group(tls_group);
     let refusal = match &target {
         Err(e) => Some((StatusCode::BAD_REQUEST, e.to_string())),
         Ok(t) if !scope.owns(t.ip()) => Some((

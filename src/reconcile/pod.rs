@@ -53,7 +53,7 @@ pub(super) fn security_for(
         certs,
         crate::socket::Placement::Ambient(netns.clone()),
         config.pool_idle,
-        metrics.hbone_dials.clone(),
+        metrics.dial_counters(),
     ))
 }
 

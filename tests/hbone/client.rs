@@ -39,7 +39,8 @@ async fn hbone_handshake(
 ) -> Result<HboneClient, String> {
     let local = canonical(tcp.local_addr().map_err(|e| e.to_string())?);
     let expected: Identity = expected.parse().map_err(|e| format!("{e}"))?;
-    let config = tls::client_config(own, roots, vec![expected]).map_err(|e| e.to_string())?;
+    let config = tls::client_config(own, roots, vec![expected], tls::TlsPolicy::Default)
+        .map_err(|e| e.to_string())?;
     let stream = tokio_rustls::TlsConnector::from(config)
         .connect(tls::dummy_server_name(), tcp)
         .await

@@ -79,8 +79,13 @@ impl World {
         );
         let roots = ca.roots();
         let client_tls: ClientTls = Arc::new(move |expected: &Identity| {
-            tls::client_config(&cert, roots.clone(), vec![expected.clone()])
-                .map_err(|e| e.to_string())
+            tls::client_config(
+                &cert,
+                roots.clone(),
+                vec![expected.clone()],
+                tls::TlsPolicy::Default,
+            )
+            .map_err(|e| e.to_string())
         });
         let fabric = c.lab.fabric_netns().expect("fabric netns");
         let tester = Pool::new(

@@ -68,6 +68,7 @@ fn record(listener: Listener, src: &str, dst: &str) -> FlowRecord {
         error: None,
         peer_identity: None,
         policy: None,
+        tls_group: Some("X25519MLKEM768"),
     }
 }
 
@@ -100,6 +101,7 @@ fn outbound_hbone_through_a_service_names_both_pods_and_identities() {
             duration: "12ms".into(),
             error: None,
             policy: None,
+            tls_group: Some("X25519MLKEM768"),
         }
     );
 }

@@ -1,6 +1,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::*;
+use crate::config::TlsPolicy;
 use crate::identity::ca::{init, CA_CRL};
 use crate::identity::crl::sign::revoke;
 use crate::identity::crl::Serial;
@@ -126,10 +127,18 @@ async fn handshakes_with_a_revoked_peer_fail_on_both_sides() {
     revoke(dir.path(), &[serial(&alice)], None, DAY, now).unwrap();
     assert!(rev.reload(now));
     let client = |own: &WorkloadCert, server: &Identity| {
-        tls::client_config_revocable(own, ca.roots(), vec![server.clone()], Some(&rev)).unwrap()
+        tls::client_config_revocable(
+            own,
+            ca.roots(),
+            vec![server.clone()],
+            TlsPolicy::Default,
+            Some(&rev),
+        )
+        .unwrap()
     };
-    let server =
-        |own: &WorkloadCert| tls::server_config_revocable(own, ca.roots(), Some(&rev)).unwrap();
+    let server = |own: &WorkloadCert| {
+        tls::server_config_revocable(own, ca.roots(), TlsPolicy::Default, Some(&rev)).unwrap()
+    };
 
     // Revoked client (alice) → server (bob) refuses.
     let out = exchange(client(&alice, &bob.identity), server(&bob)).await;

@@ -17,8 +17,8 @@ async fn run(
     server_cert: &WorkloadCert,
     roots: Arc<RootCertStore>,
 ) -> Outcome {
-    let c = client_config(client_cert, roots.clone(), expected).unwrap();
-    let s = server_config(server_cert, roots).unwrap();
+    let c = client_config(client_cert, roots.clone(), expected, TlsPolicy::Default).unwrap();
+    let s = server_config(server_cert, roots, TlsPolicy::Default).unwrap();
     exchange(c, s).await
 }
 
@@ -127,8 +127,8 @@ async fn server_from_another_ca_is_refused_by_the_client() {
     let bob = id("back", "bob");
     let client = issue(&ca1, &id("front", "alice"));
     let server = issue(&ca2, &bob);
-    let c = client_config(&client, ca1.roots(), vec![bob]).unwrap();
-    let s = server_config(&server, ca2.roots()).unwrap();
+    let c = client_config(&client, ca1.roots(), vec![bob], TlsPolicy::Default).unwrap();
+    let s = server_config(&server, ca2.roots(), TlsPolicy::Default).unwrap();
     let out = exchange(c, s).await;
     let err = out.client.unwrap_err();
     assert!(err.contains("UnknownIssuer"), "client: {err}");
@@ -139,10 +139,83 @@ fn peer_identity_needs_a_handshake() {
     let d = TempDir::new("tls-none");
     let ca = ca::init(d.path()).unwrap();
     let cert = issue(&ca, &id("a", "b"));
-    let cfg = client_config(&cert, ca.roots(), vec![]).unwrap();
+    let cfg = client_config(&cert, ca.roots(), vec![], TlsPolicy::Default).unwrap();
     let conn = rustls::ClientConnection::new(cfg, dummy_server_name()).unwrap();
     assert!(matches!(
         peer_identity(&conn),
         Err(IdentityError::NoPeerCertificate)
     ));
+}
+
+/// Handshakes a client under `client` with a server under `server` (both trusting one CA) and
+/// returns each side's negotiated group, or its explained failure.
+async fn kx(
+    client: TlsPolicy,
+    server: TlsPolicy,
+) -> (Result<&'static str, String>, Result<&'static str, String>) {
+    let d = TempDir::new("tls-kx");
+    let ca = ca::init(d.path()).unwrap();
+    let bob = id("back", "bob");
+    let (a, b) = (issue(&ca, &id("front", "alice")), issue(&ca, &bob));
+    let c = client_config(&a, ca.roots(), vec![bob], client).unwrap();
+    let s = server_config(&b, ca.roots(), server).unwrap();
+    let (cio, sio) = tokio::io::duplex(64 * 1024);
+    let client_side = async {
+        let provider = c.crypto_provider().clone();
+        match tokio_rustls::TlsConnector::from(c)
+            .connect(dummy_server_name(), cio)
+            .await
+        {
+            Ok(tls) => Ok(negotiated_group(tls.get_ref().1).unwrap()),
+            Err(e) => Err(handshake_failure(&e, &provider)),
+        }
+    };
+    let server_side = async {
+        let provider = s.crypto_provider().clone();
+        match tokio_rustls::TlsAcceptor::from(s).accept(sio).await {
+            Ok(tls) => Ok(negotiated_group(tls.get_ref().1).unwrap()),
+            Err(e) => Err(handshake_failure(&e, &provider)),
+        }
+    };
+    tokio::join!(client_side, server_side)
+}
+
+#[tokio::test]
+async fn post_quantum_key_exchange_is_preferred_with_classical_fallback() {
+    use TlsPolicy::*;
+    for (client, server, group) in [
+        (Default, Default, "X25519MLKEM768"),
+        (Default, Pqc, "X25519MLKEM768"),
+        (Pqc, Default, "X25519MLKEM768"),
+        (Default, Classical, "X25519"),
+        (Classical, Default, "X25519"),
+    ] {
+        let (c, s) = kx(client, server).await;
+        assert_eq!((c, s), (Ok(group), Ok(group)), "{client} -> {server}");
+    }
+}
+
+#[tokio::test]
+async fn pqc_refuses_a_classical_peer_naming_the_reason() {
+    use TlsPolicy::*;
+    // Classical client, pqc server: the server finds no common group and says so.
+    let (c, s) = kx(Classical, Pqc).await;
+    let s = s.unwrap_err();
+    assert!(
+        s.contains("no key-exchange group in common") && s.contains("only X25519MLKEM768"),
+        "{s}"
+    );
+    let c = c.unwrap_err();
+    assert!(
+        c.contains("handshake_failure") && c.contains("X25519, secp256r1, secp384r1"),
+        "{c}"
+    );
+    // Pqc client, classical server: the client is refused and names what it offered.
+    let (c, s) = kx(Pqc, Classical).await;
+    assert!(s.unwrap_err().contains("no key-exchange group in common"));
+    let c = c.unwrap_err();
+    assert!(
+        c.contains("handshake_failure") && c.contains("only X25519MLKEM768"),
+        "{c}"
+    );
 }
