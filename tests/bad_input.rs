@@ -72,7 +72,9 @@ async fn bad_pods_fail_alone_and_loudly() {
     c.wait_state("n1-p1", "enrolled");
     assert_eq!(c.metric("n1", "ambit_pods{outcome=\"failed\"}"), 4.0);
     assert_eq!(c.metric("n1", "ambit_pods{outcome=\"enrolled\"}"), 1.0);
-    let log = c.lab.daemon_log("n1");
+    let log = settled_log(&c.lab, "n1", |l| {
+        l.contains("pod capture failed") && l.contains("abc")
+    });
     assert!(
         log.contains("pod capture failed") && log.contains("abc"),
         "{log}"

@@ -41,7 +41,11 @@ async fn node_daemons_get_certificates_from_the_ca_service_and_never_hold_the_ke
             "{inbound:#}"
         );
         assert!(ca_count(&c.lab, "signed") >= 2, "kube={kube}");
-        let log = c.lab.daemon_log(CA_SERVICE);
+        let log = settled_log(&c.lab, CA_SERVICE, |l| {
+            ["n1-p1", "n2-p1"]
+                .iter()
+                .all(|pod| l.contains(&identity_of(pod)))
+        });
         for (pod, node) in [("n1-p1", "n1"), ("n2-p1", "n2")] {
             assert!(
                 log.lines().any(|l| l.contains("certificate signed")

@@ -312,7 +312,9 @@ async fn bad_objects_are_reported_and_skipped() {
             && n.iter()
                 .any(|e| e.starts_with("odd ") && e.contains("sometimes"))
     });
-    let log = c.lab.daemon_log("n1");
+    let log = settled_log(&c.lab, "n1", |l| {
+        l.contains("eighty") && l.contains("sometimes")
+    });
     assert!(log.contains("eighty") && log.contains("sometimes"), "{log}");
     assert_eq!(c.pod_status("n1-p1").unwrap()["state"], "enrolled");
     assert_eq!(

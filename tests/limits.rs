@@ -64,7 +64,7 @@ fn daemons_raise_the_soft_open_file_limit_to_the_hard_limit() {
         );
         assert_eq!(now_hard, hard, "{target}: hard limit changed");
         assert_eq!(soft, hard, "{target}: soft limit not raised");
-        let log = lab.daemon_log(target);
+        let log = support::settled_log(&lab, target, |l| l.contains("raised the open-file limit"));
         assert!(
             log.contains("raised the open-file limit")
                 && log.contains(&format!("old_soft={START_SOFT}"))

@@ -59,7 +59,11 @@ async fn two_ambit_pods_negotiate_x25519mlkem768() {
         |side: &str| format!("ambit_tls_handshakes_total{{group=\"{PQ}\",side=\"{side}\"}}");
     assert!(c.metric("n1", &series("client")) >= 1.0);
     assert!(c.metric("n2", &series("server")) >= 1.0);
-    let log = c.lab.daemon_log("n1");
+    let log = settled_log(&c.lab, "n1", |l| {
+        l.lines().any(|l| {
+            l.contains("connection complete") && l.contains(&format!("tls_group=\"{PQ}\""))
+        })
+    });
     assert!(
         log.lines().any(
             |l| l.contains("connection complete") && l.contains(&format!("tls_group=\"{PQ}\""))
@@ -108,9 +112,11 @@ async fn pqc_refuses_a_classical_peer_and_says_why() {
         });
     }
     // Each side named what it allows.
-    let n2 = c.lab.daemon_log("n2");
+    let n2 = settled_log(&c.lab, "n2", |l| l.contains(&format!("allows only {PQ}")));
     assert!(n2.contains(&format!("allows only {PQ}")), "{n2}");
-    let n1 = c.lab.daemon_log("n1");
+    let n1 = settled_log(&c.lab, "n1", |l| {
+        l.contains("allows only X25519, secp256r1")
+    });
     assert!(
         n1.contains("allows only X25519, secp256r1, secp384r1"),
         "{n1}"

@@ -29,7 +29,10 @@ fn serial_of(c: &Cluster, node: &str, pod: &str) -> String {
 /// [`serial_of`] from the log of any lab process (`holder`: a node or a sidecar's pod).
 fn serial_in(lab: &Lab, holder: &str, pod: &str) -> String {
     let id = format!("identity={}", identity_of(pod));
-    let log = lab.daemon_log(holder);
+    let log = settled_log(lab, holder, |l| {
+        l.lines()
+            .any(|l| l.contains("workload certificate") && l.contains(&id))
+    });
     log.lines()
         .rev()
         .filter(|l| l.contains("workload certificate") && l.contains(&id))
@@ -264,7 +267,9 @@ async fn sidecars_refuse_a_revoked_peer() {
     });
     let after = ambit::lab::traffic::exchange(&n1, dst, &payload, PROMPT).await;
     assert!(after.map_or(true, |ex| ex.reply != payload));
-    let log = lab.daemon_log("n1-p1");
+    let log = settled_log(&lab, "n1-p1", |l| {
+        l.contains("handshake refused: server certificate revoked")
+    });
     assert!(
         log.contains("handshake refused: server certificate revoked"),
         "{log}"

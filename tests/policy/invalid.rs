@@ -50,7 +50,8 @@ async fn an_invalid_policy_fails_closed_and_is_reported() {
                 .expect("json");
         assert_eq!(status["policies_rejected"], 1, "{status:#}");
     }
-    assert!(w.c.lab.daemon_log("n1").contains("policy rejected"));
+    let log = crate::support::settled_log(&w.c.lab, "n1", |l| l.contains("policy rejected"));
+    assert!(log.contains("policy rejected"));
 
     w.set_policies(vec![
         ap(

@@ -202,6 +202,20 @@ impl Cluster {
     }
 }
 
+/// The log of `name` (a node's daemon, a sidecar's pod, the CA service) once `cond` holds on
+/// it, or as it is at [`DEADLINE`]: lines reach the file through the log's writer thread, a
+/// moment after they are emitted, so a test polls rather than reads once. The caller asserts.
+pub fn settled_log(lab: &Lab, name: &str, cond: impl Fn(&str) -> bool) -> String {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let log = lab.daemon_log(name);
+        if cond(&log) || Instant::now() >= until {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Polls `cond` until it holds; fails the test naming `what` after [`DEADLINE`].
 pub fn wait_until(what: &str, cond: impl FnMut() -> bool) {
     wait_until_within(DEADLINE, what, cond)
