@@ -15,9 +15,10 @@
 //! Where each label's value comes from, with the ztunnel and Istio sources of each fact:
 //! `docs/metrics.md`.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -314,16 +315,31 @@ fn known(value: &str) -> String {
 }
 
 /// The five TCP metric families, registered under the `istio_` prefix.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct TcpMetrics {
     opened: Family<TcpLabels, Counter>,
     closed: Family<TcpLabels, Counter>,
     failed: Family<TcpLabels, Counter>,
     sent: Family<TcpLabels, Counter>,
     received: Family<TcpLabels, Counter>,
+    /// One shared copy of each label set, held by the connections that carry it: a live (or
+    /// idle) connection then costs a pointer, not two dozen strings. It holds no more label
+    /// sets than the families above, which keep every one they have seen.
+    interned: Mutex<HashSet<Arc<TcpLabels>>>,
 }
 
 impl TcpMetrics {
+    /// The shared copy of `labels`.
+    fn intern(&self, labels: TcpLabels) -> Arc<TcpLabels> {
+        let mut set = self.interned.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(shared) = set.get(&labels) {
+            return shared.clone();
+        }
+        let shared = Arc::new(labels);
+        set.insert(shared.clone());
+        shared
+    }
+
     /// Registers the families in `registry` (whose prefix is `istio`), with ztunnel's names.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
@@ -358,7 +374,7 @@ impl TcpMetrics {
 /// [`Connection::open`]; dropping it records the close.
 pub struct Connection {
     metrics: Arc<TcpMetrics>,
-    labels: TcpLabels,
+    labels: Arc<TcpLabels>,
     flags: AtomicU8,
     /// Client → server bytes (`istio_tcp_received_bytes_total`), fetched once.
     request_bytes: Counter,
@@ -375,7 +391,7 @@ impl Connection {
             request_bytes: metrics.received.get_or_create(&labels).clone(),
             response_bytes: metrics.sent.get_or_create(&labels).clone(),
             metrics: metrics.clone(),
-            labels,
+            labels: metrics.intern(labels),
             flags: AtomicU8::new(ResponseFlags::None as u8),
         }
     }
@@ -408,10 +424,18 @@ impl Drop for Connection {
             .into_iter()
             .find(|f| *f as u8 == stored)
             .unwrap_or(ResponseFlags::None);
-        self.labels.response_flags = flags;
-        self.metrics.closed.get_or_create(&self.labels).inc();
+        if flags == self.labels.response_flags {
+            // The common case (opened and closed with `-`): no copy of the labels.
+            self.metrics.closed.get_or_create(&self.labels).inc();
+        } else {
+            let mut labels = (*self.labels).clone();
+            labels.response_flags = flags;
+            self.metrics.closed.get_or_create(&labels).inc();
+        }
         if flags != ResponseFlags::None {
-            self.metrics.failed.get_or_create(&self.labels).inc();
+            let mut labels = (*self.labels).clone();
+            labels.response_flags = flags;
+            self.metrics.failed.get_or_create(&labels).inc();
         }
     }
 }
