@@ -16,12 +16,12 @@ use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use ambit::capture::CaptureOptions;
 use ambit::lab::{Lab, READY_PORT};
-use ambit::rules::{self, Backend, Families, MARK};
+use ambit::rules::{self, Backend, Families};
 use anyhow::{anyhow, bail, Context};
 use serde_json::json;
 
@@ -119,23 +119,8 @@ impl Ztunnels {
                 .append(true)
                 .open(work.join("ztunnel.log"))
                 .context("opening the ztunnel log")?;
-            let mut cmd = Command::new(binary);
-            cmd.env_clear()
-                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-                .env("RUST_LOG", "info")
-                .env("FAKE_CA", "true")
-                .env("XDS_ADDRESS", "")
-                .env("CA_ADDRESS", "")
-                .env("LOCAL_XDS_PATH", &config)
-                .env("PROXY_MODE", "dedicated")
-                .env(
-                    "PROXY_WORKLOAD_INFO",
-                    format!("{}/{}/{}", p.namespace, p.name, p.service_account),
-                )
-                .env("PACKET_MARK", MARK.to_string())
-                .env("ENABLE_ORIG_SRC", "true")
-                .env("NODE_NAME", &p.node)
-                .current_dir(&work)
+            let mut cmd = ambit::lab::ztunnel::standalone_command(binary, &config, p);
+            cmd.current_dir(&work)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log)

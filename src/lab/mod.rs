@@ -25,6 +25,7 @@ pub mod kubelet;
 mod state;
 mod topology;
 pub mod traffic;
+pub mod ztunnel;
 
 #[cfg(test)]
 mod tests;

@@ -10,13 +10,13 @@
 use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use ambit::capture::CaptureOptions;
 use ambit::identity::ca::{CA_CERT, CA_KEY, CERT_CHAIN, ROOT_CERT};
 use ambit::lab::{Lab, CA_DIR, READY_PORT};
-use ambit::rules::{self, Backend, Families, MARK};
+use ambit::rules::{self, Backend, Families};
 use anyhow::{bail, Context};
 use serde_json::json;
 
@@ -87,23 +87,8 @@ impl Ztunnel {
         let p = lab.pod(pod)?;
         let log = work.join("ztunnel.log");
         let out = OpenOptions::new().create(true).append(true).open(&log)?;
-        let mut cmd = Command::new(binary);
-        cmd.env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("RUST_LOG", "info")
-            .env("FAKE_CA", "true")
-            .env("XDS_ADDRESS", "")
-            .env("CA_ADDRESS", "")
-            .env("LOCAL_XDS_PATH", &config)
-            .env("PROXY_MODE", "dedicated")
-            .env(
-                "PROXY_WORKLOAD_INFO",
-                format!("{}/{}/{}", p.namespace, p.name, p.service_account),
-            )
-            .env("PACKET_MARK", MARK.to_string())
-            .env("ENABLE_ORIG_SRC", "true")
-            .env("NODE_NAME", &p.node)
-            .envs(env.iter().copied())
+        let mut cmd = ambit::lab::ztunnel::standalone_command(binary, &config, p);
+        cmd.envs(env.iter().copied())
             .current_dir(&work)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

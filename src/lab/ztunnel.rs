@@ -1,0 +1,32 @@
+//! Running Istio's ztunnel standalone for one lab pod, as the bench and the interop tests do:
+//! the environment ztunnel reads for a dedicated-mode proxy with a fake CA and a local config
+//! file (no istiod), keeping the client's source address and marking its own packets with
+//! ambit's mark so the in-pod rules let them out.
+
+use std::path::Path;
+use std::process::Command;
+
+use super::LabPod;
+use crate::rules::MARK;
+
+/// A `Command` for `binary` serving `pod` from the local config `local_config`; the caller adds
+/// its own variables, working directory, output and namespace entry.
+pub fn standalone_command(binary: &Path, local_config: &Path, pod: &LabPod) -> Command {
+    let mut cmd = Command::new(binary);
+    cmd.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("RUST_LOG", "info")
+        .env("FAKE_CA", "true")
+        .env("XDS_ADDRESS", "")
+        .env("CA_ADDRESS", "")
+        .env("LOCAL_XDS_PATH", local_config)
+        .env("PROXY_MODE", "dedicated")
+        .env(
+            "PROXY_WORKLOAD_INFO",
+            format!("{}/{}/{}", pod.namespace, pod.name, pod.service_account),
+        )
+        .env("PACKET_MARK", MARK.to_string())
+        .env("ENABLE_ORIG_SRC", "true")
+        .env("NODE_NAME", &pod.node);
+    cmd
+}
