@@ -23,14 +23,13 @@ use ambit::capture::CaptureOptions;
 use ambit::lab::{Lab, READY_PORT};
 use ambit::rules::{self, Backend, Families};
 use anyhow::{anyhow, bail, Context};
-use serde_json::json;
 
 /// Environment variable naming the ztunnel binary (overrides the default path).
 pub(crate) const ZTUNNEL_ENV: &str = "AMBIT_ZTUNNEL";
 /// ztunnel's Prometheus port (`/metrics`).
 const METRICS_PORT: u16 = 15020;
 /// Trust domain of the fake CA's certificates and of the local config.
-const TRUST_DOMAIN: &str = "cluster.local";
+use ambit::config::DEFAULT_TRUST_DOMAIN as TRUST_DOMAIN;
 /// How long ztunnel gets to exit after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
@@ -60,29 +59,6 @@ pub(crate) fn principal(lab: &Lab, pod: &str) -> anyhow::Result<String> {
     ))
 }
 
-/// ztunnel's local config (`LOCAL_XDS_PATH`): `mesh` as HBONE workloads, nothing else (every
-/// other address is passthrough). Written as JSON, which its YAML reader accepts.
-fn local_config(lab: &Lab, mesh: &[&str]) -> anyhow::Result<String> {
-    let mut workloads = Vec::new();
-    for name in mesh {
-        let p = lab.pod(name)?;
-        workloads.push(json!({
-            "uid": format!("{}//v1/Pod/{}/{}", lab.name(), p.namespace, p.name),
-            "name": p.name,
-            "namespace": p.namespace,
-            "serviceAccount": p.service_account,
-            "workloadIps": [p.ipv4.to_string(), p.ipv6.to_string()],
-            "protocol": "HBONE",
-            "node": p.node,
-            "network": "",
-            "trustDomain": TRUST_DOMAIN,
-            "services": {},
-        }));
-    }
-    let config = json!({"workloads": workloads, "policies": [], "services": []});
-    Ok(serde_json::to_string_pretty(&config)? + "\n")
-}
-
 /// One ztunnel per mesh pod of a lab, stopped (SIGTERM, then SIGKILL) when dropped.
 pub(crate) struct Ztunnels {
     procs: Vec<(String, Child)>,
@@ -96,7 +72,7 @@ impl Ztunnels {
         let dir = lab.dir().join("ztunnel");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let config = dir.join("config.yaml");
-        std::fs::write(&config, local_config(lab, mesh)?)
+        std::fs::write(&config, ambit::lab::ztunnel::local_config(lab, mesh)?)
             .with_context(|| format!("writing {}", config.display()))?;
         let mut zt = Ztunnels {
             procs: Vec::new(),

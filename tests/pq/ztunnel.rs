@@ -18,7 +18,6 @@ use ambit::identity::ca::{CA_CERT, CA_KEY, CERT_CHAIN, ROOT_CERT};
 use ambit::lab::{Lab, CA_DIR, READY_PORT};
 use ambit::rules::{self, Backend, Families};
 use anyhow::{bail, Context};
-use serde_json::json;
 
 /// Environment variable naming the ztunnel binary (as for the bench).
 const ZTUNNEL_ENV: &str = "AMBIT_ZTUNNEL";
@@ -75,7 +74,7 @@ impl Ztunnel {
         let work = lab.dir().join(format!("ztunnel-{pod}"));
         std::fs::create_dir_all(&work)?;
         let config = work.join("config.yaml");
-        std::fs::write(&config, local_config(lab, mesh)?)?;
+        std::fs::write(&config, ambit::lab::ztunnel::local_config(lab, mesh)?)?;
         let ns = lab.pod_netns(pod)?;
         rules::apply(
             &ns,
@@ -140,27 +139,4 @@ impl Drop for Ztunnel {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// ztunnel's local config (`LOCAL_XDS_PATH`): `mesh` as HBONE workloads of the fake CA's trust
-/// domain, no policies or services. JSON, which its YAML reader accepts.
-fn local_config(lab: &Lab, mesh: &[&str]) -> anyhow::Result<String> {
-    let mut workloads = Vec::new();
-    for name in mesh {
-        let p = lab.pod(name)?;
-        workloads.push(json!({
-            "uid": format!("{}//v1/Pod/{}/{}", lab.name(), p.namespace, p.name),
-            "name": p.name,
-            "namespace": p.namespace,
-            "serviceAccount": p.service_account,
-            "workloadIps": [p.ipv4.to_string(), p.ipv6.to_string()],
-            "protocol": "HBONE",
-            "node": p.node,
-            "network": "",
-            "trustDomain": "cluster.local",
-            "services": {},
-        }));
-    }
-    let config = json!({"workloads": workloads, "policies": [], "services": []});
-    Ok(serde_json::to_string_pretty(&config)? + "\n")
 }
