@@ -245,7 +245,9 @@ impl FlowTable {
 
     fn retire(&self, flow: &LiveFlow) {
         let record = flow.record(true);
-        access::AccessFields::of(&record, self.resolver.get()).emit();
+        if access::wanted(&record) {
+            access::AccessFields::of(&record, self.resolver.get()).emit();
+        }
         // Into the recent list before leaving the live one, so a reader never misses it.
         let mut recent = lock(&self.recent);
         if recent.len() == RECENT_CAPACITY {

@@ -198,8 +198,8 @@ pub const DEFAULT_CA_TOKEN_AUDIENCE: &str = "istio-ca";
 /// The `clusterid` header sent to the CA (istiod's default cluster name); also the cluster
 /// named in the `source_cluster`/`destination_cluster` metric labels.
 pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
-/// DNS domain of the cluster: a Service's host name is `name.namespace.svc.<domain>` (the
-/// `destination_service` metric label).
+/// DNS domain of the cluster: a Service's host name is `name.namespace.svc.<domain>`, as the
+/// `destination_service` metric label, the access log and the config dump name it.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
 /// ServiceAccount of the ambit DaemonSet: trusted by the CA to ask for the identities of the
 /// pods on its node.
@@ -254,10 +254,6 @@ pub enum LogFormat {
 /// Log lines held for the writer thread before new ones are dropped (and counted): the
 /// data path never waits for stderr. At about 400 bytes a line, at most ~50 MiB.
 pub const LOG_BUFFERED_LINES: usize = 128 * 1024;
-
-/// DNS suffix of Service hostnames (`<name>.<namespace>.svc.<suffix>`), as access logs and
-/// the config dump name Services (Kubernetes' default cluster domain).
-pub const SERVICE_DOMAIN: &str = "cluster.local";
 /// Which key-exchange groups HBONE's mutual TLS offers (client) and accepts (server); the
 /// groups themselves are `identity::tls::kx_groups`'.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]

@@ -20,7 +20,7 @@ use crate::flows::FlowTable;
 use crate::identity::Identity;
 use crate::policy::{ConnInfo, PolicySnapshot};
 use crate::proxy::outbound::{decide_in, Route};
-use crate::reconcile::{CapturedPod, StatusBoard};
+use crate::reconcile::{CapturedPod, PodStatus, StatusBoard};
 use crate::rules::model::{Action, Chain, Rule, RuleSet, Table};
 use crate::rules::trace::{first_match, Packet};
 use crate::rules::{counters, iptables, nftables, Backend, Family};
@@ -121,8 +121,8 @@ pub struct RuleHit {
 /// The route decision.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RouteStep {
-    /// `hbone`, `passthrough`, `refused` or `direct` (not captured).
-    pub kind: String,
+    /// How the connection is carried on.
+    pub kind: RouteKind,
     /// The Service the destination is a ClusterIP of.
     pub service: Option<String>,
     /// Where the connection is carried to.
@@ -133,6 +133,31 @@ pub struct RouteStep {
     pub expected_identity: Option<String>,
     /// The decision in a sentence.
     pub why: String,
+}
+
+/// The route a connection takes, as the outbound listener (or the kernel) decides it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteKind {
+    /// HBONE to the destination pod's 15008.
+    Hbone,
+    /// Plain TCP from the pod's own address.
+    Passthrough,
+    /// Refused by the outbound listener.
+    Refused,
+    /// Not captured: the kernel delivers it directly.
+    Direct,
+}
+
+impl std::fmt::Display for RouteKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RouteKind::Hbone => "hbone",
+            RouteKind::Passthrough => "passthrough",
+            RouteKind::Refused => "refused",
+            RouteKind::Direct => "direct",
+        })
+    }
 }
 
 /// What the destination's side does.
@@ -187,10 +212,11 @@ impl Explainer {
             .trim()
             .parse()
             .map_err(|_| ExplainError::BadDestination(dst.to_string()))?;
-        let source = self.find_source(src.trim())?;
+        let status = self.find_source(src.trim())?;
+        let source = status.pod.clone();
         let directory = self.directory.borrow().clone();
-        let source_pod = self.board.captured(&source).map(|c| c.pod).or_else(|| {
-            let status = self.board.pods().into_iter().find(|p| p.pod == source)?;
+        let captured = self.board.captured(&source);
+        let source_pod = captured.as_ref().map(|c| c.pod.clone()).or_else(|| {
             let (pod, _) = status.ips.iter().find_map(|ip| directory.lookup(*ip))?;
             Some((**pod).clone())
         });
@@ -201,12 +227,11 @@ impl Explainer {
         let source_ip = Packet::from_app(&own, destination).src;
         let source_ip = own.contains(&source_ip).then_some(source_ip);
 
-        let captured = self.board.captured(&source);
         let capture = match &captured {
             Some(c) => capture_step(c, destination),
             None => Capture {
                 captured: false,
-                why: self.not_captured_why(&source),
+                why: not_captured_why(&status),
                 chain: None,
                 rule: None,
             },
@@ -215,7 +240,7 @@ impl Explainer {
             route_step(&directory, &self.trust_domain, &own, destination)
         } else {
             RouteStep {
-                kind: "direct".into(),
+                kind: RouteKind::Direct,
                 service: None,
                 target: Some(destination),
                 peer: None,
@@ -241,10 +266,10 @@ impl Explainer {
     }
 
     /// The local pod `given` names: `namespace/name`, a unique name, or one of its IPs.
-    fn find_source(&self, given: &str) -> Result<String, ExplainError> {
+    fn find_source(&self, given: &str) -> Result<PodStatus, ExplainError> {
         let pods = self.board.pods();
         let ip: Option<IpAddr> = given.parse().ok();
-        let found: Vec<&str> = pods
+        let found: Vec<&PodStatus> = pods
             .iter()
             .filter(|p| {
                 p.pod == given
@@ -253,10 +278,9 @@ impl Explainer {
                         .is_some_and(|(_, name)| name == given)
                     || ip.is_some_and(|ip| p.ips.contains(&ip))
             })
-            .map(|p| p.pod.as_str())
             .collect();
         match found.as_slice() {
-            [one] => Ok(one.to_string()),
+            [one] => Ok((*one).clone()),
             [] => Err(ExplainError::UnknownSource {
                 given: given.to_string(),
                 node: self.node.clone(),
@@ -264,22 +288,8 @@ impl Explainer {
             }),
             many => Err(ExplainError::Ambiguous {
                 given: given.to_string(),
-                matches: many.join(", "),
+                matches: names(many.iter().map(|p| p.pod.as_str())),
             }),
-        }
-    }
-
-    fn not_captured_why(&self, key: &str) -> String {
-        match self.board.pods().into_iter().find(|p| p.pod == key) {
-            Some(p) if p.state == "failed" => format!(
-                "the pod is not captured: capture failed ({}); its traffic is not proxied",
-                p.error.unwrap_or_default()
-            ),
-            Some(p) => format!(
-                "the pod is not enrolled in the mesh ({}): no rules in its netns",
-                p.reason
-            ),
-            None => "the pod is not captured".into(),
         }
     }
 
@@ -299,7 +309,7 @@ impl Explainer {
             in_mesh,
             listener: format!("the app's port {} directly", target.port()),
             policy: None,
-            allowed: route.kind != "refused",
+            allowed: route.kind != RouteKind::Refused,
         };
         if from.ips.contains(&target.ip()) {
             // Local traffic over lo meets no nat PREROUTING rule (conntrack decided NAT at
@@ -310,14 +320,14 @@ impl Explainer {
             );
             return Some(step);
         }
-        if !in_mesh || route.kind == "refused" {
+        if !in_mesh || route.kind == RouteKind::Refused {
             return Some(step);
         }
         let policy = self.policy.borrow().clone();
         let src_ip = source_ip.unwrap_or(target.ip());
         let identity = Identity::new(&self.trust_domain, &from.namespace, &from.service_account);
-        let decision = match (route.kind.as_str(), identity) {
-            ("hbone", Ok(identity)) => {
+        let decision = match (route.kind, identity) {
+            (RouteKind::Hbone, Ok(identity)) => {
                 step.listener = "15008 (HBONE)".into();
                 policy.decide(pod, &conn(src_ip, Some(&identity), target))
             }
@@ -403,6 +413,20 @@ fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
     }
 }
 
+/// Step 1 for a pod that is not captured: why, from its status.
+fn not_captured_why(status: &PodStatus) -> String {
+    match (status.state, &status.error) {
+        ("failed", error) => format!(
+            "the pod is not captured: capture failed ({}); its traffic is not proxied",
+            error.as_deref().unwrap_or_default()
+        ),
+        _ => format!(
+            "the pod is not enrolled in the mesh ({}): no rules in its netns",
+            status.reason
+        ),
+    }
+}
+
 /// Step 1 for a captured pod: the nat OUTPUT chain walked for the connection's first packet.
 fn capture_step(c: &CapturedPod, dst: SocketAddr) -> Capture {
     let family = if dst.is_ipv4() {
@@ -411,7 +435,11 @@ fn capture_step(c: &CapturedPod, dst: SocketAddr) -> Capture {
         Family::V6
     };
     let set = RuleSet::build(&c.options, family);
-    let v4_rules = RuleSet::build(&c.options, Family::V4).nat_output.len();
+    // nftables keeps both families in one chain, v4 first: the v6 rules start after these.
+    let v4_rules = match family {
+        Family::V4 => set.nat_output.len(),
+        Family::V6 => RuleSet::build(&c.options, Family::V4).nat_output.len(),
+    };
     let chain = match c.backend {
         Backend::Iptables => format!(
             "{} nat ISTIO_OUTPUT",
@@ -491,42 +519,39 @@ fn route_step(
     dst: SocketAddr,
 ) -> RouteStep {
     let service = directory.service(dst.ip()).map(|s| s.key());
-    let mut step = RouteStep {
-        kind: String::new(),
-        service: service.clone(),
-        target: None,
-        peer: None,
-        expected_identity: None,
-        why: String::new(),
-    };
     let via = service
+        .as_ref()
         .map(|s| format!(" (Service {s}: one of its ready endpoints, round robin)"))
         .unwrap_or_default();
+    let step = |kind, target, why| RouteStep {
+        kind,
+        service: service.clone(),
+        target,
+        peer: None,
+        expected_identity: None,
+        why,
+    };
     match decide_in(directory, trust_domain, own, dst, 0) {
         Ok(Route::Hbone {
             target,
             peer,
             identity,
-        }) => {
-            step.kind = "hbone".into();
-            step.target = Some(target);
-            step.peer = Some(peer);
-            step.why = format!("{target} is a mesh workload{via}: HBONE (mTLS) to {peer}, which must present {identity}");
-            step.expected_identity = Some(identity.to_string());
-        }
-        Ok(Route::Passthrough { target }) => {
-            step.kind = "passthrough".into();
-            step.target = Some(target);
-            step.why = format!(
-                "{target} is not a mesh workload{via}: plain TCP from the pod's own address"
-            );
-        }
-        Err(refusal) => {
-            step.kind = "refused".into();
-            step.why = refusal.to_string();
-        }
+        }) => RouteStep {
+            peer: Some(peer),
+            expected_identity: Some(identity.to_string()),
+            ..step(
+                RouteKind::Hbone,
+                Some(target),
+                format!("{target} is a mesh workload{via}: HBONE (mTLS) to {peer}, which must present {identity}"),
+            )
+        },
+        Ok(Route::Passthrough { target }) => step(
+            RouteKind::Passthrough,
+            Some(target),
+            format!("{target} is not a mesh workload{via}: plain TCP from the pod's own address"),
+        ),
+        Err(refusal) => step(RouteKind::Refused, None, refusal.to_string()),
     }
-    step
 }
 
 /// The verdict of the destination pod's nat PREROUTING chain for a plaintext connection.

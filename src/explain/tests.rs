@@ -46,7 +46,7 @@ fn a_mesh_destination_is_reached_over_hbone_with_its_identity() {
         &OWN,
         "10.2.0.9:5432".parse().unwrap(),
     );
-    assert_eq!(step.kind, "hbone");
+    assert_eq!(step.kind, RouteKind::Hbone);
     assert_eq!(step.peer, Some("10.2.0.9:15008".parse().unwrap()));
     assert_eq!(
         step.expected_identity.as_deref(),
@@ -62,7 +62,7 @@ fn a_destination_out_of_the_mesh_is_passed_through() {
         &OWN,
         "10.2.0.10:80".parse().unwrap(),
     );
-    assert_eq!(step.kind, "passthrough");
+    assert_eq!(step.kind, RouteKind::Passthrough);
     assert_eq!(step.target, Some("10.2.0.10:80".parse().unwrap()));
 }
 
@@ -74,7 +74,7 @@ fn the_pods_own_proxy_port_is_refused_as_a_self_call() {
         &OWN,
         "10.1.0.5:15008".parse().unwrap(),
     );
-    assert_eq!(step.kind, "refused");
+    assert_eq!(step.kind, RouteKind::Refused);
     assert!(step.why.contains("own port"), "{}", step.why);
 }
 

@@ -167,6 +167,15 @@ impl AccessFields {
     }
 }
 
+/// Whether `record`'s line would be written at the current log level: naming pods and
+/// formatting fields is skipped on the data thread when the access log is off.
+pub(crate) fn wanted(record: &FlowRecord) -> bool {
+    match record.error {
+        Some(_) => tracing::enabled!(target: "access", tracing::Level::ERROR),
+        None => tracing::enabled!(target: "access", tracing::Level::INFO),
+    }
+}
+
 fn direction(listener: Listener) -> &'static str {
     match listener {
         Listener::Outbound => "outbound",

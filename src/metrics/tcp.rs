@@ -298,8 +298,8 @@ impl TcpLabels {
     }
 
     /// The Service the client addressed (or, at the destination, the one it most likely did).
-    pub fn with_destination_service(mut self, svc: &Service, cluster_domain: &str) -> TcpLabels {
-        self.destination_service = format!("{}.{}.svc.{cluster_domain}", svc.name, svc.namespace);
+    pub fn with_destination_service(mut self, svc: &Service) -> TcpLabels {
+        self.destination_service = svc.hostname();
         self.destination_service_name = known(&svc.name);
         self.destination_service_namespace = known(&svc.namespace);
         self

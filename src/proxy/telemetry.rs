@@ -12,7 +12,6 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::PodScope;
-use crate::config::CLUSTER_DOMAIN;
 use crate::hbone::pool::DialError;
 use crate::identity::Identity;
 use crate::metrics::tcp::{
@@ -51,7 +50,7 @@ pub(crate) fn outbound(
         labels = labels.with_destination(&workload(scope, pod), &principal(scope, pod));
     }
     if let Some(svc) = directory.service(dst.ip()) {
-        labels = labels.with_destination_service(svc, CLUSTER_DOMAIN);
+        labels = labels.with_destination_service(svc);
     }
     Connection::open(&scope.ctx.metrics.tcp, labels)
 }
@@ -80,7 +79,7 @@ pub(crate) fn inbound(
         labels = labels.with_source_principal(&id.to_string());
     }
     if let Some(svc) = directory.service_behind(dst) {
-        labels = labels.with_destination_service(svc, CLUSTER_DOMAIN);
+        labels = labels.with_destination_service(svc);
     }
     Connection::open(&scope.ctx.metrics.tcp, labels)
 }

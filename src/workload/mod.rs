@@ -170,7 +170,7 @@ impl Service {
             "{}.{}.svc.{}",
             self.name,
             self.namespace,
-            crate::config::SERVICE_DOMAIN
+            crate::config::CLUSTER_DOMAIN
         )
     }
 
