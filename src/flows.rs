@@ -13,6 +13,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::policy::Decision;
+
 /// How many finished flows are kept for inspection.
 const RECENT_CAPACITY: usize = 4096;
 
@@ -85,33 +87,36 @@ pub struct Flow {
     shared: Arc<LiveFlow>,
 }
 
+/// A live flow's state. Held for every open connection, so nothing here is allocated per flow
+/// that can be shared (the pod's name, the peer's identity) or rendered later (the route,
+/// the policy decision): an idle connection's cost is mostly its flow and its task.
 struct LiveFlow {
     id: u64,
-    pod: String,
+    pod: Arc<str>,
     listener: Listener,
     src: SocketAddr,
     dst: SocketAddr,
-    route: Mutex<String>,
+    route: Mutex<&'static str>,
     upstream: Mutex<Option<SocketAddr>>,
     started: Instant,
     started_ms: u64,
     sent: AtomicU64,
     received: AtomicU64,
     error: Mutex<Option<String>>,
-    peer_identity: Mutex<Option<String>>,
+    peer_identity: Mutex<Option<Arc<str>>>,
     tls_group: Mutex<Option<&'static str>>,
-    policy: Mutex<Option<String>>,
+    policy: Mutex<Option<Decision>>,
 }
 
 impl LiveFlow {
     fn record(&self, finished: bool) -> FlowRecord {
         FlowRecord {
             id: self.id,
-            pod: self.pod.clone(),
+            pod: self.pod.to_string(),
             listener: self.listener,
             src: self.src,
             dst: self.dst,
-            route: lock(&self.route).clone(),
+            route: lock(&self.route).to_string(),
             upstream: *lock(&self.upstream),
             bytes_sent: self.sent.load(Ordering::Relaxed),
             bytes_received: self.received.load(Ordering::Relaxed),
@@ -119,9 +124,9 @@ impl LiveFlow {
             duration_ms: self.started.elapsed().as_millis() as u64,
             finished,
             error: lock(&self.error).clone(),
-            peer_identity: lock(&self.peer_identity).clone(),
+            peer_identity: lock(&self.peer_identity).as_deref().map(str::to_string),
             tls_group: *lock(&self.tls_group),
-            policy: lock(&self.policy).clone(),
+            policy: lock(&self.policy).as_ref().map(Decision::summary),
         }
     }
 }
@@ -144,12 +149,12 @@ impl Flow {
     }
 
     /// Records how the connection is being carried.
-    pub fn set_route(&self, route: impl Into<String>) {
-        *lock(&self.shared.route) = route.into();
+    pub fn set_route(&self, route: &'static str) {
+        *lock(&self.shared.route) = route;
     }
 
-    /// Records the verified identity of the mesh peer.
-    pub fn set_peer_identity(&self, identity: impl Into<String>) {
+    /// Records the verified identity of the mesh peer (shared by the flows of one peer).
+    pub fn set_peer_identity(&self, identity: impl Into<Arc<str>>) {
         *lock(&self.shared.peer_identity) = Some(identity.into());
     }
 
@@ -159,8 +164,8 @@ impl Flow {
     }
 
     /// Records the policy decision that let the connection in (or kept it out).
-    pub fn set_policy(&self, decision: impl Into<String>) {
-        *lock(&self.shared.policy) = Some(decision.into());
+    pub fn set_policy(&self, decision: &Decision) {
+        *lock(&self.shared.policy) = Some(decision.clone());
     }
 
     /// Records where the connection was carried to, if not to its original destination.
@@ -209,7 +214,7 @@ impl FlowTable {
     /// Registers a new live flow.
     pub fn start(
         self: &Arc<Self>,
-        pod: &str,
+        pod: &Arc<str>,
         listener: Listener,
         src: SocketAddr,
         dst: SocketAddr,
@@ -217,11 +222,11 @@ impl FlowTable {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let shared = Arc::new(LiveFlow {
             id,
-            pod: pod.to_string(),
+            pod: pod.clone(),
             listener,
             src,
             dst,
-            route: Mutex::new(String::new()),
+            route: Mutex::new(""),
             upstream: Mutex::new(None),
             started: Instant::now(),
             started_ms: SystemTime::now()
@@ -280,7 +285,7 @@ mod tests {
         let table = Arc::new(FlowTable::default());
         let a: SocketAddr = "10.0.0.1:1000".parse().unwrap();
         let b: SocketAddr = "10.0.0.2:80".parse().unwrap();
-        let flow = table.start("ns/p", Listener::Outbound, a, b);
+        let flow = table.start(&"ns/p".into(), Listener::Outbound, a, b);
         flow.sent().fetch_add(5, Ordering::Relaxed);
         flow.set_route("passthrough");
         let live = table.snapshot();

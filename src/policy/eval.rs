@@ -83,6 +83,18 @@ pub struct Decision {
     pub logged: Vec<Logged>,
 }
 
+impl Decision {
+    /// The decision as the flow record and access log show it, with matching AUDIT and dry-run
+    /// policies appended.
+    pub fn summary(&self) -> String {
+        let mut text = self.to_string();
+        for l in &self.logged {
+            text.push_str(&format!("; {:?} {}", l.kind, l.policy));
+        }
+        text
+    }
+}
+
 impl fmt::Display for Decision {
     /// One line for the access log, e.g. `denied: DENY AuthorizationPolicy shop/deny-db matched`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

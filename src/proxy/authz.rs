@@ -31,7 +31,7 @@ pub struct Inbound {
     /// reached the listener (for HBONE, the outer connection — see `proxy::tunnel`).
     pub src_ip: IpAddr,
     /// The client's verified identity (HBONE); `None` for plaintext.
-    pub identity: Option<Identity>,
+    pub identity: Option<Arc<Identity>>,
     /// The application address the client asked for.
     pub dst: SocketAddr,
 }
@@ -40,7 +40,7 @@ impl Inbound {
     fn info(&self) -> ConnInfo<'_> {
         ConnInfo {
             src_ip: self.src_ip,
-            src_identity: self.identity.as_ref(),
+            src_identity: self.identity.as_deref(),
             dst_ip: self.dst.ip(),
             dst_port: self.dst.port(),
         }
@@ -167,7 +167,7 @@ pub(crate) fn admit(
     let policy = scope.ctx.policy.borrow().clone();
     let t = &registration.tracked;
     let decision = policy.decide(&t.conn.pod, &t.conn.info());
-    flow.set_policy(describe(&decision));
+    flow.set_policy(&decision);
     if decision.allowed {
         Ok(registration)
     } else {
@@ -178,7 +178,7 @@ pub(crate) fn admit(
 
 /// Records on `flow` that a policy change closed it.
 pub(crate) fn closed_by_policy(scope: &PodScope, flow: &Flow, decision: &Decision) {
-    flow.set_policy(describe(decision));
+    flow.set_policy(decision);
     flow.fail(format!("closed by a policy change: {}", denial(decision)));
     count_denial(&scope.ctx.metrics, decision);
 }
@@ -192,16 +192,6 @@ fn count_denial(metrics: &Metrics, decision: &Decision) {
         .policy_denials
         .get_or_create(&PolicyLabels { policy })
         .inc();
-}
-
-/// The decision as the flow record and access log show it, with matching AUDIT and dry-run
-/// policies appended.
-pub(crate) fn describe(decision: &Decision) -> String {
-    let mut text = decision.to_string();
-    for l in &decision.logged {
-        text.push_str(&format!("; {:?} {}", l.kind, l.policy));
-    }
-    text
 }
 
 /// Why a connection was denied, naming the policy: `denied by AuthorizationPolicy shop/x

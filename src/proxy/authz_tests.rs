@@ -39,7 +39,9 @@ fn conn(pod: &Pod, port: u16) -> Inbound {
     Inbound {
         pod: Arc::new(pod.clone()),
         src_ip: "10.0.0.9".parse().unwrap(),
-        identity: Some("spiffe://cluster.local/ns/web/sa/front".parse().unwrap()),
+        identity: Some(std::sync::Arc::new(
+            "spiffe://cluster.local/ns/web/sa/front".parse().unwrap(),
+        )),
         dst: SocketAddr::new(pod.ips[0], port),
     }
 }
@@ -126,7 +128,7 @@ fn texts_name_the_deciding_policy() {
     );
     let none = policy(&[&a], vec![]);
     assert_eq!(
-        describe(&none.decide(&a, &c.info())),
+        none.decide(&a, &c.info()).summary(),
         "allowed: no ALLOW policy applies"
     );
 }

@@ -150,7 +150,7 @@ impl PodSecurity {
 /// Everything a handler needs about the pod it serves.
 pub(crate) struct PodScope {
     pub pod: Arc<Pod>,
-    pub key: String,
+    pub key: Arc<str>,
     pub placement: socket::Placement,
     pub ctx: ProxyContext,
     pub security: PodSecurity,
@@ -188,7 +188,7 @@ impl PodProxy {
             (Listener::Hbone, open(HBONE_PORT)?),
         ];
         let scope = Arc::new(PodScope {
-            key: pod.key(),
+            key: pod.key().into(),
             pod,
             placement,
             ctx,
@@ -273,13 +273,19 @@ async fn accept_loop(scope: Arc<PodScope>, kind: Listener, listener: TcpListener
             })
             .inc();
         let scope = scope.clone();
-        tokio::spawn(async move {
-            match kind {
-                Listener::Outbound => outbound::serve(&scope, stream, peer).await,
-                Listener::Inbound => inbound::serve(&scope, stream, peer).await,
-                Listener::Hbone => tunnel::serve_connection(scope, stream, peer, handshake).await,
+        // One spawn per kind: a task's allocation is its future's size, and a match over the
+        // three would make every connection pay for the largest (the 15008 handshake's).
+        match kind {
+            Listener::Outbound => {
+                tokio::spawn(async move { outbound::serve(&scope, stream, peer).await })
             }
-        });
+            Listener::Inbound => {
+                tokio::spawn(async move { inbound::serve(&scope, stream, peer).await })
+            }
+            Listener::Hbone => {
+                tokio::spawn(tunnel::serve_connection(scope, stream, peer, handshake))
+            }
+        };
     }
 }
 
@@ -338,7 +344,10 @@ pub(crate) async fn dial(
     dst: SocketAddr,
     source: Option<IpAddr>,
 ) -> Result<tokio::net::TcpStream, String> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, scope.placement.connect(dst, source)).await {
+    // Boxed: the dial's state (netns entry, socket set-up) is held only while dialling, not
+    // for the connection's whole life inside its task.
+    let connect = Box::pin(scope.placement.connect(dst, source));
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!(

@@ -102,7 +102,17 @@ pub(crate) async fn serve(scope: &PodScope, stream: TcpStream, peer: SocketAddr)
             let tcp = telemetry::outbound(scope, dst, target, SecurityPolicy::Unknown);
             match dial(scope, target, None).await {
                 Ok(upstream) => {
-                    relay(scope, Listener::Outbound, flow, &tcp, stream, upstream).await
+                    // Boxed, as the tunnel below: each route's copy state is allocated at its
+                    // own size instead of every connection's task reserving the larger one.
+                    Box::pin(relay(
+                        scope,
+                        Listener::Outbound,
+                        flow,
+                        &tcp,
+                        stream,
+                        upstream,
+                    ))
+                    .await
                 }
                 Err(e) => {
                     flow.fail(e);
@@ -119,7 +129,10 @@ pub(crate) async fn serve(scope: &PodScope, stream: TcpStream, peer: SocketAddr)
             flow.set_route("hbone");
             flow.set_upstream(target);
             let tcp = telemetry::outbound(scope, dst, target, SecurityPolicy::MutualTls);
-            let carried = tunnel(scope, &flow, &tcp, stream, peer, target, via, &identity).await;
+            let carried = Box::pin(tunnel(
+                scope, &flow, &tcp, stream, peer, target, via, &identity,
+            ))
+            .await;
             if let Err((e, flags)) = carried {
                 flow.fail(e);
                 count_failure(scope, Listener::Outbound);
@@ -197,6 +210,13 @@ async fn open_stream(
 /// error while copying, which Istio does not count as a failed connection).
 type TunnelError = (String, Option<ResponseFlags>);
 
+/// A CONNECT stream the peer accepted: all the copy phase keeps of the opening.
+struct OpenTunnel {
+    lease: crate::hbone::pool::Lease,
+    send: h2::SendStream<bytes::Bytes>,
+    recv: h2::RecvStream,
+}
+
 /// Opens a CONNECT stream to `dst` through `via` and copies the client connection through it,
 /// adding the bytes to the flow and to the connection's metrics (`tcp`) as they move.
 #[allow(clippy::too_many_arguments)]
@@ -210,6 +230,36 @@ async fn tunnel(
     via: SocketAddr,
     identity: &Identity,
 ) -> Result<(), TunnelError> {
+    // Boxed: opening may dial and handshake a pooled connection, a large state that would
+    // otherwise stay in the task for the tunnel's whole life (an idle tunnel is mostly this
+    // task; see benches/README.md).
+    let OpenTunnel { lease, send, recv } =
+        Box::pin(open_tunnel(scope, client_addr, dst, via, identity)).await?;
+    // The TLS verifier accepted the server only if it presented this identity.
+    flow.set_peer_identity(identity.to_string());
+    flow.set_tls_group(lease.tls_group());
+    let result = hbone::stream::bidirectional(
+        client,
+        send,
+        recv,
+        &(flow.sent(), tcp.request_bytes()),
+        &(flow.received(), tcp.response_bytes()),
+    )
+    .await;
+    drop(lease);
+    account_bytes(scope, Listener::Outbound, flow);
+    result.map(|_| ()).map_err(|e| (format!("copy: {e}"), None))
+}
+
+/// The opening half of [`tunnel`]: a CONNECT stream to `dst` through `via` that the peer
+/// answered with 200.
+async fn open_tunnel(
+    scope: &PodScope,
+    client_addr: SocketAddr,
+    dst: SocketAddr,
+    via: SocketAddr,
+    identity: &Identity,
+) -> Result<OpenTunnel, TunnelError> {
     let request = TunnelRequest {
         target: dst,
         client: client_addr,
@@ -218,7 +268,7 @@ async fn tunnel(
             ("k8s.pod.name".into(), scope.pod.name.clone()),
         ],
     };
-    let (lease, response, send_stream) = match open_stream(scope, &request, via, identity).await {
+    let (lease, response, send) = match open_stream(scope, &request, via, identity).await {
         Ok(opened) => opened,
         // The stream failed at the HTTP/2 level before the app sent a byte through it (a
         // GOAWAY raced the checkout, the peer restarted): safe to try once more on a fresh
@@ -241,21 +291,11 @@ async fn tunnel(
         );
         return Err((why, Some(flags)));
     }
-    // The TLS verifier accepted the server only if it presented this identity.
-    flow.set_peer_identity(identity.to_string());
-    flow.set_tls_group(lease.tls_group());
-    let recv = response.into_body();
-    let result = hbone::stream::bidirectional(
-        client,
-        send_stream,
-        recv,
-        &(flow.sent(), tcp.request_bytes()),
-        &(flow.received(), tcp.response_bytes()),
-    )
-    .await;
-    drop(lease);
-    account_bytes(scope, Listener::Outbound, flow);
-    result.map(|_| ()).map_err(|e| (format!("copy: {e}"), None))
+    Ok(OpenTunnel {
+        lease,
+        send,
+        recv: response.into_body(),
+    })
 }
 
 fn failed_open(e: OpenError) -> TunnelError {

@@ -46,7 +46,7 @@ pub(crate) async fn serve_connection(
         client: client_id,
         client_chain,
         tls_group,
-    } = match crate::hbone::server::accept(tcp, config).await {
+    } = match Box::pin(crate::hbone::server::accept(tcp, config)).await {
         Ok(accepted) => accepted,
         Err(e) => {
             refuse(&scope, peer, e.to_string());
@@ -57,6 +57,8 @@ pub(crate) async fn serve_connection(
     scope.ctx.metrics.hbone_accepted.inc();
     count_tls_handshake(&scope.ctx.metrics.tls_handshakes, tls_group, "server");
     let client_id = Arc::new(client_id);
+    // Every stream's flow names the client: one shared copy of its text.
+    let client_text: Arc<str> = client_id.to_string().into();
     let keepalive = crate::hbone::keepalive::watch_or_never(conn.ping_pong());
     tokio::pin!(keepalive);
     let drain = scope.ctx.drain.clone();
@@ -87,10 +89,20 @@ pub(crate) async fn serve_connection(
         let Some(next) = next else { break };
         match next {
             Ok((req, respond)) => {
-                let (scope, client_id) = (scope.clone(), client_id.clone());
-                tokio::spawn(async move {
-                    serve_stream(&scope, peer, &client_id, tls_group, req, respond).await
-                });
+                // The opening is boxed and the task holds only the copy phase beside it: the
+                // request, the decision and the dial are freed once the 200 is sent, instead of
+                // staying in the task for the tunnel's whole life.
+                let opening = Box::pin(accept_stream(
+                    scope.clone(),
+                    peer,
+                    client_id.clone(),
+                    client_text.clone(),
+                    tls_group,
+                    req,
+                    respond,
+                ));
+                let scope = scope.clone();
+                tokio::spawn(async move { serve_stream(&scope, opening).await });
             }
             Err(e) => {
                 tracing::debug!(pod = %scope.key, %peer, error = %e, "HBONE connection ended");
@@ -115,86 +127,32 @@ fn refuse(scope: &PodScope, peer: SocketAddr, why: String) {
     count_failure(scope, Listener::Hbone);
 }
 
+/// A CONNECT the pod accepted: what the copy phase of [`serve_stream`] keeps.
+struct AcceptedStream {
+    flow: crate::flows::Flow,
+    tcp: crate::metrics::tcp::Connection,
+    admitted: authz::Registration,
+    app: TcpStream,
+    send: h2::SendStream<Bytes>,
+    recv: h2::RecvStream,
+}
+
+/// Serves one CONNECT stream: `opening` is its [`accept_stream`], then the copy.
 async fn serve_stream(
     scope: &PodScope,
-    peer: SocketAddr,
-    client_id: &Identity,
-    tls_group: Option<&'static str>,
-    req: Request<h2::RecvStream>,
-    respond: SendResponse<Bytes>,
+    opening: std::pin::Pin<Box<impl std::future::Future<Output = Option<AcceptedStream>>>>,
 ) {
-    let client = forwarded_for(req.headers().get("forwarded"))
-        .filter(|c| c.port() != 0)
-        .unwrap_or(peer);
-    let target = parse_target(&req);
-    let dst = *target.as_ref().unwrap_or(&SocketAddr::new(peer.ip(), 0));
-    let flow = scope
-        .ctx
-        .flows
-        .start(&scope.key, Listener::Hbone, client, dst);
-    flow.set_peer_identity(client_id.to_string());
-    flow.set_tls_group(tls_group);
-    let refusal = match &target {
-        Err(e) => Some((StatusCode::BAD_REQUEST, e.to_string())),
-        Ok(t) if !scope.owns(t.ip()) => Some((
-            StatusCode::BAD_REQUEST,
-            format!("{t} is not an address of this pod"),
-        )),
-        Ok(t) if PROXY_PORTS.contains(&t.port()) => Some((
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{t} is the proxy's own port"),
-        )),
-        Ok(_) => None,
-    };
-    if let Some((status, why)) = refusal {
-        respond_error(respond, status);
-        flow.fail(format!("{} {why}", status.as_u16()));
-        count_failure(scope, Listener::Hbone);
+    let Some(AcceptedStream {
+        flow,
+        tcp,
+        mut admitted,
+        app,
+        send,
+        recv,
+    }) = opening.await
+    else {
         return;
-    }
-    // Policy sees the outer connection's peer, as ztunnel's does (`src/proxy/inbound.rs`: the
-    // RBAC connection's `src` is the TLS socket's peer address): the `forwarded` header is the
-    // client's claim, the TCP peer is what the kernel saw.
-    let conn = Inbound {
-        pod: scope.pod.clone(),
-        src_ip: peer.ip(),
-        identity: Some(client_id.clone()),
-        dst,
     };
-    let tcp = telemetry::inbound(scope, peer.ip(), dst, Some(client_id));
-    let mut admitted = match authz::admit(scope, &flow, conn) {
-        Ok(admitted) => admitted,
-        Err(decision) => {
-            respond_error(respond, StatusCode::UNAUTHORIZED);
-            flow.fail(format!("401 {}", authz::denial(&decision)));
-            count_failure(scope, Listener::Hbone);
-            tcp.fail(ResponseFlags::Deny);
-            return;
-        }
-    };
-    // The HBONE connection comes from the client pod's own IP (it is dialled from inside the
-    // client's netns), so in ambient that is the source the app sees; a sidecar uses 127.0.0.6.
-    let source = scope.placement.app_source(peer.ip(), dst.ip());
-    flow.set_route("app");
-    let app = match dial(scope, dst, source).await {
-        Ok(app) => app,
-        Err(e) => {
-            respond_error(respond, StatusCode::SERVICE_UNAVAILABLE);
-            flow.fail(format!("503 {e}"));
-            count_failure(scope, Listener::Hbone);
-            tcp.fail(ResponseFlags::Connect);
-            return;
-        }
-    };
-    let send = match respond_ok(respond) {
-        Ok(s) => s,
-        Err(e) => {
-            flow.fail(format!("sending 200: {e}"));
-            tcp.fail(ResponseFlags::Connect);
-            return;
-        }
-    };
-    let recv = req.into_body();
     // The app answers (server → client) into the tunnel; the tunnel carries the client's bytes.
     let to_client = (flow.received(), tcp.response_bytes());
     let to_app = (flow.sent(), tcp.request_bytes());
@@ -214,4 +172,97 @@ async fn serve_stream(
             tcp.fail(ResponseFlags::Deny);
         }
     }
+}
+
+/// The opening half of [`serve_stream`]: checks the CONNECT's target, asks policy, dials the
+/// app and answers 200; `None` once a refusal has been answered and recorded.
+async fn accept_stream(
+    scope: Arc<PodScope>,
+    peer: SocketAddr,
+    client_id: Arc<Identity>,
+    client_text: Arc<str>,
+    tls_group: Option<&'static str>,
+    req: Request<h2::RecvStream>,
+    respond: SendResponse<Bytes>,
+) -> Option<AcceptedStream> {
+    let (scope, client_id) = (&*scope, &client_id);
+    let client = forwarded_for(req.headers().get("forwarded"))
+        .filter(|c| c.port() != 0)
+        .unwrap_or(peer);
+    let target = parse_target(&req);
+    let dst = *target.as_ref().unwrap_or(&SocketAddr::new(peer.ip(), 0));
+    let flow = scope
+        .ctx
+        .flows
+        .start(&scope.key, Listener::Hbone, client, dst);
+    flow.set_peer_identity(client_text);
+    flow.set_tls_group(tls_group);
+    let refusal = match &target {
+        Err(e) => Some((StatusCode::BAD_REQUEST, e.to_string())),
+        Ok(t) if !scope.owns(t.ip()) => Some((
+            StatusCode::BAD_REQUEST,
+            format!("{t} is not an address of this pod"),
+        )),
+        Ok(t) if PROXY_PORTS.contains(&t.port()) => Some((
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{t} is the proxy's own port"),
+        )),
+        Ok(_) => None,
+    };
+    if let Some((status, why)) = refusal {
+        respond_error(respond, status);
+        flow.fail(format!("{} {why}", status.as_u16()));
+        count_failure(scope, Listener::Hbone);
+        return None;
+    }
+    // Policy sees the outer connection's peer, as ztunnel's does (`src/proxy/inbound.rs`: the
+    // RBAC connection's `src` is the TLS socket's peer address): the `forwarded` header is the
+    // client's claim, the TCP peer is what the kernel saw.
+    let conn = Inbound {
+        pod: scope.pod.clone(),
+        src_ip: peer.ip(),
+        identity: Some(Arc::clone(client_id)),
+        dst,
+    };
+    let tcp = telemetry::inbound(scope, peer.ip(), dst, Some(client_id));
+    let admitted = match authz::admit(scope, &flow, conn) {
+        Ok(admitted) => admitted,
+        Err(decision) => {
+            respond_error(respond, StatusCode::UNAUTHORIZED);
+            flow.fail(format!("401 {}", authz::denial(&decision)));
+            count_failure(scope, Listener::Hbone);
+            tcp.fail(ResponseFlags::Deny);
+            return None;
+        }
+    };
+    // The HBONE connection comes from the client pod's own IP (it is dialled from inside the
+    // client's netns), so in ambient that is the source the app sees; a sidecar uses 127.0.0.6.
+    let source = scope.placement.app_source(peer.ip(), dst.ip());
+    flow.set_route("app");
+    let app = match dial(scope, dst, source).await {
+        Ok(app) => app,
+        Err(e) => {
+            respond_error(respond, StatusCode::SERVICE_UNAVAILABLE);
+            flow.fail(format!("503 {e}"));
+            count_failure(scope, Listener::Hbone);
+            tcp.fail(ResponseFlags::Connect);
+            return None;
+        }
+    };
+    let send = match respond_ok(respond) {
+        Ok(s) => s,
+        Err(e) => {
+            flow.fail(format!("sending 200: {e}"));
+            tcp.fail(ResponseFlags::Connect);
+            return None;
+        }
+    };
+    Some(AcceptedStream {
+        flow,
+        tcp,
+        admitted,
+        app,
+        send,
+        recv: req.into_body(),
+    })
 }
