@@ -166,9 +166,9 @@ impl ZtLab {
             backend: "iptables",
         };
         let servers = echo_servers(&c.lab, &["n1-p1", "n2-p1"]).await;
-        let mut zt = ztunnel::Ztunnel::start(&c.lab, &binary, "n2-p1", &["n1-p1", "n2-p1"], env)
+        let mut zt = ztunnel::start(&c.lab, &binary, "n2-p1", &["n1-p1", "n2-p1"], env)
             .expect("start ztunnel");
-        zt.wait_ready(&c.lab, "n2-p1", DEADLINE)
+        zt.wait_ready(&c.lab, std::time::Instant::now() + DEADLINE)
             .expect("ztunnel ready");
         Some(ZtLab {
             zt,

@@ -13,42 +13,19 @@
 // (`istio_tcp_*` with `connection_security_policy="mutual_tls"` and the peer's principal).
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ambit::capture::CaptureOptions;
-use ambit::lab::{Lab, READY_PORT};
-use ambit::rules::{self, Backend, Families};
-use anyhow::{anyhow, bail, Context};
+use ambit::lab::ztunnel::Ztunnel;
+use ambit::lab::Lab;
+use anyhow::{anyhow, Context};
 
-/// Environment variable naming the ztunnel binary (overrides the default path).
-pub(crate) const ZTUNNEL_ENV: &str = "AMBIT_ZTUNNEL";
+pub(crate) use ambit::lab::ztunnel::locate;
+
 /// ztunnel's Prometheus port (`/metrics`).
 const METRICS_PORT: u16 = 15020;
 /// Trust domain of the fake CA's certificates and of the local config.
 use ambit::config::DEFAULT_TRUST_DOMAIN as TRUST_DOMAIN;
-/// How long ztunnel gets to exit after SIGTERM before it is killed.
-const STOP_GRACE: Duration = Duration::from_secs(3);
-
-/// The ztunnel binary: `$AMBIT_ZTUNNEL`, else `<repo>/../shared/peers/ztunnel/ztunnel`; `Err`
-/// says where it looked when it is absent.
-pub(crate) fn locate() -> Result<PathBuf, String> {
-    let path = match std::env::var_os(ZTUNNEL_ENV) {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers/ztunnel/ztunnel"),
-    };
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "no ztunnel binary at {} (set {ZTUNNEL_ENV} to its path)",
-            path.display()
-        ))
-    }
-}
 
 /// SPIFFE identity of a lab pod under the fake CA.
 pub(crate) fn principal(lab: &Lab, pod: &str) -> anyhow::Result<String> {
@@ -59,10 +36,9 @@ pub(crate) fn principal(lab: &Lab, pod: &str) -> anyhow::Result<String> {
     ))
 }
 
-/// One ztunnel per mesh pod of a lab, stopped (SIGTERM, then SIGKILL) when dropped.
+/// One ztunnel per mesh pod of a lab, each stopped when dropped.
 pub(crate) struct Ztunnels {
-    procs: Vec<(String, Child)>,
-    dir: PathBuf,
+    procs: Vec<Ztunnel>,
 }
 
 impl Ztunnels {
@@ -74,107 +50,38 @@ impl Ztunnels {
         let config = dir.join("config.yaml");
         std::fs::write(&config, ambit::lab::ztunnel::local_config(lab, mesh)?)
             .with_context(|| format!("writing {}", config.display()))?;
-        let mut zt = Ztunnels {
-            procs: Vec::new(),
-            dir,
-        };
+        let mut procs = Vec::new();
         for pod in mesh {
-            let ns = lab.pod_netns(pod)?;
-            rules::apply(
-                &ns,
-                Backend::Iptables,
-                &CaptureOptions::default(),
-                Families::BOTH,
-            )
-            .with_context(|| format!("installing the in-pod rules in {pod}"))?;
-            let p = lab.pod(pod)?;
-            let work = zt.dir.join(pod);
-            std::fs::create_dir_all(&work)?;
-            let log = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(work.join("ztunnel.log"))
-                .context("opening the ztunnel log")?;
-            let mut cmd = ambit::lab::ztunnel::standalone_command(binary, &config, p);
-            cmd.current_dir(&work)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .process_group(0);
-            ns.prepare_command(&mut cmd);
-            let child = cmd
-                .spawn()
-                .with_context(|| format!("starting {} in {pod}", binary.display()))?;
-            zt.procs.push((pod.to_string(), child));
+            procs.push(Ztunnel::start(
+                lab,
+                binary,
+                &config,
+                &dir.join(pod),
+                pod,
+                &[],
+            )?);
         }
-        Ok(zt)
+        Ok(Ztunnels { procs })
     }
 
     /// Waits until every ztunnel answers 200 on `/healthz/ready`; fails (quoting its log) if
     /// one exits or is not ready by the deadline.
     pub(crate) fn wait_ready(&mut self, lab: &Lab, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
-        for i in 0..self.procs.len() {
-            let pod = self.procs[i].0.clone();
-            loop {
-                if let Some(status) = self.procs[i].1.try_wait()? {
-                    bail!(
-                        "ztunnel in {pod} exited ({status}):\n{}",
-                        self.log_tail(&pod)
-                    );
-                }
-                match lab.node_http_get(&pod, READY_PORT, "/healthz/ready") {
-                    Ok(r) if r.status == 200 => break,
-                    _ if Instant::now() >= deadline => bail!(
-                        "ztunnel in {pod} not ready after {timeout:?}:\n{}",
-                        self.log_tail(&pod)
-                    ),
-                    _ => std::thread::sleep(Duration::from_millis(50)),
-                }
-            }
+        for zt in &mut self.procs {
+            zt.wait_ready(lab, deadline)?;
         }
         Ok(())
     }
 
-    fn log_tail(&self, pod: &str) -> String {
-        let text =
-            std::fs::read_to_string(self.dir.join(pod).join("ztunnel.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
     /// Pid of the ztunnel in `pod`.
     pub(crate) fn pid(&self, pod: &str) -> Option<u32> {
-        self.procs
-            .iter()
-            .find(|(p, _)| p == pod)
-            .map(|(_, c)| c.id())
+        self.procs.iter().find(|z| z.pod() == pod).map(Ztunnel::pid)
     }
 
     /// Pids of every ztunnel.
     pub(crate) fn pids(&self) -> Vec<u32> {
-        self.procs.iter().map(|(_, c)| c.id()).collect()
-    }
-}
-
-impl Drop for Ztunnels {
-    fn drop(&mut self) {
-        for (_, child) in &self.procs {
-            // SAFETY: kill has no memory-safety preconditions; the child is not reaped yet, so
-            // its pid is still ours.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        }
-        let deadline = Instant::now() + STOP_GRACE;
-        for (pod, child) in &mut self.procs {
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if matches!(child.try_wait(), Ok(None)) {
-                eprintln!("ztunnel in {pod} ignored SIGTERM; killing it");
-                let _ = child.kill();
-            }
-            let _ = child.wait();
-        }
+        self.procs.iter().map(Ztunnel::pid).collect()
     }
 }
 

@@ -61,6 +61,15 @@ pub enum LabError {
     /// A lab namespace could not be opened or entered.
     #[error(transparent)]
     NetNs(#[from] NetNsError),
+    /// A ztunnel (the interop tests' and the bench's peer) failed to start, exited, or did not
+    /// become ready.
+    #[error("ztunnel in pod {pod}: {message}")]
+    Ztunnel {
+        /// Pod it serves.
+        pod: String,
+        /// What went wrong (with its log's last lines when it ran).
+        message: String,
+    },
     /// A daemon failed to start, exited, or did not become ready.
     #[error("ambit on node {node}: {message}\n--- last lines of {} ---\n{tail}", log.display())]
     Daemon {
