@@ -8,11 +8,10 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, OnceLock};
 
 use nix::sched::{setns, CloneFlags};
@@ -134,19 +133,22 @@ impl NetNs {
         Ok(out)
     }
 
-    /// Makes `cmd` enter this namespace in the child, between fork and exec.
-    pub fn prepare_command<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
-        let fd: RawFd = self.file.as_raw_fd();
-        // The fd is kept alive by `self.file` for as long as the caller holds this NetNs, which
-        // outlives spawn(). setns is async-signal-safe, as pre_exec requires.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            })
-        }
+    /// Starts `cmd` inside this namespace.
+    ///
+    /// A child inherits the namespace of the thread that creates it, so the command is spawned
+    /// from this thread while it is inside. That keeps the spawn free of `pre_exec`, which lets
+    /// std use `posix_spawn` (a clone sharing the parent's memory until exec) instead of `fork`:
+    /// a fork copies the daemon's page tables and write-protects its heap, which stalled every
+    /// connection for up to 150 ms at each periodic rule check (`benches/README.md`).
+    pub fn spawn(&self, cmd: &mut Command) -> io::Result<Child> {
+        self.run(|| cmd.spawn()).map_err(io::Error::other)?
+    }
+
+    /// Runs `cmd` inside this namespace to completion, capturing its stdout and stderr, like
+    /// [`Command::output`].
+    pub fn output(&self, cmd: &mut Command) -> io::Result<Output> {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        self.spawn(cmd)?.wait_with_output()
     }
 }
 

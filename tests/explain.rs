@@ -194,8 +194,7 @@ async fn scenario(backend: &'static str) {
     let node = c.lab.node_netns("n1").unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ambit"));
     cmd.args(["explain", "n1-p1", &at("n2-p1", APP_PORT).to_string()]);
-    node.prepare_command(&mut cmd);
-    let out = cmd.output().expect("run ambit explain");
+    let out = node.output(&mut cmd).expect("run ambit explain");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -220,8 +219,7 @@ async fn scenario(backend: &'static str) {
 
     let mut bad = Command::new(env!("CARGO_BIN_EXE_ambit"));
     bad.args(["explain", "no-such-pod", "10.0.0.1:80"]);
-    node.prepare_command(&mut bad);
-    let out = bad.output().expect("run ambit explain");
+    let out = node.output(&mut bad).expect("run ambit explain");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-pod"));
 }
@@ -231,8 +229,7 @@ fn config(c: &Cluster, node: &str, args: &[&str]) -> String {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ambit"));
     cmd.arg("config").args(args);
     let ns = c.lab.node_netns(node).unwrap();
-    ns.prepare_command(&mut cmd);
-    let out = cmd.output().expect("run ambit config");
+    let out = ns.output(&mut cmd).expect("run ambit config");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),

@@ -23,13 +23,7 @@ fn inbound_count(c: &Cluster, node: &str, dst: SocketAddr) -> usize {
 fn in_pod(c: &Cluster, pod: &str, cmd: &[&str]) -> String {
     let mut command = Command::new(cmd[0]);
     command.args(&cmd[1..]);
-    let out = c
-        .lab
-        .pod_netns(pod)
-        .unwrap()
-        .prepare_command(&mut command)
-        .output()
-        .unwrap();
+    let out = c.lab.pod_netns(pod).unwrap().output(&mut command).unwrap();
     assert!(
         out.status.success(),
         "{cmd:?}: {}",

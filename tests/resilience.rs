@@ -161,8 +161,8 @@ async fn a_silently_dead_peer_is_detected_and_replaced() {
             let mut cmd = std::process::Command::new("iptables");
             cmd.args(["-w", op, chain, "-p", "tcp", dir, "15008", "-j", "DROP"]);
             let status = server_ns
-                .prepare_command(&mut cmd)
-                .status()
+                .spawn(&mut cmd)
+                .and_then(|mut child| child.wait())
                 .expect("iptables");
             assert!(status.success(), "iptables {op} {chain}");
         }

@@ -22,8 +22,7 @@ fn uninstall(c: &Cluster, node: &str, args: &[&str]) -> Output {
     c.lab
         .node_netns(node)
         .expect("node netns")
-        .prepare_command(&mut cmd)
-        .output()
+        .output(&mut cmd)
         .expect("run ambit uninstall")
 }
 
@@ -36,7 +35,7 @@ fn text(bytes: &[u8]) -> String {
 fn tool(ns: &NetNs, program: &str, args: &[&str]) -> String {
     let mut cmd = Command::new(program);
     cmd.args(args);
-    let out = ns.prepare_command(&mut cmd).output().expect("spawn tool");
+    let out = ns.output(&mut cmd).expect("spawn tool");
     text(&out.stdout)
 }
 

@@ -131,8 +131,8 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
             let mut cmd = Command::new(&command[0]);
             cmd.args(&command[1..]);
             let status = ns
-                .prepare_command(&mut cmd)
-                .status()
+                .spawn(&mut cmd)
+                .and_then(|mut child| child.wait())
                 .with_context(|| format!("running {:?}", command[0]))?;
             std::process::exit(status.code().unwrap_or(1));
         }

@@ -274,8 +274,7 @@ impl KubeletPods {
             .stderr(Stdio::null())
             // Its own process group: a terminal's ^C after `ambit lab up` does not reach it.
             .process_group(0);
-        netns.prepare_command(&mut cmd);
-        let child = cmd.spawn().map_err(|source| LabError::Io {
+        let child = netns.spawn(&mut cmd).map_err(|source| LabError::Io {
             context: format!("cannot start the placeholder process of pod {}", pod.name),
             source,
         })?;

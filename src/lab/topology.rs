@@ -27,6 +27,11 @@ fn describe(cmd: &Command) -> String {
 /// Runs `cmd` (feeding `stdin` if given) and fails with its command line and stderr unless it
 /// exits successfully.
 pub(crate) fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<(), LabError> {
+    run_in(None, cmd, stdin)
+}
+
+/// [`run`], inside `ns` when given.
+fn run_in(ns: Option<&NetNs>, cmd: &mut Command, stdin: Option<&str>) -> Result<(), LabError> {
     let command = describe(cmd);
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
@@ -39,7 +44,11 @@ pub(crate) fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<(), LabError
         context: format!("cannot run `{command}`"),
         source,
     };
-    let mut child = cmd.spawn().map_err(spawn_err)?;
+    let spawned = match ns {
+        Some(ns) => ns.spawn(cmd),
+        None => cmd.spawn(),
+    };
+    let mut child = spawned.map_err(spawn_err)?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         // A write error means the child exited early; its status and stderr say why.
         let _ = pipe.write_all(input.as_bytes());
@@ -112,8 +121,7 @@ fn sysctls(netns: &str, settings: &[&str]) -> Result<(), LabError> {
     let ns = NetNs::open(super::state::netns_path(netns))?;
     let mut cmd = Command::new("sysctl");
     cmd.args(["-q", "-w"]).args(settings);
-    ns.prepare_command(&mut cmd);
-    run(&mut cmd, None)
+    run_in(Some(&ns), &mut cmd, None)
 }
 
 /// Settings shared by every lab namespace: no duplicate address detection, so addresses are

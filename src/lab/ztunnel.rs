@@ -135,9 +135,8 @@ impl Ztunnel {
             .stdout(out)
             .stderr(err)
             .process_group(0);
-        ns.prepare_command(&mut cmd);
-        let child = cmd
-            .spawn()
+        let child = ns
+            .spawn(&mut cmd)
             .map_err(|e| failed(format!("starting {}: {e}", binary.display())))?;
         Ok(Ztunnel {
             pod: pod.to_string(),

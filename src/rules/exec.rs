@@ -62,8 +62,7 @@ pub fn run(
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    ns.prepare_command(&mut cmd);
-    let mut child = cmd.spawn().map_err(spawn_err)?;
+    let mut child = ns.spawn(&mut cmd).map_err(spawn_err)?;
     // Writing from another thread: a large script must not deadlock against a child that
     // fills its stdout pipe before reading all of its input.
     let writer = match (stdin, child.stdin.take()) {

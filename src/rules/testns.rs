@@ -35,8 +35,7 @@ impl TestNs {
     pub fn exec(&self, program: &str, args: &[&str]) -> String {
         let mut cmd = Command::new(program);
         cmd.args(args);
-        self.ns.prepare_command(&mut cmd);
-        let out = cmd.output().expect("spawn");
+        let out = self.ns.output(&mut cmd).expect("spawn");
         assert!(
             out.status.success(),
             "{program} {args:?}: {}",

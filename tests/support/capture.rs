@@ -36,8 +36,7 @@ impl Capture {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        ns.prepare_command(&mut cmd);
-        let mut child = cmd.spawn().expect("spawn tcpdump");
+        let mut child = ns.spawn(&mut cmd).expect("spawn tcpdump");
         let stderr = child.stderr.take().expect("tcpdump stderr");
         let (tx, rx) = mpsc::channel();
         // Drains stderr for tcpdump's whole life, so it never blocks on a full pipe.

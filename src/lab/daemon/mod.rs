@@ -71,8 +71,7 @@ pub(crate) fn spawn(
         .stdout(out)
         .stderr(err)
         .process_group(0);
-    ns.prepare_command(&mut cmd);
-    let child = cmd.spawn().map_err(io_err(format!(
+    let child = ns.spawn(&mut cmd).map_err(io_err(format!(
         "cannot start {} for {label}",
         binary.display()
     )))?;

@@ -40,10 +40,11 @@ fn alive(pid: u32) -> bool {
 fn extra_process(ns: Option<&NetNs>, cgroup: &Path) -> Child {
     let mut cmd = Command::new("sleep");
     cmd.arg("1000").stdin(Stdio::null());
-    if let Some(ns) = ns {
-        ns.prepare_command(&mut cmd);
+    let child = match ns {
+        Some(ns) => ns.spawn(&mut cmd),
+        None => cmd.spawn(),
     }
-    let child = cmd.spawn().unwrap();
+    .unwrap();
     std::fs::write(cgroup.join("cgroup.procs"), child.id().to_string()).unwrap();
     child
 }

@@ -248,8 +248,7 @@ fn counters_follow_local_connections() {
         "-c",
     ])
     .arg("exec 3<>/dev/tcp/10.99.0.1/8080 && head -c1 <&3 >/dev/null");
-    t.ns.prepare_command(&mut cmd);
-    let child = cmd.spawn().unwrap();
+    let child = t.ns.spawn(&mut cmd).unwrap();
     assert_eq!(accept_one(&inbound).port(), 15006);
     assert!(child.wait_with_output().unwrap().status.success());
     let after = nat_counts(&t);
