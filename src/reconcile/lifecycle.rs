@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::pod::{self, blocking, capture_fingerprint, outcome_label, PodRules};
+use super::pod::{self, background, blocking, capture_fingerprint, outcome_label, PodRules};
 use super::{entry_pod, Enrolled, Entry, Failed, Reconciler};
 use crate::capture::CaptureOptions;
 use crate::config::MAX_ENROLL_BACKOFF;
@@ -91,7 +91,8 @@ impl Reconciler {
                     rules,
                     _proxy: proxy,
                     last_outcome: label,
-                    next_verify: Instant::now() + self.config.verify_interval,
+                    next_verify: Instant::now()
+                        + first_check_after(&pod.uid, self.config.verify_interval),
                 })
             }
             Err(e) => {
@@ -110,7 +111,7 @@ impl Reconciler {
         }
         e.next_verify = Instant::now() + self.config.verify_interval;
         let rules = e.rules.clone();
-        let result = match blocking(move || rules.apply()).await {
+        let result = match background("ambit-verify", move || rules.apply()).await {
             Ok(x) => x,
             Err(join) => {
                 tracing::error!(pod = %e.pod.key(), error = %join, "rule check did not run");
@@ -171,5 +172,34 @@ impl Reconciler {
             Err(err) => tracing::error!(pod = %key, error = %err, "removing rules did not run"),
         }
         drop(_proxy);
+    }
+}
+
+/// When a newly captured pod's rules are first re-checked: somewhere in the second half of
+/// `interval`, fixed per pod. Pods captured together (a daemon start, a rollout) would
+/// otherwise all be checked in the same pass, every pass.
+fn first_check_after(uid: &str, interval: Duration) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    uid.hash(&mut h);
+    let fraction = (h.finish() % 1024) as f64 / 1024.0;
+    interval.mul_f64(0.5 + fraction / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_checks_spread_over_the_second_half_of_the_interval() {
+        let interval = Duration::from_secs(10);
+        let firsts: Vec<Duration> = (0..50)
+            .map(|i| first_check_after(&format!("uid-{i}"), interval))
+            .collect();
+        assert!(firsts.iter().all(|d| *d >= interval / 2 && *d < interval));
+        let earliest = firsts.iter().min().copied().unwrap_or_default();
+        let latest = firsts.iter().max().copied().unwrap_or_default();
+        assert!(latest - earliest > interval / 4, "{earliest:?}..{latest:?}");
+        assert_eq!(firsts[3], first_check_after("uid-3", interval));
     }
 }

@@ -92,9 +92,54 @@ pub(super) async fn blocking<T: Send + 'static>(
         .map_err(|e| format!("background task failed: {e}"))
 }
 
+/// Runs `f` on a thread of its own at `SCHED_IDLE` priority, which the commands it starts
+/// inherit. For housekeeping that may wait: the periodic rule check starts about eight
+/// short-lived tools per pod, and at normal priority those took the cores from the data path
+/// on a busy node (stalls of several ms every check, `benches/README.md`). At `SCHED_IDLE`
+/// any woken data thread preempts them. The thread is not reused: leaving `SCHED_IDLE` would
+/// need `CAP_SYS_NICE`.
+pub(super) async fn background<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            if let Err(e) = lower_to_idle_priority() {
+                // Only latency is at stake; the work itself must still run.
+                tracing::debug!(error = %e, "cannot lower a background thread to SCHED_IDLE");
+            }
+            let _ = tx.send(f());
+        })
+        .map_err(|e| format!("cannot start background thread {name}: {e}"))?;
+    rx.await
+        .map_err(|_| format!("background thread {name} ended without a result"))
+}
+
+/// Puts the calling thread (and the processes it will spawn) in the `SCHED_IDLE` class.
+fn lower_to_idle_priority() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 names the calling thread; `param` is a valid sched_param for SCHED_IDLE.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn background_work_runs_at_idle_priority() {
+        let policy = background("test-idle", || unsafe { libc::sched_getscheduler(0) })
+            .await
+            .unwrap();
+        assert_eq!(policy, libc::SCHED_IDLE);
+        // The caller's own thread keeps its class.
+        assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
+    }
 
     #[test]
     fn only_capture_annotations_change_the_fingerprint() {
