@@ -5,11 +5,15 @@
 //! Received DATA is given back to the flow-control window as soon as it is written out, so a
 //! slow reader throttles the sender through HTTP/2 flow control, not through memory.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 use crate::config::{
     TUNNEL_BULK_AFTER as BULK_AFTER, TUNNEL_BULK_READ as BULK_READ,
@@ -34,124 +38,221 @@ fn is_graceful_reset(e: &h2::Error) -> bool {
     )
 }
 
-/// Copies `reader` into the HTTP/2 stream until EOF, then ends the stream (half-close).
-pub async fn tcp_to_h2<R: AsyncRead + Unpin>(
-    mut reader: R,
-    send: &mut SendStream<Bytes>,
-    counter: &dyn Tally,
-) -> io::Result<u64> {
-    let mut total = 0u64;
-    let mut buf = BytesMut::new();
-    loop {
-        let want = if total >= BULK_AFTER {
-            BULK_READ
-        } else {
-            INITIAL_READ
-        };
-        if buf.capacity() == 0 {
-            // No buffer while idle.
-            crate::copy::readable(&mut reader).await?;
-        }
-        buf.reserve(want);
-        let n = reader.read_buf(&mut buf).await?;
-        if n == 0 {
-            send.send_data(Bytes::new(), true).map_err(h2_io)?;
-            return Ok(total);
-        }
-        let mut chunk = buf.split().freeze();
-        if n < want {
-            // A short read: keep no spare capacity while waiting for more.
-            buf = BytesMut::new();
-        }
-        while !chunk.is_empty() {
-            send.reserve_capacity(chunk.len());
-            let granted = std::future::poll_fn(|cx| send.poll_capacity(cx))
-                .await
-                .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "HBONE stream closed"))?
-                .map_err(h2_io)?;
-            let part = chunk.split_to(granted.min(chunk.len()));
-            send.send_data(part, false).map_err(h2_io)?;
-        }
-        total += n as u64;
-        counter.add(n as u64);
-    }
-}
-
-/// Copies the HTTP/2 stream into `writer` until END_STREAM, then shuts `writer` down.
-pub async fn h2_to_tcp<W: AsyncWrite + Unpin>(
-    mut recv: RecvStream,
-    mut writer: W,
-    counter: &dyn Tally,
-) -> io::Result<u64> {
-    let mut total = 0u64;
-    while let Some(frame) = recv.data().await {
-        let data = match frame {
-            Ok(d) => d,
-            Err(e) if is_graceful_reset(&e) => break,
-            Err(e) => return Err(h2_io(e)),
-        };
-        writer.write_all(&data).await?;
-        let n = data.len();
-        // Give the window back only once the bytes are out: flow control follows the reader.
-        let _ = recv.flow_control().release_capacity(n);
-        total += n as u64;
-        counter.add(n as u64);
-    }
-    writer.shutdown().await?;
-    Ok(total)
-}
-
 /// Bytes moved by [`bidirectional`]; how [`bidirectional_until`] ended.
 pub use crate::copy::{Ended, Transferred};
 
+/// Both directions between a TCP stream and an HTTP/2 stream, as one hand-written future.
+///
+/// An idle tunnel is mostly this state, so it is kept small: one struct polled for both
+/// directions (about a third of two `async fn` loops joined, which reserve room for every
+/// await point), no split of the TCP stream into reference-counted halves, and no read buffer
+/// while the client is quiet.
+pub struct Copy<'a> {
+    tcp: TcpStream,
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    /// TCP → tunnel: the read buffer (no capacity while idle) and a chunk read but not yet
+    /// handed to HTTP/2, which waits for flow-control capacity.
+    read: BytesMut,
+    unsent: Bytes,
+    sent: u64,
+    /// Tunnel → TCP: the DATA frame being written out.
+    unwritten: Bytes,
+    received: u64,
+    state: State,
+    tcp_to_tunnel: &'a dyn Tally,
+    tunnel_to_tcp: &'a dyn Tally,
+}
+
+/// Which directions have ended.
+#[derive(Clone, Copy, Default)]
+struct State {
+    /// TCP EOF was passed on as END_STREAM.
+    up_done: bool,
+    /// END_STREAM (or a graceful reset) arrived; the TCP write side is being shut down.
+    down_ending: bool,
+    /// The TCP write side is shut down.
+    down_done: bool,
+}
+
+impl<'a> Copy<'a> {
+    fn new(
+        tcp: TcpStream,
+        send: SendStream<Bytes>,
+        recv: RecvStream,
+        tcp_to_tunnel: &'a dyn Tally,
+        tunnel_to_tcp: &'a dyn Tally,
+    ) -> Self {
+        Copy {
+            tcp,
+            send,
+            recv,
+            read: BytesMut::new(),
+            unsent: Bytes::new(),
+            sent: 0,
+            unwritten: Bytes::new(),
+            received: 0,
+            state: State::default(),
+            tcp_to_tunnel,
+            tunnel_to_tcp,
+        }
+    }
+
+    /// TCP → tunnel until EOF, then END_STREAM (half-close).
+    fn poll_up(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if !self.unsent.is_empty() {
+                self.send.reserve_capacity(self.unsent.len());
+                let granted = match ready!(self.send.poll_capacity(cx)) {
+                    Some(Ok(n)) => n,
+                    Some(Err(e)) => return Poll::Ready(Err(h2_io(e))),
+                    None => {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::BrokenPipe,
+                            "HBONE stream closed",
+                        )))
+                    }
+                };
+                // Taking the whole chunk leaves nothing pointing into its buffer, which an
+                // empty remainder of a split would keep alive while the tunnel idles.
+                let part = if granted >= self.unsent.len() {
+                    std::mem::take(&mut self.unsent)
+                } else {
+                    self.unsent.split_to(granted)
+                };
+                let n = part.len() as u64;
+                self.send.send_data(part, false).map_err(h2_io)?;
+                self.tcp_to_tunnel.add(n);
+                continue;
+            }
+            // No buffer until the client has sent something.
+            ready!(self.tcp.poll_read_ready(cx))?;
+            let want = if self.sent >= BULK_AFTER {
+                BULK_READ
+            } else {
+                INITIAL_READ
+            };
+            self.read.reserve(want);
+            let n = ready!(poll_read_into(&mut self.tcp, cx, &mut self.read))?;
+            if n == 0 {
+                self.read = BytesMut::new();
+                self.send.send_data(Bytes::new(), true).map_err(h2_io)?;
+                return Poll::Ready(Ok(()));
+            }
+            self.unsent = self.read.split().freeze();
+            if n < want {
+                // A short read: keep no spare capacity while waiting for more.
+                self.read = BytesMut::new();
+            }
+            self.sent += n as u64;
+        }
+    }
+
+    /// Tunnel → TCP until END_STREAM, then a TCP write shutdown (FIN). Received DATA is given
+    /// back to the flow-control window only once written, so flow control follows the reader.
+    fn poll_down(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if !self.unwritten.is_empty() {
+                let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.unwritten))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                if n == self.unwritten.len() {
+                    // Release the frame's buffer now, not when the next frame arrives.
+                    self.unwritten = Bytes::new();
+                } else {
+                    self.unwritten.advance(n);
+                }
+                let _ = self.recv.flow_control().release_capacity(n);
+                self.received += n as u64;
+                self.tunnel_to_tcp.add(n as u64);
+                continue;
+            }
+            if self.state.down_ending {
+                ready!(Pin::new(&mut self.tcp).poll_shutdown(cx))?;
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => self.unwritten = data,
+                Some(Err(e)) if !is_graceful_reset(&e) => return Poll::Ready(Err(h2_io(e))),
+                Some(Err(_)) | None => self.state.down_ending = true,
+            }
+        }
+    }
+
+    /// Gives back the TCP stream and the sending half, to reset them.
+    fn into_parts(self) -> (TcpStream, SendStream<Bytes>) {
+        (self.tcp, self.send)
+    }
+}
+
+/// Reads from `tcp` into the spare capacity of `buf`. Through `AsyncRead` rather than
+/// `try_read_buf`: tokio then clears the socket's readiness after a short read, so the next
+/// wait for data really waits instead of reserving a buffer for a read that would block.
+fn poll_read_into(
+    tcp: &mut TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    let mut spare = ReadBuf::uninit(buf.spare_capacity_mut());
+    ready!(Pin::new(tcp).poll_read(cx, &mut spare))?;
+    let n = spare.filled().len();
+    // SAFETY: the read initialised the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    Poll::Ready(Ok(n))
+}
+
+impl Future for Copy<'_> {
+    type Output = io::Result<Transferred>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if !this.state.up_done && this.poll_up(cx)?.is_ready() {
+            this.state.up_done = true;
+        }
+        if !this.state.down_done && this.poll_down(cx)?.is_ready() {
+            this.state.down_done = true;
+        }
+        if this.state.up_done && this.state.down_done {
+            return Poll::Ready(Ok(Transferred {
+                sent: this.sent,
+                received: this.received,
+            }));
+        }
+        Poll::Pending
+    }
+}
+
 /// Runs both directions between a TCP stream and an HTTP/2 stream until both ended. An error
 /// on either side ends both (dropping the h2 stream resets it).
-pub async fn bidirectional(
-    tcp: tokio::net::TcpStream,
-    mut send: SendStream<Bytes>,
+pub fn bidirectional<'a>(
+    tcp: TcpStream,
+    send: SendStream<Bytes>,
     recv: RecvStream,
-    tcp_to_tunnel: &dyn Tally,
-    tunnel_to_tcp: &dyn Tally,
-) -> io::Result<Transferred> {
-    let (r, w) = tcp.into_split();
-    let (sent, received) = tokio::try_join!(
-        tcp_to_h2(r, &mut send, tcp_to_tunnel),
-        h2_to_tcp(recv, w, tunnel_to_tcp),
-    )?;
-    Ok(Transferred { sent, received })
+    tcp_to_tunnel: &'a dyn Tally,
+    tunnel_to_tcp: &'a dyn Tally,
+) -> Copy<'a> {
+    Copy::new(tcp, send, recv, tcp_to_tunnel, tunnel_to_tcp)
 }
 
 /// [`bidirectional`], unless `stop` completes first: then the HTTP/2 stream is reset with
 /// CONNECT_ERROR (RFC 9113 section 8.5: the tunnel was closed abnormally, which the peer must
 /// not take for an orderly end), the TCP connection is reset, and `stop`'s value returned.
 pub async fn bidirectional_until<T>(
-    tcp: tokio::net::TcpStream,
-    mut send: SendStream<Bytes>,
+    tcp: TcpStream,
+    send: SendStream<Bytes>,
     recv: RecvStream,
     tcp_to_tunnel: &dyn Tally,
     tunnel_to_tcp: &dyn Tally,
-    stop: impl std::future::Future<Output = T>,
+    stop: impl Future<Output = T>,
 ) -> Ended<T> {
-    let (mut r, mut w) = tcp.into_split();
-    let stopped = {
-        // The copy borrows what must be reset afterwards, so it can be dropped first.
-        let copy = async {
-            tokio::try_join!(
-                tcp_to_h2(&mut r, &mut send, tcp_to_tunnel),
-                h2_to_tcp(recv, &mut w, tunnel_to_tcp),
-            )
-        };
-        tokio::select! {
-            done = copy => {
-                return Ended::Copied(done.map(|(sent, received)| Transferred { sent, received }))
-            }
-            value = stop => value,
-        }
+    let mut copy = Copy::new(tcp, send, recv, tcp_to_tunnel, tunnel_to_tcp);
+    let stopped = tokio::select! {
+        done = &mut copy => return Ended::Copied(done),
+        value = stop => value,
     };
+    let (tcp, mut send) = copy.into_parts();
     send.send_reset(h2::Reason::CONNECT_ERROR);
-    // Halves of one stream always reunite.
-    if let Ok(s) = r.reunite(w) {
-        crate::copy::reset(s);
-    }
+    crate::copy::reset(tcp);
     Ended::Stopped(stopped)
 }
