@@ -96,37 +96,45 @@ struct LiveFlow {
     listener: Listener,
     src: SocketAddr,
     dst: SocketAddr,
-    route: Mutex<&'static str>,
-    upstream: Mutex<Option<SocketAddr>>,
     started: Instant,
     started_ms: u64,
     sent: AtomicU64,
     received: AtomicU64,
-    error: Mutex<Option<String>>,
-    peer_identity: Mutex<Option<Arc<str>>>,
-    tls_group: Mutex<Option<&'static str>>,
-    policy: Mutex<Option<Decision>>,
+    /// Learnt as the connection proceeds, each field written once or twice: one lock for all.
+    details: Mutex<Details>,
+}
+
+/// The parts of a [`LiveFlow`] its handler fills in.
+#[derive(Default)]
+struct Details {
+    route: &'static str,
+    upstream: Option<SocketAddr>,
+    error: Option<Box<str>>,
+    peer_identity: Option<Arc<str>>,
+    tls_group: Option<&'static str>,
+    policy: Option<Decision>,
 }
 
 impl LiveFlow {
     fn record(&self, finished: bool) -> FlowRecord {
+        let details = lock(&self.details);
         FlowRecord {
             id: self.id,
             pod: self.pod.to_string(),
             listener: self.listener,
             src: self.src,
             dst: self.dst,
-            route: lock(&self.route).to_string(),
-            upstream: *lock(&self.upstream),
+            route: details.route.to_string(),
+            upstream: details.upstream,
             bytes_sent: self.sent.load(Ordering::Relaxed),
             bytes_received: self.received.load(Ordering::Relaxed),
             started_ms: self.started_ms,
             duration_ms: self.started.elapsed().as_millis() as u64,
             finished,
-            error: lock(&self.error).clone(),
-            peer_identity: lock(&self.peer_identity).as_deref().map(str::to_string),
-            tls_group: *lock(&self.tls_group),
-            policy: lock(&self.policy).as_ref().map(Decision::summary),
+            error: details.error.as_deref().map(str::to_string),
+            peer_identity: details.peer_identity.as_deref().map(str::to_string),
+            tls_group: details.tls_group,
+            policy: details.policy.as_ref().map(Decision::summary),
         }
     }
 }
@@ -150,34 +158,34 @@ impl Flow {
 
     /// Records how the connection is being carried.
     pub fn set_route(&self, route: &'static str) {
-        *lock(&self.shared.route) = route;
+        lock(&self.shared.details).route = route;
     }
 
     /// Records the verified identity of the mesh peer (shared by the flows of one peer).
     pub fn set_peer_identity(&self, identity: impl Into<Arc<str>>) {
-        *lock(&self.shared.peer_identity) = Some(identity.into());
+        lock(&self.shared.details).peer_identity = Some(identity.into());
     }
 
     /// Records the key-exchange group of the TLS handshake that carries the flow.
     pub fn set_tls_group(&self, group: Option<&'static str>) {
-        *lock(&self.shared.tls_group) = group;
+        lock(&self.shared.details).tls_group = group;
     }
 
     /// Records the policy decision that let the connection in (or kept it out).
     pub fn set_policy(&self, decision: &Decision) {
-        *lock(&self.shared.policy) = Some(decision.clone());
+        lock(&self.shared.details).policy = Some(decision.clone());
     }
 
     /// Records where the connection was carried to, if not to its original destination.
     pub fn set_upstream(&self, upstream: SocketAddr) {
         if upstream != self.shared.dst {
-            *lock(&self.shared.upstream) = Some(upstream);
+            lock(&self.shared.details).upstream = Some(upstream);
         }
     }
 
     /// Records why the flow failed.
     pub fn fail(&self, error: impl std::fmt::Display) {
-        *lock(&self.shared.error) = Some(error.to_string());
+        lock(&self.shared.details).error = Some(error.to_string().into());
     }
 
     /// Ends the flow now (it is also ended when dropped).
@@ -226,8 +234,6 @@ impl FlowTable {
             listener,
             src,
             dst,
-            route: Mutex::new(""),
-            upstream: Mutex::new(None),
             started: Instant::now(),
             started_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -235,10 +241,7 @@ impl FlowTable {
                 .unwrap_or(0),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
-            error: Mutex::new(None),
-            peer_identity: Mutex::new(None),
-            tls_group: Mutex::new(None),
-            policy: Mutex::new(None),
+            details: Mutex::default(),
         });
         lock(&self.live).insert(id, shared.clone());
         access::opened(pod, listener, src, dst);

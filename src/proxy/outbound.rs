@@ -84,15 +84,66 @@ pub(crate) fn decide_in(
 
 /// Handles one accepted outbound connection.
 pub(crate) async fn serve(scope: &PodScope, stream: TcpStream, peer: SocketAddr) {
-    let Some((dst, flow)) = open_flow(scope, Listener::Outbound, &stream, peer) else {
+    // Boxed and freed once connected: deciding, dialling and opening a tunnel are large states
+    // the task would otherwise keep for the connection's whole life (an idle connection is
+    // mostly its task; see benches/README.md). Only what the copy needs comes back.
+    let Some(connected) = Box::pin(connect(scope, stream, peer)).await else {
         return;
     };
+    match connected {
+        Connected::Passthrough {
+            flow,
+            tcp,
+            client,
+            upstream,
+        } => {
+            // Boxed too: the plain-TCP copy (buffered or spliced) is the larger of the two.
+            Box::pin(relay(
+                scope,
+                Listener::Outbound,
+                flow,
+                &tcp,
+                client,
+                upstream,
+            ))
+            .await
+        }
+        Connected::Hbone {
+            flow,
+            tcp,
+            client,
+            tunnel,
+        } => carry(scope, flow, tcp, client, tunnel).await,
+    }
+}
+
+/// An outbound connection whose upstream is open, ready to copy.
+enum Connected {
+    /// Plain TCP to the destination.
+    Passthrough {
+        flow: Flow,
+        tcp: Connection,
+        client: TcpStream,
+        upstream: TcpStream,
+    },
+    /// An accepted CONNECT stream.
+    Hbone {
+        flow: Flow,
+        tcp: Connection,
+        client: TcpStream,
+        tunnel: OpenTunnel,
+    },
+}
+
+/// Decides the route and opens the upstream; `None` once a failure has been recorded.
+async fn connect(scope: &PodScope, stream: TcpStream, peer: SocketAddr) -> Option<Connected> {
+    let (dst, flow) = open_flow(scope, Listener::Outbound, &stream, peer)?;
     let route = match decide(scope, dst) {
         Ok(r) => r,
         Err(refusal) => {
             flow.fail(refusal);
             count_failure(scope, Listener::Outbound);
-            return;
+            return None;
         }
     };
     match route {
@@ -101,23 +152,17 @@ pub(crate) async fn serve(scope: &PodScope, stream: TcpStream, peer: SocketAddr)
             flow.set_upstream(target);
             let tcp = telemetry::outbound(scope, dst, target, SecurityPolicy::Unknown);
             match dial(scope, target, None).await {
-                Ok(upstream) => {
-                    // Boxed, as the tunnel below: each route's copy state is allocated at its
-                    // own size instead of every connection's task reserving the larger one.
-                    Box::pin(relay(
-                        scope,
-                        Listener::Outbound,
-                        flow,
-                        &tcp,
-                        stream,
-                        upstream,
-                    ))
-                    .await
-                }
+                Ok(upstream) => Some(Connected::Passthrough {
+                    flow,
+                    tcp,
+                    client: stream,
+                    upstream,
+                }),
                 Err(e) => {
                     flow.fail(e);
                     count_failure(scope, Listener::Outbound);
                     tcp.fail(ResponseFlags::Connect);
+                    None
                 }
             }
         }
@@ -129,15 +174,25 @@ pub(crate) async fn serve(scope: &PodScope, stream: TcpStream, peer: SocketAddr)
             flow.set_route("hbone");
             flow.set_upstream(target);
             let tcp = telemetry::outbound(scope, dst, target, SecurityPolicy::MutualTls);
-            let carried = Box::pin(tunnel(
-                scope, &flow, &tcp, stream, peer, target, via, &identity,
-            ))
-            .await;
-            if let Err((e, flags)) = carried {
-                flow.fail(e);
-                count_failure(scope, Listener::Outbound);
-                if let Some(flags) = flags {
-                    tcp.fail(flags);
+            match open_tunnel(scope, peer, target, via, &identity).await {
+                Ok(tunnel) => {
+                    // The TLS verifier accepted the server only if it presented this identity.
+                    flow.set_peer_identity(identity.to_string());
+                    flow.set_tls_group(tunnel.lease.tls_group());
+                    Some(Connected::Hbone {
+                        flow,
+                        tcp,
+                        client: stream,
+                        tunnel,
+                    })
+                }
+                Err((e, flags)) => {
+                    flow.fail(e);
+                    count_failure(scope, Listener::Outbound);
+                    if let Some(flags) = flags {
+                        tcp.fail(flags);
+                    }
+                    None
                 }
             }
         }
@@ -217,27 +272,16 @@ struct OpenTunnel {
     recv: h2::RecvStream,
 }
 
-/// Opens a CONNECT stream to `dst` through `via` and copies the client connection through it,
-/// adding the bytes to the flow and to the connection's metrics (`tcp`) as they move.
-#[allow(clippy::too_many_arguments)]
-async fn tunnel(
+/// Copies the client connection through an open tunnel, adding the bytes to the flow and to
+/// the connection's metrics (`tcp`) as they move.
+async fn carry(
     scope: &PodScope,
-    flow: &Flow,
-    tcp: &Connection,
+    flow: Flow,
+    tcp: Connection,
     client: TcpStream,
-    client_addr: SocketAddr,
-    dst: SocketAddr,
-    via: SocketAddr,
-    identity: &Identity,
-) -> Result<(), TunnelError> {
-    // Boxed: opening may dial and handshake a pooled connection, a large state that would
-    // otherwise stay in the task for the tunnel's whole life (an idle tunnel is mostly this
-    // task; see benches/README.md).
-    let OpenTunnel { lease, send, recv } =
-        Box::pin(open_tunnel(scope, client_addr, dst, via, identity)).await?;
-    // The TLS verifier accepted the server only if it presented this identity.
-    flow.set_peer_identity(identity.to_string());
-    flow.set_tls_group(lease.tls_group());
+    tunnel: OpenTunnel,
+) {
+    let OpenTunnel { lease, send, recv } = tunnel;
     let result = hbone::stream::bidirectional(
         client,
         send,
@@ -247,12 +291,15 @@ async fn tunnel(
     )
     .await;
     drop(lease);
-    account_bytes(scope, Listener::Outbound, flow);
-    result.map(|_| ()).map_err(|e| (format!("copy: {e}"), None))
+    account_bytes(scope, Listener::Outbound, &flow);
+    if let Err(e) = result {
+        // A copy error is not a failed connection in Istio's metrics: no response flag.
+        flow.fail(format!("copy: {e}"));
+        count_failure(scope, Listener::Outbound);
+    }
 }
 
-/// The opening half of [`tunnel`]: a CONNECT stream to `dst` through `via` that the peer
-/// answered with 200.
+/// A CONNECT stream to `dst` through `via` that the peer answered with 200.
 async fn open_tunnel(
     scope: &PodScope,
     client_addr: SocketAddr,
