@@ -128,6 +128,15 @@ pub struct Lease {
     /// Request sender on the connection.
     pub send: SendRequest<Bytes>,
     conn: Conn,
+    slot: StreamSlot,
+}
+
+/// A stream's place on a pooled connection; dropping it frees the place. All a tunnel keeps of
+/// its [`Lease`] once its stream is open (a lease carries two request senders, ~120 B, which an
+/// idle tunnel has no use for).
+pub struct StreamSlot {
+    streams: Arc<AtomicUsize>,
+    idle_since: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Lease {
@@ -141,12 +150,17 @@ impl Lease {
     pub fn discard(&self) {
         self.conn.closed.store(true, Ordering::Release);
     }
+
+    /// Keeps only the stream's place on the connection.
+    pub fn into_slot(self) -> StreamSlot {
+        self.slot
+    }
 }
 
-impl Drop for Lease {
+impl Drop for StreamSlot {
     fn drop(&mut self) {
-        if self.conn.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *lock(&self.conn.idle_since) = Some(Instant::now());
+        if self.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *lock(&self.idle_since) = Some(Instant::now());
         }
     }
 }
@@ -223,9 +237,14 @@ impl Pool {
         };
         conn.streams.fetch_add(1, Ordering::AcqRel);
         *lock(&conn.idle_since) = None;
+        let slot = StreamSlot {
+            streams: conn.streams.clone(),
+            idle_since: conn.idle_since.clone(),
+        };
         Ok(Lease {
             send: conn.send.clone(),
             conn,
+            slot,
         })
     }
 

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use super::{account_bytes, count_failure, dial, open_flow, relay, telemetry, PodScope, Refusal};
 use crate::config::{HBONE_DIAL_TIMEOUT, HBONE_PORT, PROXY_PORTS};
 use crate::flows::{Flow, Listener};
+use crate::hbone::pool::StreamSlot;
 use crate::hbone::{self, TunnelRequest};
 use crate::identity::Identity;
 use crate::metrics::tcp::{Connection, ResponseFlags, SecurityPolicy};
@@ -112,8 +113,10 @@ pub(crate) async fn serve(scope: &PodScope, stream: TcpStream, peer: SocketAddr)
             flow,
             tcp,
             client,
-            tunnel,
-        } => carry(scope, flow, tcp, client, tunnel).await,
+            slot,
+            send,
+            recv,
+        } => carry(scope, flow, tcp, client, slot, send, recv).await,
     }
 }
 
@@ -126,12 +129,14 @@ enum Connected {
         client: TcpStream,
         upstream: TcpStream,
     },
-    /// An accepted CONNECT stream.
+    /// An accepted CONNECT stream and its place on the pooled connection.
     Hbone {
         flow: Flow,
         tcp: Connection,
         client: TcpStream,
-        tunnel: OpenTunnel,
+        slot: StreamSlot,
+        send: h2::SendStream<bytes::Bytes>,
+        recv: h2::RecvStream,
     },
 }
 
@@ -175,15 +180,17 @@ async fn connect(scope: &PodScope, stream: TcpStream, peer: SocketAddr) -> Optio
             flow.set_upstream(target);
             let tcp = telemetry::outbound(scope, dst, target, SecurityPolicy::MutualTls);
             match open_tunnel(scope, peer, target, via, &identity).await {
-                Ok(tunnel) => {
+                Ok(OpenTunnel { lease, send, recv }) => {
                     // The TLS verifier accepted the server only if it presented this identity.
                     flow.set_peer_identity(identity.to_string());
-                    flow.set_tls_group(tunnel.lease.tls_group());
+                    flow.set_tls_group(lease.tls_group());
                     Some(Connected::Hbone {
                         flow,
                         tcp,
                         client: stream,
-                        tunnel,
+                        slot: lease.into_slot(),
+                        send,
+                        recv,
                     })
                 }
                 Err((e, flags)) => {
@@ -265,7 +272,7 @@ async fn open_stream(
 /// error while copying, which Istio does not count as a failed connection).
 type TunnelError = (String, Option<ResponseFlags>);
 
-/// A CONNECT stream the peer accepted: all the copy phase keeps of the opening.
+/// A CONNECT stream the peer accepted, with the lease it was opened on.
 struct OpenTunnel {
     lease: crate::hbone::pool::Lease,
     send: h2::SendStream<bytes::Bytes>,
@@ -279,9 +286,10 @@ async fn carry(
     flow: Flow,
     tcp: Connection,
     client: TcpStream,
-    tunnel: OpenTunnel,
+    slot: StreamSlot,
+    send: h2::SendStream<bytes::Bytes>,
+    recv: h2::RecvStream,
 ) {
-    let OpenTunnel { lease, send, recv } = tunnel;
     let result = hbone::stream::bidirectional(
         client,
         send,
@@ -290,7 +298,7 @@ async fn carry(
         &(flow.received(), tcp.response_bytes()),
     )
     .await;
-    drop(lease);
+    drop(slot);
     account_bytes(scope, Listener::Outbound, &flow);
     if let Err(e) = result {
         // A copy error is not a failed connection in Istio's metrics: no response flag.
