@@ -256,3 +256,106 @@ pub async fn bidirectional_until<T>(
     crate::copy::reset(tcp);
     Ended::Stopped(stopped)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// Both ends of one HTTP/2 stream over an in-memory pipe: the client's (send, receive) and
+    /// the server's. The connections keep being driven in the background.
+    async fn stream_pair() -> (
+        (SendStream<Bytes>, RecvStream),
+        (SendStream<Bytes>, RecvStream),
+    ) {
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move {
+            let mut conn = h2::server::handshake(far).await.expect("server handshake");
+            let (request, mut respond) = conn.accept().await.expect("a stream").expect("ok");
+            let send = respond
+                .send_response(http::Response::new(()), false)
+                .expect("200");
+            tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            (send, request.into_body())
+        });
+        let (mut client, conn) = h2::client::handshake(near).await.expect("client handshake");
+        tokio::spawn(conn);
+        let request = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("10.0.0.1:80")
+            .body(())
+            .expect("request");
+        let (response, send) = client.send_request(request, false).expect("CONNECT");
+        let server_side = server.await.expect("server task");
+        let recv = response.await.expect("response").into_body();
+        ((send, recv), server_side)
+    }
+
+    #[tokio::test]
+    async fn an_idle_tunnel_holds_no_buffer_and_half_closes_each_way() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut app = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let ((send, recv), (mut peer_send, mut peer_recv)) = stream_pair().await;
+        let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+        let mut copy = bidirectional(accepted, send, recv, &up, &down);
+
+        let exchange = async {
+            app.write_all(b"ping").await.unwrap();
+            let got = peer_recv.data().await.expect("data").expect("ok");
+            assert_eq!(&got[..], b"ping");
+            peer_send
+                .send_data(Bytes::from_static(b"pong"), false)
+                .unwrap();
+            let mut reply = [0u8; 4];
+            app.read_exact(&mut reply).await.unwrap();
+            assert_eq!(&reply, b"pong");
+        };
+        tokio::select! {
+            () = exchange => {}
+            ended = &mut copy => panic!("the copy ended during the exchange: {ended:?}"),
+        }
+
+        // Quiet both ways: the copy waits without a read buffer (a stale readiness after the
+        // short read once made it reserve one) and without the frames it passed on.
+        let waiting = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut copy).poll(cx)))
+            .await
+            .is_pending();
+        assert!(waiting);
+        assert_eq!(copy.read.capacity(), 0);
+        assert!(copy.unsent.is_empty() && copy.unwritten.is_empty());
+
+        // The app's FIN becomes END_STREAM; END_STREAM becomes a FIN to the app.
+        app.shutdown().await.unwrap();
+        let closing = async {
+            // END_STREAM may come on an empty DATA frame, which h2 hands over as a chunk.
+            while let Some(chunk) = peer_recv.data().await {
+                assert!(
+                    chunk.expect("no reset").is_empty(),
+                    "only END_STREAM expected"
+                );
+            }
+            peer_send.send_data(Bytes::new(), true).unwrap();
+            let mut rest = Vec::new();
+            app.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty());
+        };
+        let (copied, ()) = tokio::join!(copy, closing);
+        let copied = copied.expect("both directions end cleanly");
+        assert_eq!(
+            copied,
+            Transferred {
+                sent: 4,
+                received: 4
+            }
+        );
+        assert_eq!(up.load(Ordering::Relaxed), 4);
+        assert_eq!(down.load(Ordering::Relaxed), 4);
+    }
+}
