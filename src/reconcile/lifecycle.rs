@@ -111,7 +111,7 @@ impl Reconciler {
         }
         e.next_verify = Instant::now() + self.config.verify_interval;
         let rules = e.rules.clone();
-        let result = match background("ambit-verify", move || rules.apply()).await {
+        let result = match background(move || rules.apply()).await {
             Ok(x) => x,
             Err(join) => {
                 tracing::error!(pod = %e.pod.key(), error = %join, "rule check did not run");

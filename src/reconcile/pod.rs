@@ -2,7 +2,7 @@
 //! credentials, what makes two versions of it "the same capture", and the check that a netns
 //! really is the pod's. (Its inbound mTLS mode is the policy engine's, decided per connection.)
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::ReconcileConfig;
 use crate::capture::CaptureOptions;
@@ -92,29 +92,51 @@ pub(super) async fn blocking<T: Send + 'static>(
         .map_err(|e| format!("background task failed: {e}"))
 }
 
-/// Runs `f` on a thread of its own at `SCHED_IDLE` priority, which the commands it starts
-/// inherit. For housekeeping that may wait: the periodic rule check starts about eight
+/// Runs `f` on the housekeeping thread, which stays at `SCHED_IDLE` priority, and so do the
+/// commands it starts. For work that may wait: the periodic rule check starts about eight
 /// short-lived tools per pod, and at normal priority those took the cores from the data path
-/// on a busy node (stalls of several ms every check, `benches/README.md`). At `SCHED_IDLE`
-/// any woken data thread preempts them. The thread is not reused: leaving `SCHED_IDLE` would
-/// need `CAP_SYS_NICE`.
+/// on a busy node (stalls of several ms every check, `benches/README.md`). At `SCHED_IDLE` any
+/// woken data thread preempts them. One long-lived thread, because a thread cannot leave
+/// `SCHED_IDLE` without `CAP_SYS_NICE`; jobs run one at a time, in order.
 pub(super) async fn background<T: Send + 'static>(
-    name: &str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, String> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(move || {
-            if let Err(e) = lower_to_idle_priority() {
-                // Only latency is at stake; the work itself must still run.
-                tracing::debug!(error = %e, "cannot lower a background thread to SCHED_IDLE");
-            }
-            let _ = tx.send(f());
-        })
-        .map_err(|e| format!("cannot start background thread {name}: {e}"))?;
+    let job: Job = Box::new(move || {
+        let _ = tx.send(f());
+    });
+    housekeeper()?
+        .send(job)
+        .map_err(|_| "the housekeeping thread has stopped".to_string())?;
     rx.await
-        .map_err(|_| format!("background thread {name} ended without a result"))
+        .map_err(|_| "a housekeeping job panicked".to_string())
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The housekeeping thread's queue; the thread starts on first use.
+fn housekeeper() -> Result<&'static std::sync::mpsc::Sender<Job>, String> {
+    static QUEUE: OnceLock<Result<std::sync::mpsc::Sender<Job>, String>> = OnceLock::new();
+    QUEUE
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<Job>();
+            std::thread::Builder::new()
+                .name("ambit-housekeep".into())
+                .spawn(move || {
+                    if let Err(e) = lower_to_idle_priority() {
+                        // Only latency is at stake; the work itself must still run.
+                        tracing::warn!(error = %e, "housekeeping runs at normal priority: cannot set SCHED_IDLE");
+                    }
+                    for job in rx {
+                        // A panicking job loses its own result, not the thread.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    }
+                })
+                .map(|_| tx)
+                .map_err(|e| format!("cannot start the housekeeping thread: {e}"))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 /// Puts the calling thread (and the processes it will spawn) in the `SCHED_IDLE` class.
@@ -132,13 +154,36 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn background_work_runs_at_idle_priority() {
-        let policy = background("test-idle", || unsafe { libc::sched_getscheduler(0) })
+    async fn background_work_runs_at_idle_priority_and_survives_a_panic() {
+        let policy = background(|| unsafe { libc::sched_getscheduler(0) })
             .await
             .unwrap();
         assert_eq!(policy, libc::SCHED_IDLE);
         // The caller's own thread keeps its class.
         assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
+        // Commands started from it inherit the class: the child reports its own policy
+        // (field 41 of /proc/self/stat; SCHED_IDLE is 5).
+        let stat = background(|| {
+            std::process::Command::new("cat")
+                .arg("/proc/self/stat")
+                .output()
+        })
+        .await
+        .unwrap()
+        .expect("cat runs");
+        let text = String::from_utf8_lossy(&stat.stdout).into_owned();
+        let after_comm = &text[text.rfind(')').expect("comm in parentheses") + 2..];
+        // Fields from 3 on follow the comm: field 41 is the 39th of them.
+        let policy: i32 = after_comm
+            .split(' ')
+            .nth(38)
+            .expect("field 41")
+            .parse()
+            .unwrap();
+        assert_eq!(policy, libc::SCHED_IDLE, "{text}");
+        let failed = background(|| -> u8 { panic!("a failing job") }).await;
+        assert!(failed.unwrap_err().contains("panicked"));
+        assert_eq!(background(|| 7).await, Ok(7));
     }
 
     #[test]
