@@ -109,14 +109,7 @@ pub(crate) async fn serve(scope: &PodScope, stream: TcpStream, peer: SocketAddr)
             ))
             .await
         }
-        Connected::Hbone {
-            flow,
-            tcp,
-            client,
-            slot,
-            send,
-            recv,
-        } => carry(scope, flow, tcp, client, slot, send, recv).await,
+        Connected::Hbone(tunnelled) => carry(scope, tunnelled).await,
     }
 }
 
@@ -129,15 +122,19 @@ enum Connected {
         client: TcpStream,
         upstream: TcpStream,
     },
-    /// An accepted CONNECT stream and its place on the pooled connection.
-    Hbone {
-        flow: Flow,
-        tcp: Connection,
-        client: TcpStream,
-        slot: StreamSlot,
-        send: h2::SendStream<bytes::Bytes>,
-        recv: h2::RecvStream,
-    },
+    /// An accepted CONNECT stream.
+    Hbone(Tunnelled),
+}
+
+/// A client connection and the CONNECT stream that carries it, with the stream's place on the
+/// pooled connection.
+struct Tunnelled {
+    flow: Flow,
+    tcp: Connection,
+    client: TcpStream,
+    slot: StreamSlot,
+    send: h2::SendStream<bytes::Bytes>,
+    recv: h2::RecvStream,
 }
 
 /// Decides the route and opens the upstream; `None` once a failure has been recorded.
@@ -184,14 +181,14 @@ async fn connect(scope: &PodScope, stream: TcpStream, peer: SocketAddr) -> Optio
                     // The TLS verifier accepted the server only if it presented this identity.
                     flow.set_peer_identity(identity.to_string());
                     flow.set_tls_group(lease.tls_group());
-                    Some(Connected::Hbone {
+                    Some(Connected::Hbone(Tunnelled {
                         flow,
                         tcp,
                         client: stream,
                         slot: lease.into_slot(),
                         send,
                         recv,
-                    })
+                    }))
                 }
                 Err((e, flags)) => {
                     flow.fail(e);
@@ -281,28 +278,21 @@ struct OpenTunnel {
 
 /// Copies the client connection through an open tunnel, adding the bytes to the flow and to
 /// the connection's metrics (`tcp`) as they move.
-async fn carry(
-    scope: &PodScope,
-    flow: Flow,
-    tcp: Connection,
-    client: TcpStream,
-    slot: StreamSlot,
-    send: h2::SendStream<bytes::Bytes>,
-    recv: h2::RecvStream,
-) {
+async fn carry(scope: &PodScope, t: Tunnelled) {
+    // Fields, not a destructuring `let`: new bindings would take room in the task beside `t`.
     let result = hbone::stream::bidirectional(
-        client,
-        send,
-        recv,
-        &(flow.sent(), tcp.request_bytes()),
-        &(flow.received(), tcp.response_bytes()),
+        t.client,
+        t.send,
+        t.recv,
+        &(t.flow.sent(), t.tcp.request_bytes()),
+        &(t.flow.received(), t.tcp.response_bytes()),
     )
     .await;
-    drop(slot);
-    account_bytes(scope, Listener::Outbound, &flow);
+    drop(t.slot);
+    account_bytes(scope, Listener::Outbound, &t.flow);
     if let Err(e) = result {
         // A copy error is not a failed connection in Istio's metrics: no response flag.
-        flow.fail(format!("copy: {e}"));
+        t.flow.fail(format!("copy: {e}"));
         count_failure(scope, Listener::Outbound);
     }
 }
