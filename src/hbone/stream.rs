@@ -238,23 +238,50 @@ pub fn bidirectional<'a>(
 /// [`bidirectional`], unless `stop` completes first: then the HTTP/2 stream is reset with
 /// CONNECT_ERROR (RFC 9113 section 8.5: the tunnel was closed abnormally, which the peer must
 /// not take for an orderly end), the TCP connection is reset, and `stop`'s value returned.
-pub async fn bidirectional_until<T>(
+pub fn bidirectional_until<'a, S: Future + Unpin>(
     tcp: TcpStream,
     send: SendStream<Bytes>,
     recv: RecvStream,
-    tcp_to_tunnel: &dyn Tally,
-    tunnel_to_tcp: &dyn Tally,
-    stop: impl Future<Output = T>,
-) -> Ended<T> {
-    let mut copy = Copy::new(tcp, send, recv, tcp_to_tunnel, tunnel_to_tcp);
-    let stopped = tokio::select! {
-        done = &mut copy => return Ended::Copied(done),
-        value = stop => value,
-    };
-    let (tcp, mut send) = copy.into_parts();
-    send.send_reset(h2::Reason::CONNECT_ERROR);
-    crate::copy::reset(tcp);
-    Ended::Stopped(stopped)
+    tcp_to_tunnel: &'a dyn Tally,
+    tunnel_to_tcp: &'a dyn Tally,
+    stop: S,
+) -> Until<'a, S> {
+    Until {
+        copy: Some(Copy::new(tcp, send, recv, tcp_to_tunnel, tunnel_to_tcp)),
+        stop,
+    }
+}
+
+/// The future of [`bidirectional_until`]: a [`Copy`] and its stop signal, nothing else (an
+/// `async fn` would also keep its arguments beside the copy they were moved into).
+pub struct Until<'a, S> {
+    /// `None` once ended.
+    copy: Option<Copy<'a>>,
+    stop: S,
+}
+
+impl<S: Future + Unpin> Future for Until<'_, S> {
+    type Output = Ended<S::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Some(copy) = this.copy.as_mut() else {
+            return Poll::Pending;
+        };
+        if let Poll::Ready(done) = Pin::new(copy).poll(cx) {
+            this.copy = None;
+            return Poll::Ready(Ended::Copied(done));
+        }
+        let Poll::Ready(value) = Pin::new(&mut this.stop).poll(cx) else {
+            return Poll::Pending;
+        };
+        if let Some(copy) = this.copy.take() {
+            let (tcp, mut send) = copy.into_parts();
+            send.send_reset(h2::Reason::CONNECT_ERROR);
+            crate::copy::reset(tcp);
+        }
+        Poll::Ready(Ended::Stopped(value))
+    }
 }
 
 #[cfg(test)]

@@ -10,8 +10,10 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
 use tokio::sync::{oneshot, watch};
 
@@ -72,13 +74,35 @@ pub struct Registration {
 impl Registration {
     /// Completes with the decision when a policy change denies this connection; never
     /// completes otherwise.
-    pub async fn denied(&mut self) -> Decision {
-        if let Some(rx) = self.denied.take() {
-            if let Ok(decision) = rx.await {
-                return decision;
+    pub fn denied(&mut self) -> Denied<'_> {
+        Denied(&mut self.denied)
+    }
+}
+
+/// [`Registration::denied`]: a small `Unpin` future, since a connection's copy holds it for
+/// the connection's whole life.
+pub struct Denied<'a>(&'a mut Option<oneshot::Receiver<Decision>>);
+
+impl std::future::Future for Denied<'_> {
+    type Output = Decision;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Decision> {
+        let slot = &mut *self.get_mut().0;
+        let Some(rx) = slot.as_mut() else {
+            return Poll::Pending;
+        };
+        match Pin::new(rx).poll(cx) {
+            Poll::Ready(Ok(decision)) => {
+                *slot = None;
+                Poll::Ready(decision)
             }
+            // The table let go of the sender: nothing can deny this connection any more.
+            Poll::Ready(Err(_)) => {
+                *slot = None;
+                Poll::Pending
+            }
+            Poll::Pending => Poll::Pending,
         }
-        std::future::pending().await
     }
 }
 

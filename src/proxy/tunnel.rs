@@ -142,34 +142,28 @@ async fn serve_stream(
     scope: &PodScope,
     opening: std::pin::Pin<Box<impl std::future::Future<Output = Option<AcceptedStream>>>>,
 ) {
-    let Some(AcceptedStream {
-        flow,
-        tcp,
-        mut admitted,
-        app,
-        send,
-        recv,
-    }) = opening.await
-    else {
+    // Fields, not a destructuring `let`: new bindings would take room in the task beside `s`.
+    let Some(mut s) = opening.await else {
         return;
     };
     // The app answers (server → client) into the tunnel; the tunnel carries the client's bytes.
-    let to_client = (flow.received(), tcp.response_bytes());
-    let to_app = (flow.sent(), tcp.request_bytes());
-    let stop = admitted.denied();
+    let to_client = (s.flow.received(), s.tcp.response_bytes());
+    let to_app = (s.flow.sent(), s.tcp.request_bytes());
+    let stop = s.admitted.denied();
     let ended =
-        crate::hbone::stream::bidirectional_until(app, send, recv, &to_client, &to_app, stop).await;
-    super::account_bytes(scope, Listener::Hbone, &flow);
+        crate::hbone::stream::bidirectional_until(s.app, s.send, s.recv, &to_client, &to_app, stop)
+            .await;
+    super::account_bytes(scope, Listener::Hbone, &s.flow);
     match ended {
         Ended::Copied(Ok(_)) => {}
         Ended::Copied(Err(e)) => {
-            flow.fail(format!("copy: {e}"));
+            s.flow.fail(format!("copy: {e}"));
             count_failure(scope, Listener::Hbone);
         }
         Ended::Stopped(decision) => {
-            authz::closed_by_policy(scope, &flow, &decision);
+            authz::closed_by_policy(scope, &s.flow, &decision);
             count_failure(scope, Listener::Hbone);
-            tcp.fail(ResponseFlags::Deny);
+            s.tcp.fail(ResponseFlags::Deny);
         }
     }
 }
