@@ -67,6 +67,9 @@ pub(crate) fn http_get_addr(
         match stream.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            // A signal to this process (SIGCHLD of a lab process, whose handler tokio installs)
+            // interrupts a read with a timeout even under SA_RESTART.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(format!("receive: {e}")),
         }
     }
