@@ -374,11 +374,7 @@ pub(crate) async fn relay(
         scope.ctx.tcp_copy,
     )
     .await;
-    account_bytes(scope, kind, &flow);
-    if let Err(e) = result {
-        flow.fail(format!("copy: {e}"));
-        count_failure(scope, kind);
-    }
+    copy_ended(scope, kind, &flow, result);
 }
 
 /// [`relay`] for an inbound connection admitted by policy: cut (both sides reset) if a policy
@@ -401,15 +397,37 @@ pub(crate) async fn relay_guarded(
         admitted.denied(),
     )
     .await;
-    account_bytes(scope, kind, &flow);
+    guarded_copy_ended(scope, kind, &flow, tcp, ended);
+}
+
+/// Records how a copy ended: its bytes on the byte counters and, if it failed, why. (A copy
+/// error is not a failed connection in Istio's metrics: no response flag.)
+pub(crate) fn copy_ended(
+    scope: &PodScope,
+    kind: Listener,
+    flow: &Flow,
+    result: std::io::Result<copy::Transferred>,
+) {
+    account_bytes(scope, kind, flow);
+    if let Err(e) = result {
+        flow.fail(format!("copy: {e}"));
+        count_failure(scope, kind);
+    }
+}
+
+/// [`copy_ended`] for a copy a policy change can stop: a stop is recorded as a denial.
+pub(crate) fn guarded_copy_ended(
+    scope: &PodScope,
+    kind: Listener,
+    flow: &Flow,
+    tcp: &Connection,
+    ended: copy::Ended<crate::policy::Decision>,
+) {
     match ended {
-        copy::Ended::Copied(Ok(_)) => {}
-        copy::Ended::Copied(Err(e)) => {
-            flow.fail(format!("copy: {e}"));
-            count_failure(scope, kind);
-        }
+        copy::Ended::Copied(result) => copy_ended(scope, kind, flow, result),
         copy::Ended::Stopped(decision) => {
-            authz::closed_by_policy(scope, &flow, &decision);
+            account_bytes(scope, kind, flow);
+            authz::closed_by_policy(scope, flow, &decision);
             count_failure(scope, kind);
             tcp.fail(ResponseFlags::Deny);
         }

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::net::TcpStream;
 
-use super::{account_bytes, count_failure, dial, open_flow, relay, telemetry, PodScope, Refusal};
+use super::{copy_ended, count_failure, dial, open_flow, relay, telemetry, PodScope, Refusal};
 use crate::config::{HBONE_DIAL_TIMEOUT, HBONE_PORT, PROXY_PORTS};
 use crate::flows::{Flow, Listener};
 use crate::hbone::pool::StreamSlot;
@@ -289,12 +289,7 @@ async fn carry(scope: &PodScope, t: Tunnelled) {
     )
     .await;
     drop(t.slot);
-    account_bytes(scope, Listener::Outbound, &t.flow);
-    if let Err(e) = result {
-        // A copy error is not a failed connection in Istio's metrics: no response flag.
-        t.flow.fail(format!("copy: {e}"));
-        count_failure(scope, Listener::Outbound);
-    }
+    copy_ended(scope, Listener::Outbound, &t.flow, result);
 }
 
 /// A CONNECT stream to `dst` through `via` that the peer answered with 200.

@@ -17,7 +17,6 @@ use super::{count_failure, dial, telemetry, PodScope};
 use crate::config::{HBONE_PORT, PROXY_PORTS};
 use crate::flows::Listener;
 use crate::hbone::server::{respond_error, respond_ok, Accepted};
-use crate::hbone::stream::Ended;
 use crate::hbone::{forwarded_for, parse_target};
 use crate::identity::revocation::revoked_or_never;
 use crate::identity::Identity;
@@ -153,19 +152,7 @@ async fn serve_stream(
     let ended =
         crate::hbone::stream::bidirectional_until(s.app, s.send, s.recv, &to_client, &to_app, stop)
             .await;
-    super::account_bytes(scope, Listener::Hbone, &s.flow);
-    match ended {
-        Ended::Copied(Ok(_)) => {}
-        Ended::Copied(Err(e)) => {
-            s.flow.fail(format!("copy: {e}"));
-            count_failure(scope, Listener::Hbone);
-        }
-        Ended::Stopped(decision) => {
-            authz::closed_by_policy(scope, &s.flow, &decision);
-            count_failure(scope, Listener::Hbone);
-            s.tcp.fail(ResponseFlags::Deny);
-        }
-    }
+    super::guarded_copy_ended(scope, Listener::Hbone, &s.flow, &s.tcp, ended);
 }
 
 /// The opening half of [`serve_stream`]: checks the CONNECT's target, asks policy, dials the
