@@ -6,6 +6,7 @@
 //! - [`stream`]: copying between TCP and tunnel streams with half-close;
 //! - [`keepalive`]: HTTP/2 PING keepalive, so a dead peer is noticed within about 30 s.
 
+pub mod early;
 pub mod keepalive;
 pub mod pool;
 pub mod server;

@@ -8,11 +8,14 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 
+use bytes::Bytes;
 use tokio::net::TcpStream;
 
 use super::{copy_ended, count_failure, dial, open_flow, relay, telemetry, PodScope, Refusal};
 use crate::config::{HBONE_DIAL_TIMEOUT, HBONE_PORT, PROXY_PORTS};
+use crate::copy::Tally;
 use crate::flows::{Flow, Listener};
+use crate::hbone::early::EarlyError;
 use crate::hbone::pool::StreamSlot;
 use crate::hbone::{self, TunnelRequest};
 use crate::identity::Identity;
@@ -133,12 +136,12 @@ struct Tunnelled {
     tcp: Connection,
     client: TcpStream,
     slot: StreamSlot,
-    send: h2::SendStream<bytes::Bytes>,
+    send: h2::SendStream<Bytes>,
     recv: h2::RecvStream,
 }
 
 /// Decides the route and opens the upstream; `None` once a failure has been recorded.
-async fn connect(scope: &PodScope, stream: TcpStream, peer: SocketAddr) -> Option<Connected> {
+async fn connect(scope: &PodScope, mut stream: TcpStream, peer: SocketAddr) -> Option<Connected> {
     let (dst, flow) = open_flow(scope, Listener::Outbound, &stream, peer)?;
     let route = match decide(scope, dst) {
         Ok(r) => r,
@@ -176,11 +179,17 @@ async fn connect(scope: &PodScope, stream: TcpStream, peer: SocketAddr) -> Optio
             flow.set_route("hbone");
             flow.set_upstream(target);
             let tcp = telemetry::outbound(scope, dst, target, SecurityPolicy::MutualTls);
-            match open_tunnel(scope, peer, target, via, &identity).await {
-                Ok(OpenTunnel { lease, send, recv }) => {
+            match open_tunnel(scope, &mut stream, peer, target, via, &identity).await {
+                Ok(OpenTunnel {
+                    lease,
+                    send,
+                    recv,
+                    sent_early,
+                }) => {
                     // The TLS verifier accepted the server only if it presented this identity.
                     flow.set_peer_identity(identity.to_string());
                     flow.set_tls_group(lease.tls_group());
+                    (flow.sent(), tcp.request_bytes()).add(sent_early);
                     Some(Connected::Hbone(Tunnelled {
                         flow,
                         tcp,
@@ -211,14 +220,21 @@ enum OpenError {
     #[error("{0}")]
     Connection(String, ResponseFlags),
     /// HTTP/2 failed on an established connection before any response; the connection was
-    /// discarded from the pool.
+    /// discarded from the pool. `retry_safe`: opening it again cannot deliver the client's
+    /// bytes twice.
+    #[error("{message}")]
+    Stream { message: String, retry_safe: bool },
+    /// The client failed while its first bytes were read (see [`hbone::early`]).
     #[error("{0}")]
-    Stream(String),
+    Client(hbone::early::EarlyError),
 }
 
-/// A pooled connection to `via` and a CONNECT stream on it, with its response.
+/// A pooled connection to `via` and a CONNECT stream on it, with its response. The client's
+/// first bytes go out before the response (kept in `first`; see [`hbone::early`]).
 async fn open_stream(
     scope: &PodScope,
+    client: &mut TcpStream,
+    first: &mut Option<Bytes>,
     request: &TunnelRequest,
     via: SocketAddr,
     identity: &Identity,
@@ -226,7 +242,7 @@ async fn open_stream(
     (
         crate::hbone::pool::Lease,
         http::Response<h2::RecvStream>,
-        h2::SendStream<bytes::Bytes>,
+        h2::SendStream<Bytes>,
     ),
     OpenError,
 > {
@@ -241,18 +257,26 @@ async fn open_stream(
         OpenError::Connection(format!("building CONNECT: {e}"), ResponseFlags::Connect)
     })?;
     let opened = async {
-        let mut send = lease.send.clone().ready().await?;
-        let (response, stream) = send.send_request(built, false)?;
-        Ok::<_, h2::Error>((response.await?, stream))
+        let unsent = |error| EarlyError::Stream {
+            error,
+            retry_safe: true,
+        };
+        let mut send = lease.send.clone().ready().await.map_err(unsent)?;
+        let (response, mut stream) = send.send_request(built, false).map_err(unsent)?;
+        let response =
+            hbone::early::answer_sending_first_bytes(client, &mut stream, response, first).await?;
+        Ok::<_, EarlyError>((response, stream))
     };
     match tokio::time::timeout(HBONE_DIAL_TIMEOUT, opened).await {
         Ok(Ok((response, stream))) => Ok((lease, response, stream)),
-        Ok(Err(e)) => {
+        Ok(Err(EarlyError::Stream { error, retry_safe })) => {
             lease.discard();
-            Err(OpenError::Stream(format!(
-                "HBONE CONNECT to {dst} via {via}: {e}"
-            )))
+            Err(OpenError::Stream {
+                message: format!("HBONE CONNECT to {dst} via {via}: {error}"),
+                retry_safe,
+            })
         }
+        Ok(Err(e)) => Err(OpenError::Client(e)),
         Err(_) => {
             // No answer at all: the connection is likely dead; later tunnels must not wait on
             // it too. Not retried: the client has waited long enough.
@@ -269,11 +293,13 @@ async fn open_stream(
 /// error while copying, which Istio does not count as a failed connection).
 type TunnelError = (String, Option<ResponseFlags>);
 
-/// A CONNECT stream the peer accepted, with the lease it was opened on.
+/// A CONNECT stream the peer accepted, with the lease it was opened on and how many of the
+/// client's bytes went out before the answer.
 struct OpenTunnel {
     lease: crate::hbone::pool::Lease,
-    send: h2::SendStream<bytes::Bytes>,
+    send: h2::SendStream<Bytes>,
     recv: h2::RecvStream,
+    sent_early: u64,
 }
 
 /// Copies the client connection through an open tunnel, adding the bytes to the flow and to
@@ -295,6 +321,7 @@ async fn carry(scope: &PodScope, t: Tunnelled) {
 /// A CONNECT stream to `dst` through `via` that the peer answered with 200.
 async fn open_tunnel(
     scope: &PodScope,
+    client: &mut TcpStream,
     client_addr: SocketAddr,
     dst: SocketAddr,
     via: SocketAddr,
@@ -308,14 +335,19 @@ async fn open_tunnel(
             ("k8s.pod.name".into(), scope.pod.name.clone()),
         ],
     };
-    let (lease, response, send) = match open_stream(scope, &request, via, identity).await {
+    let mut first = None;
+    let opened = open_stream(scope, client, &mut first, &request, via, identity).await;
+    let (lease, response, send) = match opened {
         Ok(opened) => opened,
-        // The stream failed at the HTTP/2 level before the app sent a byte through it (a
-        // GOAWAY raced the checkout, the peer restarted): safe to try once more on a fresh
+        // The stream failed at the HTTP/2 level before the peer could have passed anything on
+        // (a GOAWAY raced the checkout, the peer restarted): safe to try once more on a fresh
         // connection, which the discarded one no longer shadows.
-        Err(OpenError::Stream(first)) => {
-            tracing::debug!(pod = %scope.key, %via, error = %first, "retrying CONNECT on a fresh connection");
-            open_stream(scope, &request, via, identity)
+        Err(OpenError::Stream {
+            message,
+            retry_safe: true,
+        }) => {
+            tracing::debug!(pod = %scope.key, %via, error = %message, "retrying CONNECT on a fresh connection");
+            open_stream(scope, client, &mut first, &request, via, identity)
                 .await
                 .map_err(failed_open)?
         }
@@ -335,13 +367,16 @@ async fn open_tunnel(
         lease,
         send,
         recv: response.into_body(),
+        sent_early: first.map_or(0, |b| b.len() as u64),
     })
 }
 
 fn failed_open(e: OpenError) -> TunnelError {
     let flags = match &e {
-        OpenError::Connection(_, flags) => *flags,
-        OpenError::Stream(_) => ResponseFlags::Connect,
+        OpenError::Connection(_, flags) => Some(*flags),
+        OpenError::Stream { .. } => Some(ResponseFlags::Connect),
+        // The client went away: a copy error, which Istio does not count as a failed connection.
+        OpenError::Client(_) => None,
     };
-    (e.to_string(), Some(flags))
+    (e.to_string(), flags)
 }
