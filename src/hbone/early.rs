@@ -35,8 +35,7 @@ pub enum EarlyError {
         #[source]
         error: h2::Error,
         /// Whether opening the stream again elsewhere cannot deliver anything twice: nothing
-        /// was sent on it, or the peer refused the stream before processing it
-        /// (REFUSED_STREAM, RFC 9113 section 8.7).
+        /// was sent on it, or the peer said it did not process it (see [`unprocessed`]).
         retry_safe: bool,
     },
 }
@@ -89,11 +88,18 @@ fn read_first_bytes(client: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Re
 }
 
 fn stream_failed(error: h2::Error, nothing_sent: bool) -> EarlyError {
-    let refused = error.reason() == Some(h2::Reason::REFUSED_STREAM);
     EarlyError::Stream {
+        retry_safe: nothing_sent || unprocessed(&error),
         error,
-        retry_safe: nothing_sent || refused,
     }
+}
+
+/// Whether the peer said it did not process the stream: REFUSED_STREAM (RFC 9113 section
+/// 8.7), or a GOAWAY whose last stream ID is below this stream's (section 6.8; h2 fails only
+/// those streams with the GOAWAY, the others carry on). A draining peer answers this way to a
+/// CONNECT that raced its GOAWAY.
+fn unprocessed(error: &h2::Error) -> bool {
+    error.reason() == Some(h2::Reason::REFUSED_STREAM) || (error.is_go_away() && error.is_remote())
 }
 
 #[cfg(test)]
