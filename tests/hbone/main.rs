@@ -9,7 +9,8 @@
 //! This file holds the shared [`World`] (a lab with an echo server in every pod); `client` is
 //! the tests' own HBONE client; the tcpdump capture in the fabric is `support::capture`. The tests are in
 //! `wire` (encryption on the wire), `certs` (certificates and identities, rotation), `tunnels`
-//! (CONNECT status codes, pooled connections) and `modes` (strict and permissive mTLS).
+//! (CONNECT status codes, pooled connections), `modes` (strict and permissive mTLS) and `early`
+//! (the client's first bytes sent before the CONNECT's answer).
 #![cfg(feature = "lab")]
 
 #[path = "../support/mod.rs"]
@@ -17,6 +18,7 @@ mod support;
 
 mod certs;
 mod client;
+mod early;
 mod modes;
 mod tunnels;
 mod wire;

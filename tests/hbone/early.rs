@@ -1,0 +1,124 @@
+//! The client's first bytes follow the CONNECT before its answer (`hbone::early`): through
+//! the real daemons, a server that speaks first is not kept waiting for a client that says
+//! nothing, and a client that sends more than the early read and closes at once has every
+//! byte delivered, in order, and counted on both nodes.
+
+use super::*;
+
+/// Port of the scripted servers below (the echo servers have 8080).
+const PORT: u16 = 8083;
+const BANNER: &[u8] = b"220 ready\r\n";
+
+/// Listens on `[::]:PORT` in `ns`. Per connection: with `banner`, writes [`BANNER`] first and
+/// then echoes until EOF; without, reads to EOF and answers the byte count (decimal) and the
+/// bytes' sum (wrapping u64) so order-preserving loss or reordering is caught.
+fn scripted_server(ns: &NetNs, banner: bool) -> tokio::task::JoinHandle<()> {
+    let std_listener = ns
+        .run(|| {
+            let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+            s.set_only_v6(false)?;
+            s.set_reuse_address(true)?;
+            s.bind(&SocketAddr::from(([0u16; 8], PORT)).into())?;
+            s.listen(16)?;
+            s.set_nonblocking(true)?;
+            Ok::<std::net::TcpListener, std::io::Error>(s.into())
+        })
+        .expect("enter pod namespace")
+        .expect("listen");
+    let listener = tokio::net::TcpListener::from_std(std_listener).expect("tokio listener");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if banner {
+                    s.write_all(BANNER).await.expect("banner");
+                    let (mut r, mut w) = s.split();
+                    tokio::io::copy(&mut r, &mut w).await.expect("echo");
+                } else {
+                    let mut all = Vec::new();
+                    s.read_to_end(&mut all).await.expect("request");
+                    let answer = format!("{} {}", all.len(), weighted_sum(&all));
+                    s.write_all(answer.as_bytes()).await.expect("answer");
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    })
+}
+
+/// Sum of `byte × position`: differs when bytes are lost, duplicated or reordered.
+fn weighted_sum(bytes: &[u8]) -> u64 {
+    bytes.iter().enumerate().fold(0u64, |acc, (i, b)| {
+        acc.wrapping_add((i as u64 + 1).wrapping_mul(u64::from(*b)))
+    })
+}
+
+/// The finished outbound flow on n1 of the connection from `local`.
+fn outbound_flow(c: &Cluster, local: SocketAddr) -> Value {
+    c.wait_flow("n1", |f| {
+        is(f, "outbound") && f["src"] == local.to_string() && f["finished"] == true
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_speaks_first_is_not_kept_waiting() {
+    let c = Cluster::start(2, 1, "iptables", |_| {});
+    let _server = scripted_server(&c.lab.pod_netns("n2-p1").expect("pod netns"), true);
+    let dst = SocketAddr::new(c.v4("n2-p1").ip(), PORT);
+    let ns = c.lab.pod_netns("n1-p1").expect("pod netns");
+    let mut s = connect(&ns, dst).await.expect("connect");
+    let local = s.local_addr().expect("local address");
+
+    // The client says nothing until it has the banner: the tunnel must open without it.
+    let mut banner = vec![0u8; BANNER.len()];
+    tokio::time::timeout(DEADLINE, s.read_exact(&mut banner))
+        .await
+        .expect("the banner in time")
+        .expect("the banner");
+    assert_eq!(banner, BANNER);
+    s.write_all(b"HELO ambit\r\n").await.expect("send");
+    s.shutdown().await.expect("half-close");
+    let mut echoed = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut echoed))
+        .await
+        .expect("the echo in time")
+        .expect("the echo");
+    assert_eq!(echoed, b"HELO ambit\r\n");
+
+    let f = outbound_flow(&c, local);
+    assert_eq!(f["route"], "hbone", "{f:#}");
+    assert_eq!(f["error"], Value::Null, "{f:#}");
+    assert_eq!(f["bytes_sent"], 12, "{f:#}");
+    assert_eq!(f["bytes_received"], BANNER.len() + 12, "{f:#}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_sends_and_closes_at_once_is_carried_whole() {
+    let c = Cluster::start(2, 1, "iptables", |_| {});
+    let _server = scripted_server(&c.lab.pod_netns("n2-p1").expect("pod netns"), false);
+    let dst = SocketAddr::new(c.v4("n2-p1").ip(), PORT);
+    let ns = c.lab.pod_netns("n1-p1").expect("pod netns");
+    // Far more than the one early read (4 KiB), written before the tunnel can have opened.
+    let payload = ambit::lab::traffic::pattern(100_000);
+    let mut s = connect(&ns, dst).await.expect("connect");
+    let local = s.local_addr().expect("local address");
+    s.write_all(&payload).await.expect("send");
+    s.shutdown().await.expect("half-close");
+    let mut answer = String::new();
+    tokio::time::timeout(DEADLINE, s.read_to_string(&mut answer))
+        .await
+        .expect("the answer in time")
+        .expect("the answer");
+    assert_eq!(
+        answer,
+        format!("{} {}", payload.len(), weighted_sum(&payload)),
+        "what the server received"
+    );
+
+    let f = outbound_flow(&c, local);
+    assert_eq!(f["route"], "hbone", "{f:#}");
+    assert_eq!(f["bytes_sent"], payload.len(), "{f:#}");
+    let inbound = c.wait_flow("n2", |f| {
+        is(f, "hbone") && f["src"] == local.to_string() && f["finished"] == true
+    });
+    assert_eq!(inbound["bytes_sent"], payload.len(), "{inbound:#}");
+}
