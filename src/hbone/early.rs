@@ -76,10 +76,10 @@ pub async fn answer_sending_first_bytes(
 }
 
 /// One read from `client`, kept at its size. The buffer is on the stack of this poll, not in
-/// any future's state: a 4 KiB heap buffer handed to h2 is freed by the connection's task,
-/// often on another thread, and such frees left idle connections about 1.5 KiB larger each;
-/// the opening's boxed state would grow by the buffer too. Through `AsyncRead`, so a short
-/// read clears the socket's readiness and the copy then really waits (see `stream::Copy`).
+/// any future's state (the boxed opening would grow by 4 KiB), and h2 gets the bytes rather
+/// than a mostly empty 4 KiB buffer that its connection task would free, often on another
+/// thread. Through `AsyncRead`, so a short read clears the socket's readiness and the copy
+/// then really waits (see `stream::Copy`).
 fn read_first_bytes(client: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<Bytes>> {
     let mut space = [MaybeUninit::<u8>::uninit(); TUNNEL_INITIAL_READ];
     let mut buf = ReadBuf::uninit(&mut space);
