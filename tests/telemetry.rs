@@ -133,19 +133,7 @@ fn labels(base: &[(&str, &str)], overrides: &[(&str, &str)]) -> BTreeMap<String,
 /// Listens on `[::]:DB_PORT` in `ns`: per connection, reads `first_in` bytes, answers
 /// `first_out`, reads to EOF (expecting `rest_in` more), answers `rest_out` and closes.
 async fn db_server(ns: &NetNs, script: [usize; 4]) -> tokio::task::JoinHandle<()> {
-    let std_listener = ns
-        .run(|| {
-            let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
-            s.set_only_v6(false)?;
-            s.set_reuse_address(true)?;
-            s.bind(&SocketAddr::from(([0u16; 8], DB_PORT)).into())?;
-            s.listen(64)?;
-            s.set_nonblocking(true)?;
-            Ok::<std::net::TcpListener, std::io::Error>(s.into())
-        })
-        .expect("enter pod namespace")
-        .expect("listen");
-    let listener = tokio::net::TcpListener::from_std(std_listener).expect("tokio listener");
+    let listener = listen_in(ns, DB_PORT);
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {

@@ -11,21 +11,9 @@ const BANNER: &[u8] = b"220 ready\r\n";
 
 /// Listens on `[::]:PORT` in `ns`. Per connection: with `banner`, writes [`BANNER`] first and
 /// then echoes until EOF; without, reads to EOF and answers the byte count (decimal) and the
-/// bytes' sum (wrapping u64) so order-preserving loss or reordering is caught.
+/// bytes' position-weighted sum, so loss, duplication or reordering is caught.
 fn scripted_server(ns: &NetNs, banner: bool) -> tokio::task::JoinHandle<()> {
-    let std_listener = ns
-        .run(|| {
-            let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
-            s.set_only_v6(false)?;
-            s.set_reuse_address(true)?;
-            s.bind(&SocketAddr::from(([0u16; 8], PORT)).into())?;
-            s.listen(16)?;
-            s.set_nonblocking(true)?;
-            Ok::<std::net::TcpListener, std::io::Error>(s.into())
-        })
-        .expect("enter pod namespace")
-        .expect("listen");
-    let listener = tokio::net::TcpListener::from_std(std_listener).expect("tokio listener");
+    let listener = listen_in(ns, PORT);
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
