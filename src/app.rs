@@ -98,6 +98,7 @@ async fn serve(
         policy: policy_rx,
         live,
         tcp_copy: config.tcp_copy,
+        hbone_early_data: config.hbone_early_data,
         cluster_id: config.cluster_id.clone(),
     };
 

@@ -117,6 +117,7 @@ async fn serve(config: SidecarConfig) -> anyhow::Result<()> {
         policy: policy_rx,
         live,
         tcp_copy: config.tcp_copy,
+        hbone_early_data: config.hbone_early_data,
         cluster_id: config.cluster_id.clone(),
     };
     let security = PodSecurity::new(

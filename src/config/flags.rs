@@ -105,6 +105,11 @@ pub struct RunArgs {
     /// kernel, `buffered` through the process.
     #[arg(long, value_enum, env = "AMBIT_TCP_COPY", default_value_t = TcpCopy::Splice)]
     pub tcp_copy: TcpCopy,
+    /// Send the client's first bytes on a new HBONE stream before the peer's 200 (one crossing
+    /// less per connection; the peer delivers them only after its policy and dial). `false`
+    /// waits for the 200 first, as ztunnel does.
+    #[arg(long, env = "AMBIT_HBONE_EARLY_DATA", default_value_t = true, action = clap::ArgAction::Set)]
+    pub hbone_early_data: bool,
     /// Log line format: `text`, or `json` (one object per line, ztunnel's field names). The
     /// level is set by RUST_LOG and changed live with `/logging` on the admin endpoint.
     #[arg(long, value_enum, env = "AMBIT_LOG_FORMAT", default_value_t = LogFormat::Text)]
@@ -149,6 +154,7 @@ impl RunArgs {
             cert_validity: Duration::from_secs(self.cert_validity_secs),
             drain: Duration::from_secs(self.drain_secs),
             tcp_copy: self.tcp_copy,
+            hbone_early_data: self.hbone_early_data,
             log_format: self.log_format,
             tls_policy: self.tls_policy,
             poll_interval: Duration::from_millis(self.poll_ms),
@@ -200,6 +206,11 @@ pub struct SidecarArgs {
     /// kernel, `buffered` through the process.
     #[arg(long, value_enum, env = "AMBIT_TCP_COPY", default_value_t = TcpCopy::Splice)]
     pub tcp_copy: TcpCopy,
+    /// Send the client's first bytes on a new HBONE stream before the peer's 200 (one crossing
+    /// less per connection; the peer delivers them only after its policy and dial). `false`
+    /// waits for the 200 first, as ztunnel does.
+    #[arg(long, env = "AMBIT_HBONE_EARLY_DATA", default_value_t = true, action = clap::ArgAction::Set)]
+    pub hbone_early_data: bool,
     /// Log line format, as for `ambit run`.
     #[arg(long, value_enum, env = "AMBIT_LOG_FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -228,6 +239,7 @@ impl SidecarArgs {
             threads: self.threads as usize,
             poll_interval: Duration::from_millis(200),
             tcp_copy: self.tcp_copy,
+            hbone_early_data: self.hbone_early_data,
             tls_policy: self.tls_policy,
         })
     }
@@ -360,6 +372,26 @@ mod tests {
         assert!(matches!(c.ca, crate::ca::args::CaSource::Service(_)));
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.tls_policy, TlsPolicy::Default);
+        assert!(c.hbone_early_data);
+    }
+
+    #[test]
+    fn early_data_is_switched_off_by_name_only() {
+        assert!(
+            !parse(&["--hbone-early-data", "false"])
+                .unwrap()
+                .hbone_early_data
+        );
+        assert!(
+            parse(&["--hbone-early-data=true"])
+                .unwrap()
+                .hbone_early_data
+        );
+        let err = parse(&["--hbone-early-data", "off"]).unwrap_err();
+        assert!(
+            err.contains("--hbone-early-data") && err.contains("true, false"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -408,6 +408,8 @@ pub struct RunConfig {
     pub drain: Duration,
     /// How plain TCP connections are copied.
     pub tcp_copy: TcpCopy,
+    /// Whether a new HBONE stream carries the client's first bytes before the peer's 200.
+    pub hbone_early_data: bool,
     /// How log lines are written.
     pub log_format: LogFormat,
     /// The cluster this node belongs to (`--cluster-id`), named in metrics.
@@ -469,6 +471,8 @@ pub struct SidecarConfig {
     pub poll_interval: Duration,
     /// How plain TCP connections are copied.
     pub tcp_copy: TcpCopy,
+    /// Whether a new HBONE stream carries the client's first bytes before the peer's 200.
+    pub hbone_early_data: bool,
     /// The cluster the pod belongs to (`--cluster-id`), named in metrics.
     pub cluster_id: String,
     /// Key-exchange groups of HBONE TLS.

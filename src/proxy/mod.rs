@@ -69,6 +69,9 @@ pub struct ProxyContext {
     pub live: Arc<LiveConns>,
     /// How plain TCP connections are copied.
     pub tcp_copy: crate::copy::TcpCopy,
+    /// Whether a new HBONE stream carries the client's first bytes before the peer's 200
+    /// (`hbone::early`).
+    pub hbone_early_data: bool,
     /// The cluster this proxy's pods run in, named in the metrics' `*_cluster` labels.
     pub cluster_id: String,
 }

@@ -263,8 +263,11 @@ async fn open_stream(
         };
         let mut send = lease.send.clone().ready().await.map_err(unsent)?;
         let (response, mut stream) = send.send_request(built, false).map_err(unsent)?;
-        let response =
-            hbone::early::answer_sending_first_bytes(client, &mut stream, response, first).await?;
+        let response = if scope.ctx.hbone_early_data {
+            hbone::early::answer_sending_first_bytes(client, &mut stream, response, first).await?
+        } else {
+            response.await.map_err(unsent)?
+        };
         Ok::<_, EarlyError>((response, stream))
     };
     match tokio::time::timeout(HBONE_DIAL_TIMEOUT, opened).await {

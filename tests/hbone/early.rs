@@ -1,7 +1,7 @@
 //! The client's first bytes follow the CONNECT before its answer (`hbone::early`): through
 //! the real daemons, a server that speaks first is not kept waiting for a client that says
 //! nothing, and a client that sends more than the early read and closes at once has every
-//! byte delivered, in order, and counted on both nodes.
+//! byte delivered, in order, and counted on both nodes (also with `--hbone-early-data=false`).
 
 use super::*;
 
@@ -81,7 +81,20 @@ async fn a_server_that_speaks_first_is_not_kept_waiting() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_sends_and_closes_at_once_is_carried_whole() {
-    let c = Cluster::start(2, 1, "iptables", |_| {});
+    carried_whole(Cluster::start(2, 1, "iptables", |_| {})).await;
+}
+
+/// The same with `--hbone-early-data=false` on the client's node: the 200 first, as ztunnel.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_early_data_a_client_is_carried_whole_too() {
+    let args = |node: &str| match node {
+        "n1" => vec!["--hbone-early-data=false".to_string()],
+        _ => Vec::new(),
+    };
+    carried_whole(Cluster::start_with(2, 1, "iptables", |_| {}, args)).await;
+}
+
+async fn carried_whole(c: Cluster) {
     let _server = scripted_server(&c.lab.pod_netns("n2-p1").expect("pod netns"), false);
     let dst = SocketAddr::new(c.v4("n2-p1").ip(), PORT);
     let ns = c.lab.pod_netns("n1-p1").expect("pod netns");
