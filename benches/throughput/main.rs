@@ -200,8 +200,11 @@ const IDLE_BATCH: usize = 16;
 const IDLE_PODS: usize = 2 * IDLE_BATCH;
 /// Pods per node: the two above plus the idle-connection targets.
 const PODS_PER_NODE: usize = 2 + IDLE_PODS;
-/// Idle connections sharing pooled tunnels to one pod in the memory test.
-const SHARED_CONNS: usize = 200;
+/// Idle connections sharing pooled tunnels to one pod in the memory test. Enough that the
+/// allocator's fixed costs (partly used pages, a few hundred KiB that move with timing) do not
+/// read as per-connection cost: at 200 they moved the figure by up to 1.7 KiB per connection
+/// (benches/README.md, run W).
+const SHARED_CONNS: usize = 800;
 /// Servers inside the destination pods (outside ambit's 15xxx range).
 const SINK_PORT: u16 = 9000;
 const ECHO_PORT: u16 = 9001;
