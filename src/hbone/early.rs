@@ -225,6 +225,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_client_that_closes_at_once_leaves_its_end_of_stream_for_the_copy() {
+        let (mut app, mut client) = tcp_pair().await;
+        let (send, mut streams) = h2_pair().await;
+        app.shutdown().await.unwrap();
+        let mut send = send.ready().await.unwrap();
+        let (response, mut stream) = send.send_request(connect_request(), false).unwrap();
+        let server = async {
+            let (_request, mut respond) = streams.recv().await.expect("a CONNECT");
+            respond
+                .send_response(http::Response::new(()), false)
+                .expect("answer")
+        };
+        let mut first = None;
+        let (answer, _open) = within(async {
+            tokio::join!(
+                answer_sending_first_bytes(&mut client, &mut stream, response, &mut first),
+                server,
+            )
+        })
+        .await;
+        assert_eq!(answer.expect("answered").status(), 200);
+        assert!(first.is_none(), "an end of stream is no bytes to send");
+        // The copy still sees the end of stream, so it can pass it on as END_STREAM.
+        let mut rest = Vec::new();
+        within(client.read_to_end(&mut rest)).await.unwrap();
+        assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
     async fn a_retry_sends_the_same_bytes_and_reads_nothing_more() {
         let (mut app, mut client) = tcp_pair().await;
         let (send, mut streams) = h2_pair().await;
