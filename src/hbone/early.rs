@@ -155,12 +155,36 @@ mod tests {
             .expect("request")
     }
 
-    /// The server side: takes the next stream, reads one DATA frame before answering, answers
-    /// with `status`, and returns what it read.
-    async fn answer_after_first_data(
-        streams: &mut mpsc::Receiver<(http::Request<RecvStream>, SendResponse<Bytes>)>,
-        status: u16,
-    ) -> Bytes {
+    /// A server's accepted CONNECT streams, as they arrive.
+    type Streams = mpsc::Receiver<(http::Request<RecvStream>, SendResponse<Bytes>)>;
+
+    /// One CONNECT from `client` over a fresh HTTP/2 pair, `first` holding what an earlier
+    /// attempt read, while `peer` plays the server, within the deadline. Returns the answer,
+    /// what `first` holds afterwards and what `peer` returned.
+    async fn open<T, F: std::future::Future<Output = T>>(
+        client: &mut TcpStream,
+        mut first: Option<Bytes>,
+        peer: impl FnOnce(Streams) -> F,
+    ) -> (
+        Result<http::Response<RecvStream>, EarlyError>,
+        Option<Bytes>,
+        T,
+    ) {
+        let (send, streams) = h2_pair().await;
+        let mut send = send.ready().await.unwrap();
+        let (response, mut stream) = send.send_request(connect_request(), false).unwrap();
+        let (answer, from_peer) = within(async {
+            tokio::join!(
+                answer_sending_first_bytes(client, &mut stream, response, &mut first),
+                peer(streams),
+            )
+        })
+        .await;
+        (answer, first, from_peer)
+    }
+
+    /// The server: reads one DATA frame of the next stream before answering 200; returns it.
+    async fn answer_after_first_data(mut streams: Streams) -> Bytes {
         let (request, mut respond) = streams.recv().await.expect("a CONNECT");
         let data = request
             .into_body()
@@ -168,27 +192,25 @@ mod tests {
             .await
             .expect("data before the answer")
             .expect("ok");
-        let answer = http::Response::builder().status(status).body(()).unwrap();
-        let _open = respond.send_response(answer, false).expect("answer");
+        let _open = respond
+            .send_response(http::Response::new(()), false)
+            .expect("answer");
         data
+    }
+
+    /// The server: answers the next stream 200 at once; returns the open response stream.
+    async fn answer_at_once(mut streams: Streams) -> SendStream<Bytes> {
+        let (_request, mut respond) = streams.recv().await.expect("a CONNECT");
+        respond
+            .send_response(http::Response::new(()), false)
+            .expect("answer")
     }
 
     #[tokio::test]
     async fn the_first_bytes_reach_the_peer_before_its_answer() {
         let (mut app, mut client) = tcp_pair().await;
-        let (send, mut streams) = h2_pair().await;
         app.write_all(b"hello").await.unwrap();
-
-        let mut send = send.ready().await.unwrap();
-        let (response, mut stream) = send.send_request(connect_request(), false).unwrap();
-        let mut first = None;
-        let (answer, seen) = within(async {
-            tokio::join!(
-                answer_sending_first_bytes(&mut client, &mut stream, response, &mut first),
-                answer_after_first_data(&mut streams, 200),
-            )
-        })
-        .await;
+        let (answer, first, seen) = open(&mut client, None, answer_after_first_data).await;
         // The peer saw the bytes while it had not answered yet: it read them to answer.
         assert_eq!(&seen[..], b"hello");
         assert_eq!(answer.expect("answered").status(), 200);
@@ -198,23 +220,7 @@ mod tests {
     #[tokio::test]
     async fn a_quiet_client_gets_its_answer_and_keeps_its_later_bytes() {
         let (mut app, mut client) = tcp_pair().await;
-        let (send, mut streams) = h2_pair().await;
-        let mut send = send.ready().await.unwrap();
-        let (response, mut stream) = send.send_request(connect_request(), false).unwrap();
-        let server = async {
-            let (_request, mut respond) = streams.recv().await.expect("a CONNECT");
-            respond
-                .send_response(http::Response::new(()), false)
-                .expect("answer")
-        };
-        let mut first = None;
-        let (answer, _open) = within(async {
-            tokio::join!(
-                answer_sending_first_bytes(&mut client, &mut stream, response, &mut first),
-                server,
-            )
-        })
-        .await;
+        let (answer, first, _open) = open(&mut client, None, answer_at_once).await;
         assert_eq!(answer.expect("answered").status(), 200);
         assert!(first.is_none());
         // Nothing was taken from the socket: what the app writes now is still there to copy.
@@ -227,24 +233,8 @@ mod tests {
     #[tokio::test]
     async fn a_client_that_closes_at_once_leaves_its_end_of_stream_for_the_copy() {
         let (mut app, mut client) = tcp_pair().await;
-        let (send, mut streams) = h2_pair().await;
         app.shutdown().await.unwrap();
-        let mut send = send.ready().await.unwrap();
-        let (response, mut stream) = send.send_request(connect_request(), false).unwrap();
-        let server = async {
-            let (_request, mut respond) = streams.recv().await.expect("a CONNECT");
-            respond
-                .send_response(http::Response::new(()), false)
-                .expect("answer")
-        };
-        let mut first = None;
-        let (answer, _open) = within(async {
-            tokio::join!(
-                answer_sending_first_bytes(&mut client, &mut stream, response, &mut first),
-                server,
-            )
-        })
-        .await;
+        let (answer, first, _open) = open(&mut client, None, answer_at_once).await;
         assert_eq!(answer.expect("answered").status(), 200);
         assert!(first.is_none(), "an end of stream is no bytes to send");
         // The copy still sees the end of stream, so it can pass it on as END_STREAM.
@@ -256,18 +246,9 @@ mod tests {
     #[tokio::test]
     async fn a_retry_sends_the_same_bytes_and_reads_nothing_more() {
         let (mut app, mut client) = tcp_pair().await;
-        let (send, mut streams) = h2_pair().await;
         app.write_all(b"second").await.unwrap();
-        let mut send = send.ready().await.unwrap();
-        let (response, mut stream) = send.send_request(connect_request(), false).unwrap();
-        let mut first = Some(Bytes::from_static(b"first"));
-        let (answer, seen) = within(async {
-            tokio::join!(
-                answer_sending_first_bytes(&mut client, &mut stream, response, &mut first),
-                answer_after_first_data(&mut streams, 200),
-            )
-        })
-        .await;
+        let again = Some(Bytes::from_static(b"first"));
+        let (answer, _, seen) = open(&mut client, again, answer_after_first_data).await;
         assert_eq!(answer.expect("answered").status(), 200);
         assert_eq!(&seen[..], b"first");
         let mut got = [0u8; 6];
@@ -284,24 +265,14 @@ mod tests {
             (h2::Reason::REFUSED_STREAM, true),
         ] {
             let (mut app, mut client) = tcp_pair().await;
-            let (send, mut streams) = h2_pair().await;
             app.write_all(b"hi").await.unwrap();
-            let mut send = send.ready().await.unwrap();
-            let (response, mut stream) = send.send_request(connect_request(), false).unwrap();
-            let server = async {
+            let reset_after_data = |mut streams: Streams| async move {
                 let (request, mut respond) = streams.recv().await.expect("a CONNECT");
                 let data = request.into_body().data().await.expect("data").expect("ok");
                 respond.send_reset(reason);
                 data
             };
-            let mut first = None;
-            let (answer, seen) = within(async {
-                tokio::join!(
-                    answer_sending_first_bytes(&mut client, &mut stream, response, &mut first),
-                    server,
-                )
-            })
-            .await;
+            let (answer, _, seen) = open(&mut client, None, reset_after_data).await;
             assert_eq!(&seen[..], b"hi");
             match answer {
                 Err(EarlyError::Stream { retry_safe, .. }) => {
