@@ -40,6 +40,28 @@ fn weighted_sum(bytes: &[u8]) -> u64 {
     })
 }
 
+/// Starts the scripted server (see [`scripted_server`]) in `n2-p1` and connects to it from
+/// `n1-p1`, through that pod's capture; returns the server, the client's stream and its address.
+async fn dial_scripted(
+    c: &Cluster,
+    banner: bool,
+) -> (tokio::task::JoinHandle<()>, TcpStream, SocketAddr) {
+    let server = scripted_server(&c.lab.pod_netns("n2-p1").expect("pod netns"), banner);
+    let dst = SocketAddr::new(c.v4("n2-p1").ip(), PORT);
+    let ns = c.lab.pod_netns("n1-p1").expect("pod netns");
+    let s = connect(&ns, dst).await.expect("connect");
+    let local = s.local_addr().expect("local address");
+    (server, s, local)
+}
+
+/// `read`'s result, failing the test after [`DEADLINE`] or on an error, naming `what`.
+async fn in_time<T>(what: &str, read: impl std::future::Future<Output = std::io::Result<T>>) -> T {
+    tokio::time::timeout(DEADLINE, read)
+        .await
+        .unwrap_or_else(|_| panic!("{what} in time"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
 /// The finished outbound flow on n1 of the connection from `local`.
 fn outbound_flow(c: &Cluster, local: SocketAddr) -> Value {
     c.wait_flow("n1", |f| {
@@ -50,26 +72,16 @@ fn outbound_flow(c: &Cluster, local: SocketAddr) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_that_speaks_first_is_not_kept_waiting() {
     let c = Cluster::start(2, 1, "iptables", |_| {});
-    let _server = scripted_server(&c.lab.pod_netns("n2-p1").expect("pod netns"), true);
-    let dst = SocketAddr::new(c.v4("n2-p1").ip(), PORT);
-    let ns = c.lab.pod_netns("n1-p1").expect("pod netns");
-    let mut s = connect(&ns, dst).await.expect("connect");
-    let local = s.local_addr().expect("local address");
+    let (_server, mut s, local) = dial_scripted(&c, true).await;
 
     // The client says nothing until it has the banner: the tunnel must open without it.
     let mut banner = vec![0u8; BANNER.len()];
-    tokio::time::timeout(DEADLINE, s.read_exact(&mut banner))
-        .await
-        .expect("the banner in time")
-        .expect("the banner");
+    in_time("the banner", s.read_exact(&mut banner)).await;
     assert_eq!(banner, BANNER);
     s.write_all(b"HELO ambit\r\n").await.expect("send");
     s.shutdown().await.expect("half-close");
     let mut echoed = Vec::new();
-    tokio::time::timeout(DEADLINE, s.read_to_end(&mut echoed))
-        .await
-        .expect("the echo in time")
-        .expect("the echo");
+    in_time("the echo", s.read_to_end(&mut echoed)).await;
     assert_eq!(echoed, b"HELO ambit\r\n");
 
     let f = outbound_flow(&c, local);
@@ -95,20 +107,13 @@ async fn without_early_data_a_client_is_carried_whole_too() {
 }
 
 async fn carried_whole(c: Cluster) {
-    let _server = scripted_server(&c.lab.pod_netns("n2-p1").expect("pod netns"), false);
-    let dst = SocketAddr::new(c.v4("n2-p1").ip(), PORT);
-    let ns = c.lab.pod_netns("n1-p1").expect("pod netns");
     // Far more than the one early read (4 KiB), written before the tunnel can have opened.
     let payload = ambit::lab::traffic::pattern(100_000);
-    let mut s = connect(&ns, dst).await.expect("connect");
-    let local = s.local_addr().expect("local address");
+    let (_server, mut s, local) = dial_scripted(&c, false).await;
     s.write_all(&payload).await.expect("send");
     s.shutdown().await.expect("half-close");
     let mut answer = String::new();
-    tokio::time::timeout(DEADLINE, s.read_to_string(&mut answer))
-        .await
-        .expect("the answer in time")
-        .expect("the answer");
+    in_time("the answer", s.read_to_string(&mut answer)).await;
     assert_eq!(
         answer,
         format!("{} {}", payload.len(), weighted_sum(&payload)),
