@@ -376,7 +376,7 @@ mod tests {
     }
 
     #[test]
-    fn early_data_is_switched_off_by_name_only() {
+    fn early_data_takes_true_or_false() {
         assert!(
             !parse(&["--hbone-early-data", "false"])
                 .unwrap()

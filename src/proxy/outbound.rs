@@ -225,8 +225,8 @@ enum OpenError {
     #[error("{message}")]
     Stream { message: String, retry_safe: bool },
     /// The client failed while its first bytes were read (see [`hbone::early`]).
-    #[error("{0}")]
-    Client(hbone::early::EarlyError),
+    #[error("reading the client: {0}")]
+    Client(std::io::Error),
 }
 
 /// A pooled connection to `via` and a CONNECT stream on it, with its response. The client's
@@ -279,7 +279,7 @@ async fn open_stream(
                 retry_safe,
             })
         }
-        Ok(Err(e)) => Err(OpenError::Client(e)),
+        Ok(Err(EarlyError::Client(e))) => Err(OpenError::Client(e)),
         Err(_) => {
             // No answer at all: the connection is likely dead; later tunnels must not wait on
             // it too. Not retried: the client has waited long enough.
