@@ -101,15 +101,9 @@ pub struct RunArgs {
     /// peers) before they are cut and the daemon exits.
     #[arg(long, default_value_t = DEFAULT_DRAIN_SECS)]
     pub drain_secs: u64,
-    /// How plain TCP (passthrough, inbound plaintext) is copied: `splice` moves bytes inside the
-    /// kernel, `buffered` through the process.
-    #[arg(long, value_enum, env = "AMBIT_TCP_COPY", default_value_t = TcpCopy::Splice)]
-    pub tcp_copy: TcpCopy,
-    /// Send the client's first bytes on a new HBONE stream before the peer's 200 (one crossing
-    /// less per connection; the peer delivers them only after its policy and dial). `false`
-    /// waits for the 200 first, as ztunnel does.
-    #[arg(long, env = "AMBIT_HBONE_EARLY_DATA", default_value_t = true, action = clap::ArgAction::Set)]
-    pub hbone_early_data: bool,
+    /// How connections are carried.
+    #[command(flatten)]
+    pub data_path: DataPathArgs,
     /// Log line format: `text`, or `json` (one object per line, ztunnel's field names). The
     /// level is set by RUST_LOG and changed live with `/logging` on the admin endpoint.
     #[arg(long, value_enum, env = "AMBIT_LOG_FORMAT", default_value_t = LogFormat::Text)]
@@ -153,8 +147,8 @@ impl RunArgs {
             ca_crl: self.ca.ca_crl.clone(),
             cert_validity: Duration::from_secs(self.cert_validity_secs),
             drain: Duration::from_secs(self.drain_secs),
-            tcp_copy: self.tcp_copy,
-            hbone_early_data: self.hbone_early_data,
+            tcp_copy: self.data_path.tcp_copy,
+            hbone_early_data: self.data_path.hbone_early_data,
             log_format: self.log_format,
             tls_policy: self.tls_policy,
             poll_interval: Duration::from_millis(self.poll_ms),
@@ -167,6 +161,20 @@ impl RunArgs {
             ),
         })
     }
+}
+
+/// Data-path flags shared by `ambit run` and `ambit sidecar`.
+#[derive(Args, Debug)]
+pub struct DataPathArgs {
+    /// How plain TCP (passthrough, inbound plaintext) is copied: `splice` moves bytes inside the
+    /// kernel, `buffered` through the process.
+    #[arg(long, value_enum, env = "AMBIT_TCP_COPY", default_value_t = TcpCopy::Splice)]
+    pub tcp_copy: TcpCopy,
+    /// Send the client's first bytes on a new HBONE stream before the peer's 200 (one crossing
+    /// less per connection; the peer delivers them only after its policy and dial). `false`
+    /// waits for the 200 first, as ztunnel does.
+    #[arg(long, env = "AMBIT_HBONE_EARLY_DATA", default_value_t = true, action = clap::ArgAction::Set)]
+    pub hbone_early_data: bool,
 }
 
 /// Flags of `ambit sidecar`.
@@ -202,15 +210,9 @@ pub struct SidecarArgs {
     /// Worker threads.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..1025))]
     pub threads: u64,
-    /// How plain TCP (passthrough, inbound plaintext) is copied: `splice` moves bytes inside the
-    /// kernel, `buffered` through the process.
-    #[arg(long, value_enum, env = "AMBIT_TCP_COPY", default_value_t = TcpCopy::Splice)]
-    pub tcp_copy: TcpCopy,
-    /// Send the client's first bytes on a new HBONE stream before the peer's 200 (one crossing
-    /// less per connection; the peer delivers them only after its policy and dial). `false`
-    /// waits for the 200 first, as ztunnel does.
-    #[arg(long, env = "AMBIT_HBONE_EARLY_DATA", default_value_t = true, action = clap::ArgAction::Set)]
-    pub hbone_early_data: bool,
+    /// How connections are carried.
+    #[command(flatten)]
+    pub data_path: DataPathArgs,
     /// Log line format, as for `ambit run`.
     #[arg(long, value_enum, env = "AMBIT_LOG_FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -238,8 +240,8 @@ impl SidecarArgs {
             readiness_addr: self.readiness,
             threads: self.threads as usize,
             poll_interval: Duration::from_millis(200),
-            tcp_copy: self.tcp_copy,
-            hbone_early_data: self.hbone_early_data,
+            tcp_copy: self.data_path.tcp_copy,
+            hbone_early_data: self.data_path.hbone_early_data,
             tls_policy: self.tls_policy,
         })
     }
