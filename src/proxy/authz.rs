@@ -11,11 +11,12 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
-use tokio::sync::{oneshot, watch};
+use futures_util::task::AtomicWaker;
+use tokio::sync::watch;
 
 use super::PodScope;
 use crate::flows::Flow;
@@ -49,11 +50,17 @@ impl Inbound {
     }
 }
 
-/// One registered connection.
+/// One registered connection. Its verdict slot lives here rather than in a channel of its own:
+/// every live inbound connection holds one, so it is kept to one allocation (see
+/// `benches/README.md`, idle memory).
 struct Tracked {
     conn: Inbound,
-    /// Taken when a policy change denies the connection.
-    deny: Mutex<Option<oneshot::Sender<Decision>>>,
+    /// Set, once, when a policy change denies the connection; the decision is then in
+    /// `verdict` until the connection takes it.
+    denied: AtomicBool,
+    verdict: Mutex<Option<Box<Decision>>>,
+    /// The connection's task, woken when `denied` is set.
+    waker: AtomicWaker,
 }
 
 /// The live inbound connections of the daemon (all pods).
@@ -68,40 +75,36 @@ pub struct Registration {
     id: u64,
     table: Arc<LiveConns>,
     tracked: Arc<Tracked>,
-    denied: Option<oneshot::Receiver<Decision>>,
 }
 
 impl Registration {
     /// Completes with the decision when a policy change denies this connection; never
-    /// completes otherwise.
-    pub fn denied(&mut self) -> Denied<'_> {
-        Denied(&mut self.denied)
+    /// completes otherwise (nor again, once it has).
+    pub fn denied(&self) -> Denied<'_> {
+        Denied(&self.tracked)
     }
 }
 
-/// [`Registration::denied`]: a small `Unpin` future, since a connection's copy holds it for
-/// the connection's whole life.
-pub struct Denied<'a>(&'a mut Option<oneshot::Receiver<Decision>>);
+/// [`Registration::denied`]: polled with every poll of the connection's copy, so the common
+/// case (not denied) is one atomic load once the task's waker is registered.
+pub struct Denied<'a>(&'a Tracked);
 
 impl std::future::Future for Denied<'_> {
     type Output = Decision;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Decision> {
-        let slot = &mut *self.get_mut().0;
-        let Some(rx) = slot.as_mut() else {
-            return Poll::Pending;
-        };
-        match Pin::new(rx).poll(cx) {
-            Poll::Ready(Ok(decision)) => {
-                *slot = None;
-                Poll::Ready(decision)
+        let tracked = self.0;
+        if !tracked.denied.load(Ordering::Acquire) {
+            tracked.waker.register(cx.waker());
+            // Checked again: a denial set between the load and the registration woke no one.
+            if !tracked.denied.load(Ordering::Acquire) {
+                return Poll::Pending;
             }
-            // The table let go of the sender: nothing can deny this connection any more.
-            Poll::Ready(Err(_)) => {
-                *slot = None;
-                Poll::Pending
-            }
-            Poll::Pending => Poll::Pending,
+        }
+        match lock(&tracked.verdict).take() {
+            Some(decision) => Poll::Ready(*decision),
+            // Taken by an earlier poll: the connection has been told.
+            None => Poll::Pending,
         }
     }
 }
@@ -121,17 +124,17 @@ impl LiveConns {
     /// Registers a connection until the returned registration is dropped.
     pub fn register(self: &Arc<Self>, conn: Inbound) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
         let tracked = Arc::new(Tracked {
             conn,
-            deny: Mutex::new(Some(tx)),
+            denied: AtomicBool::new(false),
+            verdict: Mutex::new(None),
+            waker: AtomicWaker::new(),
         });
         lock(&self.live).insert(id, tracked.clone());
         Registration {
             id,
             table: self.clone(),
             tracked,
-            denied: Some(rx),
         }
     }
 
@@ -156,12 +159,20 @@ impl LiveConns {
             if decision.allowed {
                 continue;
             }
-            if let Some(tx) = lock(&t.deny).take() {
-                // The connection may have ended meanwhile; then nobody needs telling.
-                if tx.send(decision).is_ok() {
-                    denied += 1;
-                }
+            // Only this list holds it now: the connection ended meanwhile, nobody to tell.
+            if Arc::strong_count(&t) == 1 {
+                continue;
             }
+            let mut verdict = lock(&t.verdict);
+            // Told once: a connection already denied keeps its first decision.
+            if t.denied.load(Ordering::Acquire) {
+                continue;
+            }
+            *verdict = Some(Box::new(decision));
+            t.denied.store(true, Ordering::Release);
+            drop(verdict);
+            t.waker.wake();
+            denied += 1;
         }
         denied
     }

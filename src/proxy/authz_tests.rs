@@ -50,8 +50,8 @@ fn conn(pod: &Pod, port: u16) -> Inbound {
 async fn a_policy_change_denies_only_the_connections_it_covers() {
     let a = pod("a", "10.0.0.1");
     let live = Arc::new(LiveConns::default());
-    let mut on_80 = live.register(conn(&a, 80));
-    let mut on_81 = live.register(conn(&a, 81));
+    let on_80 = live.register(conn(&a, 80));
+    let on_81 = live.register(conn(&a, 81));
     assert_eq!(live.len(), 2);
 
     assert_eq!(live.reevaluate(&policy(&[&a], vec![])), 0);
@@ -85,7 +85,7 @@ async fn follow_reevaluates_on_every_new_snapshot() {
     let live = Arc::new(LiveConns::default());
     let (tx, rx) = watch::channel(Arc::new(policy(&[&a], vec![])));
     let follower = tokio::spawn(live.clone().follow(rx));
-    let mut reg = live.register(conn(&a, 80));
+    let reg = live.register(conn(&a, 80));
     tx.send_replace(Arc::new(policy(&[&a], vec![deny_port(80)])));
     let decision = tokio::time::timeout(std::time::Duration::from_secs(5), reg.denied())
         .await
