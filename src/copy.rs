@@ -19,6 +19,7 @@ use crate::config::{
     COPY_INITIAL_BUFFER as INITIAL_BUFFER, COPY_LARGE_BUFFER as LARGE_BUFFER,
     COPY_MEDIUM_BUFFER as MEDIUM_BUFFER,
 };
+use crate::socket::close_with_reset;
 
 /// Where a copy adds the bytes it moves, chunk by chunk, as they are written: a flow's own
 /// count, a Prometheus counter, or both. Called once per chunk (up to a splice or read buffer),
@@ -148,16 +149,8 @@ pub enum Ended<T> {
     Stopped(T),
 }
 
-/// Closes `stream` abortively: with SO_LINGER 0 the kernel sends RST instead of FIN, so the
-/// peer learns the connection was refused or cut, not that it ended normally.
-pub fn reset(stream: TcpStream) {
-    // Best effort: if the option cannot be set, the close is an ordinary FIN.
-    let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
-    drop(stream);
-}
-
 /// [`bidirectional`], unless `stop` completes first: then both connections are reset (see
-/// [`reset`]) and its value returned. Used to cut live connections a new policy denies.
+/// [`close_with_reset`]) and its value returned. Used to cut live connections a new policy denies.
 pub async fn bidirectional_until<T>(
     mut downstream: TcpStream,
     mut upstream: TcpStream,
@@ -173,8 +166,8 @@ pub async fn bidirectional_until<T>(
             value = stop => value,
         }
     };
-    reset(downstream);
-    reset(upstream);
+    close_with_reset(downstream);
+    close_with_reset(upstream);
     Ended::Stopped(stopped)
 }
 

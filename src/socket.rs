@@ -146,11 +146,18 @@ pub fn tune_accepted(stream: &TcpStream) {
     let _ = set_keepalive(&s);
 }
 
-/// Closes a connection with RST instead of FIN (SO_LINGER 0): used when refusing, so the
-/// client learns at once and no TIME_WAIT state is left behind.
+/// Closes a connection with RST instead of FIN (SO_LINGER 0): used when refusing or cutting
+/// a connection, so the peer learns at once that it did not end normally, and no TIME_WAIT
+/// state is left behind.
 pub fn close_with_reset(stream: TcpStream) {
-    let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+    abort_on_close(&stream);
     drop(stream);
+}
+
+/// Makes the close of `stream`, whenever it is dropped, abortive (see [`close_with_reset`]).
+pub fn abort_on_close(stream: &TcpStream) {
+    // Best effort: if the option cannot be set, the close is an ordinary FIN.
+    let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
 }
 
 fn bind_listen(s: Socket, addr: SocketAddr) -> Result<std::net::TcpListener, SocketError> {

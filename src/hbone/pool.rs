@@ -80,6 +80,8 @@ struct Conn {
     send: SendRequest<Bytes>,
     /// Key-exchange group of the connection's TLS handshake.
     tls_group: Option<&'static str>,
+    /// The identity the peer presented, as text: one copy shared by the flows of its tunnels.
+    peer_identity: Arc<str>,
     streams: Arc<AtomicUsize>,
     closed: Arc<AtomicBool>,
     idle_since: Arc<Mutex<Option<Instant>>>,
@@ -143,6 +145,11 @@ impl Lease {
     /// The key-exchange group the connection's TLS handshake used (e.g. `X25519MLKEM768`).
     pub fn tls_group(&self) -> Option<&'static str> {
         self.conn.tls_group
+    }
+
+    /// The identity the peer presented (the TLS verifier accepted only the expected one).
+    pub fn peer_identity(&self) -> Arc<str> {
+        self.conn.peer_identity.clone()
     }
 
     /// Takes the connection out of service (a stream failed on it before any byte was sent):
@@ -346,6 +353,7 @@ impl Pool {
         let flag = closed.clone();
         let keepalive = super::keepalive::watch_or_never(connection.ping_pong());
         let revoked = revoked_or_never(self.revocation.clone(), chain);
+        let peer_identity: Arc<str> = expected.to_string().into();
         let expected = expected.clone();
         tokio::spawn(async move {
             tokio::select! {
@@ -368,6 +376,7 @@ impl Pool {
         Ok(Conn {
             send,
             tls_group,
+            peer_identity,
             streams: Arc::new(AtomicUsize::new(0)),
             closed,
             idle_since: Arc::new(Mutex::new(Some(Instant::now()))),

@@ -38,16 +38,19 @@ fn is_graceful_reset(e: &h2::Error) -> bool {
     )
 }
 
-/// Bytes moved by [`bidirectional`]; how [`bidirectional_until`] ended.
+/// Bytes moved by [`Copy::poll_copy`]; how [`Copy::poll_until`] ended.
 pub use crate::copy::{Ended, Transferred};
 
-/// Both directions between a TCP stream and an HTTP/2 stream, as one hand-written future.
+/// Both directions between a TCP stream and an HTTP/2 stream, polled by the connection's task
+/// with [`Copy::poll_copy`].
 ///
 /// An idle tunnel is mostly this state, so it is kept small: one struct polled for both
 /// directions (about a third of two `async fn` loops joined, which reserve room for every
 /// await point), no split of the TCP stream into reference-counted halves, and no read buffer
-/// while the client is quiet.
-pub struct Copy<'a> {
+/// while the client is quiet. The tallies are passed to each poll rather than held, so the
+/// task that owns the copy can also own what they count into (a flow, a metric) without
+/// borrowing from itself.
+pub struct Copy {
     tcp: TcpStream,
     send: SendStream<Bytes>,
     recv: RecvStream,
@@ -60,8 +63,6 @@ pub struct Copy<'a> {
     unwritten: Bytes,
     received: u64,
     state: State,
-    tcp_to_tunnel: &'a dyn Tally,
-    tunnel_to_tcp: &'a dyn Tally,
 }
 
 /// Which directions have ended.
@@ -75,14 +76,10 @@ struct State {
     down_done: bool,
 }
 
-impl<'a> Copy<'a> {
-    fn new(
-        tcp: TcpStream,
-        send: SendStream<Bytes>,
-        recv: RecvStream,
-        tcp_to_tunnel: &'a dyn Tally,
-        tunnel_to_tcp: &'a dyn Tally,
-    ) -> Self {
+impl Copy {
+    /// Runs both directions between `tcp` and the HTTP/2 stream (`send`, `recv`) until both
+    /// ended. An error on either side ends both (dropping the h2 stream resets it).
+    pub fn new(tcp: TcpStream, send: SendStream<Bytes>, recv: RecvStream) -> Self {
         Copy {
             tcp,
             send,
@@ -93,13 +90,55 @@ impl<'a> Copy<'a> {
             unwritten: Bytes::new(),
             received: 0,
             state: State::default(),
-            tcp_to_tunnel,
-            tunnel_to_tcp,
         }
     }
 
+    /// Moves what can be moved now, adding the bytes written to `tcp_to_tunnel` and
+    /// `tunnel_to_tcp` as they go; ready once both directions ended, or one failed.
+    pub fn poll_copy(
+        &mut self,
+        cx: &mut Context<'_>,
+        tcp_to_tunnel: &dyn Tally,
+        tunnel_to_tcp: &dyn Tally,
+    ) -> Poll<io::Result<Transferred>> {
+        if !self.state.up_done && self.poll_up(cx, tcp_to_tunnel)?.is_ready() {
+            self.state.up_done = true;
+        }
+        if !self.state.down_done && self.poll_down(cx, tunnel_to_tcp)?.is_ready() {
+            self.state.down_done = true;
+        }
+        if self.state.up_done && self.state.down_done {
+            return Poll::Ready(Ok(Transferred {
+                sent: self.sent,
+                received: self.received,
+            }));
+        }
+        Poll::Pending
+    }
+
+    /// [`Copy::poll_copy`], unless `stop` completes first: then the HTTP/2 stream is reset with
+    /// CONNECT_ERROR (RFC 9113 section 8.5: the tunnel was closed abnormally, which the peer
+    /// must not take for an orderly end), the TCP connection is reset, and `stop`'s value
+    /// returned. The TCP connection's RST goes out when the copy is dropped, which its owner
+    /// does once this is ready.
+    pub fn poll_until<S: Future + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        tcp_to_tunnel: &dyn Tally,
+        tunnel_to_tcp: &dyn Tally,
+        stop: &mut S,
+    ) -> Poll<Ended<S::Output>> {
+        if let Poll::Ready(done) = self.poll_copy(cx, tcp_to_tunnel, tunnel_to_tcp) {
+            return Poll::Ready(Ended::Copied(done));
+        }
+        let value = ready!(Pin::new(stop).poll(cx));
+        self.send.send_reset(h2::Reason::CONNECT_ERROR);
+        crate::socket::abort_on_close(&self.tcp);
+        Poll::Ready(Ended::Stopped(value))
+    }
+
     /// TCP → tunnel until EOF, then END_STREAM (half-close).
-    fn poll_up(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_up(&mut self, cx: &mut Context<'_>, tally: &dyn Tally) -> Poll<io::Result<()>> {
         loop {
             if !self.unsent.is_empty() {
                 self.send.reserve_capacity(self.unsent.len());
@@ -122,7 +161,7 @@ impl<'a> Copy<'a> {
                 };
                 let n = part.len() as u64;
                 self.send.send_data(part, false).map_err(h2_io)?;
-                self.tcp_to_tunnel.add(n);
+                tally.add(n);
                 continue;
             }
             // No buffer until the client has sent something.
@@ -150,7 +189,7 @@ impl<'a> Copy<'a> {
 
     /// Tunnel → TCP until END_STREAM, then a TCP write shutdown (FIN). Received DATA is given
     /// back to the flow-control window only once written, so flow control follows the reader.
-    fn poll_down(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_down(&mut self, cx: &mut Context<'_>, tally: &dyn Tally) -> Poll<io::Result<()>> {
         loop {
             if !self.unwritten.is_empty() {
                 let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.unwritten))?;
@@ -165,7 +204,7 @@ impl<'a> Copy<'a> {
                 }
                 let _ = self.recv.flow_control().release_capacity(n);
                 self.received += n as u64;
-                self.tunnel_to_tcp.add(n as u64);
+                tally.add(n as u64);
                 continue;
             }
             if self.state.down_ending {
@@ -178,11 +217,6 @@ impl<'a> Copy<'a> {
                 Some(Err(_)) | None => self.state.down_ending = true,
             }
         }
-    }
-
-    /// Gives back the TCP stream and the sending half, to reset them.
-    fn into_parts(self) -> (TcpStream, SendStream<Bytes>) {
-        (self.tcp, self.send)
     }
 }
 
@@ -200,88 +234,6 @@ fn poll_read_into(
     // SAFETY: the read initialised the first `n` bytes of the spare capacity.
     unsafe { buf.set_len(buf.len() + n) };
     Poll::Ready(Ok(n))
-}
-
-impl Future for Copy<'_> {
-    type Output = io::Result<Transferred>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        if !this.state.up_done && this.poll_up(cx)?.is_ready() {
-            this.state.up_done = true;
-        }
-        if !this.state.down_done && this.poll_down(cx)?.is_ready() {
-            this.state.down_done = true;
-        }
-        if this.state.up_done && this.state.down_done {
-            return Poll::Ready(Ok(Transferred {
-                sent: this.sent,
-                received: this.received,
-            }));
-        }
-        Poll::Pending
-    }
-}
-
-/// Runs both directions between a TCP stream and an HTTP/2 stream until both ended. An error
-/// on either side ends both (dropping the h2 stream resets it).
-pub fn bidirectional<'a>(
-    tcp: TcpStream,
-    send: SendStream<Bytes>,
-    recv: RecvStream,
-    tcp_to_tunnel: &'a dyn Tally,
-    tunnel_to_tcp: &'a dyn Tally,
-) -> Copy<'a> {
-    Copy::new(tcp, send, recv, tcp_to_tunnel, tunnel_to_tcp)
-}
-
-/// [`bidirectional`], unless `stop` completes first: then the HTTP/2 stream is reset with
-/// CONNECT_ERROR (RFC 9113 section 8.5: the tunnel was closed abnormally, which the peer must
-/// not take for an orderly end), the TCP connection is reset, and `stop`'s value returned.
-pub fn bidirectional_until<'a, S: Future + Unpin>(
-    tcp: TcpStream,
-    send: SendStream<Bytes>,
-    recv: RecvStream,
-    tcp_to_tunnel: &'a dyn Tally,
-    tunnel_to_tcp: &'a dyn Tally,
-    stop: S,
-) -> Until<'a, S> {
-    Until {
-        copy: Some(Copy::new(tcp, send, recv, tcp_to_tunnel, tunnel_to_tcp)),
-        stop,
-    }
-}
-
-/// The future of [`bidirectional_until`]: a [`Copy`] and its stop signal, nothing else (an
-/// `async fn` would also keep its arguments beside the copy they were moved into).
-pub struct Until<'a, S> {
-    /// `None` once ended.
-    copy: Option<Copy<'a>>,
-    stop: S,
-}
-
-impl<S: Future + Unpin> Future for Until<'_, S> {
-    type Output = Ended<S::Output>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        let Some(copy) = this.copy.as_mut() else {
-            return Poll::Pending;
-        };
-        if let Poll::Ready(done) = Pin::new(copy).poll(cx) {
-            this.copy = None;
-            return Poll::Ready(Ended::Copied(done));
-        }
-        let Poll::Ready(value) = Pin::new(&mut this.stop).poll(cx) else {
-            return Poll::Pending;
-        };
-        if let Some(copy) = this.copy.take() {
-            let (tcp, mut send) = copy.into_parts();
-            send.send_reset(h2::Reason::CONNECT_ERROR);
-            crate::copy::reset(tcp);
-        }
-        Poll::Ready(Ended::Stopped(value))
-    }
 }
 
 #[cfg(test)]
@@ -331,7 +283,8 @@ mod tests {
         let (accepted, _) = listener.accept().await.unwrap();
         let ((send, recv), (mut peer_send, mut peer_recv)) = stream_pair().await;
         let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-        let mut copy = bidirectional(accepted, send, recv, &up, &down);
+        let mut copy = Copy::new(accepted, send, recv);
+        let mut run = std::future::poll_fn(|cx| copy.poll_copy(cx, &up, &down));
 
         let exchange = async {
             app.write_all(b"ping").await.unwrap();
@@ -346,12 +299,13 @@ mod tests {
         };
         tokio::select! {
             () = exchange => {}
-            ended = &mut copy => panic!("the copy ended during the exchange: {ended:?}"),
+            ended = &mut run => panic!("the copy ended during the exchange: {ended:?}"),
         }
+        drop(run);
 
         // Quiet both ways: the copy waits without a read buffer (a stale readiness after the
         // short read once made it reserve one) and without the frames it passed on.
-        let waiting = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut copy).poll(cx)))
+        let waiting = std::future::poll_fn(|cx| Poll::Ready(copy.poll_copy(cx, &up, &down)))
             .await
             .is_pending();
         assert!(waiting);
@@ -373,7 +327,8 @@ mod tests {
             app.read_to_end(&mut rest).await.unwrap();
             assert!(rest.is_empty());
         };
-        let (copied, ()) = tokio::join!(copy, closing);
+        let run = std::future::poll_fn(|cx| copy.poll_copy(cx, &up, &down));
+        let (copied, ()) = tokio::join!(run, closing);
         let copied = copied.expect("both directions end cleanly");
         assert_eq!(
             copied,

@@ -49,7 +49,7 @@ pub(crate) async fn serve(scope: &PodScope, stream: TcpStream, peer: SocketAddr)
             flow.fail(Refusal::Denied(authz::denial(&decision)));
             count_failure(scope, Listener::Inbound);
             tcp.fail(ResponseFlags::Deny);
-            crate::copy::reset(stream);
+            crate::socket::close_with_reset(stream);
             return;
         }
     };

@@ -17,6 +17,7 @@ pub mod admission;
 pub mod authz;
 mod inbound;
 pub(crate) mod outbound;
+mod task;
 mod telemetry;
 mod tunnel;
 
@@ -279,9 +280,7 @@ async fn accept_loop(scope: Arc<PodScope>, kind: Listener, listener: TcpListener
         // One spawn per kind: a task's allocation is its future's size, and a match over the
         // three would make every connection pay for the largest (the 15008 handshake's).
         match kind {
-            Listener::Outbound => {
-                tokio::spawn(async move { outbound::serve(&scope, stream, peer).await })
-            }
+            Listener::Outbound => tokio::spawn(outbound::serve(scope, stream, peer)),
             Listener::Inbound => {
                 tokio::spawn(async move { inbound::serve(&scope, stream, peer).await })
             }
@@ -389,7 +388,7 @@ pub(crate) async fn relay_guarded(
     tcp: &Connection,
     downstream: tokio::net::TcpStream,
     upstream: tokio::net::TcpStream,
-    mut admitted: authz::Registration,
+    admitted: authz::Registration,
 ) {
     let ended = copy::bidirectional_until(
         downstream,

@@ -5,12 +5,17 @@
 //! anything else is passed through as plain TCP from the pod's own namespace (so it leaves with
 //! the pod's IP, subject to the pod's network policy).
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
 
+use super::task::ConnectionTask;
 use super::{copy_ended, count_failure, dial, open_flow, relay, telemetry, PodScope, Refusal};
 use crate::config::{HBONE_DIAL_TIMEOUT, HBONE_PORT, PROXY_PORTS};
 use crate::copy::Tally;
@@ -86,62 +91,73 @@ pub(crate) fn decide_in(
     })
 }
 
-/// Handles one accepted outbound connection.
-pub(crate) async fn serve(scope: &PodScope, stream: TcpStream, peer: SocketAddr) {
-    // Boxed and freed once connected: deciding, dialling and opening a tunnel are large states
-    // the task would otherwise keep for the connection's whole life (an idle connection is
-    // mostly its task; see benches/README.md). Only what the copy needs comes back.
-    let Some(connected) = Box::pin(connect(scope, stream, peer)).await else {
-        return;
-    };
-    match connected {
-        Connected::Passthrough {
-            flow,
-            tcp,
-            client,
-            upstream,
-        } => {
-            // Boxed too: the plain-TCP copy (buffered or spliced) is the larger of the two.
-            Box::pin(relay(
-                scope,
-                Listener::Outbound,
-                flow,
-                &tcp,
-                client,
-                upstream,
-            ))
-            .await
-        }
-        Connected::Hbone(tunnelled) => carry(scope, tunnelled).await,
-    }
+/// The task of one accepted outbound connection: its opening ([`connect`], boxed), then its
+/// copy.
+pub(crate) fn serve(
+    scope: Arc<PodScope>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> ConnectionTask<impl Future<Output = Option<Connected>>, Connected> {
+    ConnectionTask::new(connect(scope, stream, peer))
 }
 
-/// An outbound connection whose upstream is open, ready to copy.
-enum Connected {
-    /// Plain TCP to the destination.
-    Passthrough {
-        flow: Flow,
-        tcp: Connection,
-        client: TcpStream,
-        upstream: TcpStream,
-    },
-    /// An accepted CONNECT stream.
+/// An outbound connection whose upstream is open: its copy, as the connection's task runs it.
+// The tunnel stays inline: it is the common case, and boxing it would add an allocation per
+// connection while the task holds one variant either way.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Connected {
+    /// Plain TCP to the destination. Boxed: the plain-TCP copy (buffered or spliced) is the
+    /// larger of the two.
+    Passthrough(Pin<Box<dyn Future<Output = ()> + Send>>),
+    /// A CONNECT stream the peer accepted.
     Hbone(Tunnelled),
 }
 
-/// A client connection and the CONNECT stream that carries it, with the stream's place on the
-/// pooled connection.
-struct Tunnelled {
+impl Future for Connected {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.get_mut() {
+            Connected::Passthrough(relay) => relay.as_mut().poll(cx),
+            Connected::Hbone(tunnelled) => Pin::new(tunnelled).poll(cx),
+        }
+    }
+}
+
+/// A client connection copied through an open tunnel, adding the bytes to the flow and to the
+/// connection's metrics (`tcp`) as they move. Fields drop in order: the sockets and the
+/// stream, then the stream's place on the pooled connection, then the records.
+pub(crate) struct Tunnelled {
+    copy: hbone::stream::Copy,
+    /// Held for its drop, which gives the place back.
+    _slot: StreamSlot,
     flow: Flow,
     tcp: Connection,
-    client: TcpStream,
-    slot: StreamSlot,
-    send: h2::SendStream<Bytes>,
-    recv: h2::RecvStream,
+    scope: Arc<PodScope>,
+}
+
+impl Future for Tunnelled {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let t = self.get_mut();
+        let result = ready!(t.copy.poll_copy(
+            cx,
+            &(t.flow.sent(), t.tcp.request_bytes()),
+            &(t.flow.received(), t.tcp.response_bytes()),
+        ));
+        copy_ended(&t.scope, Listener::Outbound, &t.flow, result);
+        Poll::Ready(())
+    }
 }
 
 /// Decides the route and opens the upstream; `None` once a failure has been recorded.
-async fn connect(scope: &PodScope, mut stream: TcpStream, peer: SocketAddr) -> Option<Connected> {
+async fn connect(
+    owned_scope: Arc<PodScope>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<Connected> {
+    let scope = &*owned_scope;
     let (dst, flow) = open_flow(scope, Listener::Outbound, &stream, peer)?;
     let route = match decide(scope, dst) {
         Ok(r) => r,
@@ -157,12 +173,10 @@ async fn connect(scope: &PodScope, mut stream: TcpStream, peer: SocketAddr) -> O
             flow.set_upstream(target);
             let tcp = telemetry::outbound(scope, dst, target, SecurityPolicy::Unknown);
             match dial(scope, target, None).await {
-                Ok(upstream) => Some(Connected::Passthrough {
-                    flow,
-                    tcp,
-                    client: stream,
-                    upstream,
-                }),
+                Ok(upstream) => Some(Connected::Passthrough(Box::pin(async move {
+                    let scope = &*owned_scope;
+                    relay(scope, Listener::Outbound, flow, &tcp, stream, upstream).await
+                }))),
                 Err(e) => {
                     flow.fail(e);
                     count_failure(scope, Listener::Outbound);
@@ -187,16 +201,15 @@ async fn connect(scope: &PodScope, mut stream: TcpStream, peer: SocketAddr) -> O
                     sent_early,
                 }) => {
                     // The TLS verifier accepted the server only if it presented this identity.
-                    flow.set_peer_identity(identity.to_string());
+                    flow.set_peer_identity(lease.peer_identity());
                     flow.set_tls_group(lease.tls_group());
                     (flow.sent(), tcp.request_bytes()).add(sent_early);
                     Some(Connected::Hbone(Tunnelled {
+                        copy: hbone::stream::Copy::new(stream, send, recv),
+                        _slot: lease.into_slot(),
                         flow,
                         tcp,
-                        client: stream,
-                        slot: lease.into_slot(),
-                        send,
-                        recv,
+                        scope: owned_scope,
                     }))
                 }
                 Err((e, flags)) => {
@@ -303,22 +316,6 @@ struct OpenTunnel {
     send: h2::SendStream<Bytes>,
     recv: h2::RecvStream,
     sent_early: u64,
-}
-
-/// Copies the client connection through an open tunnel, adding the bytes to the flow and to
-/// the connection's metrics (`tcp`) as they move.
-async fn carry(scope: &PodScope, t: Tunnelled) {
-    // Fields, not a destructuring `let`: new bindings would take room in the task beside `t`.
-    let result = hbone::stream::bidirectional(
-        t.client,
-        t.send,
-        t.recv,
-        &(t.flow.sent(), t.tcp.request_bytes()),
-        &(t.flow.received(), t.tcp.response_bytes()),
-    )
-    .await;
-    drop(t.slot);
-    copy_ended(scope, Listener::Outbound, &t.flow, result);
 }
 
 /// A CONNECT stream to `dst` through `via` that the peer answered with 200.

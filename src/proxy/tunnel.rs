@@ -3,8 +3,11 @@
 //! policy engine (401 if denied), dials the app inside the pod with the client pod's IP kept as
 //! the source, and copies until the tunnel ends or a policy change denies it (stream reset).
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -13,10 +16,12 @@ use tokio::net::TcpStream;
 
 use super::admission::HandshakeGuard;
 use super::authz::{self, Inbound};
+use super::task::ConnectionTask;
 use super::{count_failure, dial, telemetry, PodScope};
 use crate::config::{HBONE_PORT, PROXY_PORTS};
 use crate::flows::Listener;
 use crate::hbone::server::{respond_error, respond_ok, Accepted};
+use crate::hbone::stream::Copy;
 use crate::hbone::{forwarded_for, parse_target};
 use crate::identity::revocation::revoked_or_never;
 use crate::identity::Identity;
@@ -88,10 +93,9 @@ pub(crate) async fn serve_connection(
         let Some(next) = next else { break };
         match next {
             Ok((req, respond)) => {
-                // The opening is boxed and the task holds only the copy phase beside it: the
-                // request, the decision and the dial are freed once the 200 is sent, instead of
-                // staying in the task for the tunnel's whole life.
-                let opening = Box::pin(accept_stream(
+                // The request, the decision and the dial are freed once the 200 is sent; the
+                // task then holds only the copy (see `proxy::task`).
+                tokio::spawn(ConnectionTask::new(accept_stream(
                     scope.clone(),
                     peer,
                     client_id.clone(),
@@ -99,9 +103,7 @@ pub(crate) async fn serve_connection(
                     tls_group,
                     req,
                     respond,
-                ));
-                let scope = scope.clone();
-                tokio::spawn(async move { serve_stream(&scope, opening).await });
+                )));
             }
             Err(e) => {
                 tracing::debug!(pod = %scope.key, %peer, error = %e, "HBONE connection ended");
@@ -126,39 +128,40 @@ fn refuse(scope: &PodScope, peer: SocketAddr, why: String) {
     count_failure(scope, Listener::Hbone);
 }
 
-/// A CONNECT the pod accepted: what the copy phase of [`serve_stream`] keeps.
+/// A CONNECT the pod accepted, copied between the tunnel and the app until either ends or a
+/// policy change denies it (then the stream is reset with CONNECT_ERROR and the app's
+/// connection with RST). Fields drop in order: the sockets and the stream first, then the
+/// records.
 struct AcceptedStream {
+    copy: Copy,
+    admitted: authz::Registration,
     flow: crate::flows::Flow,
     tcp: crate::metrics::tcp::Connection,
-    admitted: authz::Registration,
-    app: TcpStream,
-    send: h2::SendStream<Bytes>,
-    recv: h2::RecvStream,
+    scope: Arc<PodScope>,
 }
 
-/// Serves one CONNECT stream: `opening` is its [`accept_stream`], then the copy.
-async fn serve_stream(
-    scope: &PodScope,
-    opening: std::pin::Pin<Box<impl std::future::Future<Output = Option<AcceptedStream>>>>,
-) {
-    // Fields, not a destructuring `let`: new bindings would take room in the task beside `s`.
-    let Some(mut s) = opening.await else {
-        return;
-    };
-    // The app answers (server → client) into the tunnel; the tunnel carries the client's bytes.
-    let to_client = (s.flow.received(), s.tcp.response_bytes());
-    let to_app = (s.flow.sent(), s.tcp.request_bytes());
-    let stop = s.admitted.denied();
-    let ended =
-        crate::hbone::stream::bidirectional_until(s.app, s.send, s.recv, &to_client, &to_app, stop)
-            .await;
-    super::guarded_copy_ended(scope, Listener::Hbone, &s.flow, &s.tcp, ended);
+impl Future for AcceptedStream {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let s = self.get_mut();
+        // The app answers (server → client) into the tunnel; the tunnel carries the client's
+        // bytes to the app.
+        let ended = ready!(s.copy.poll_until(
+            cx,
+            &(s.flow.received(), s.tcp.response_bytes()),
+            &(s.flow.sent(), s.tcp.request_bytes()),
+            &mut s.admitted.denied(),
+        ));
+        super::guarded_copy_ended(&s.scope, Listener::Hbone, &s.flow, &s.tcp, ended);
+        Poll::Ready(())
+    }
 }
 
-/// The opening half of [`serve_stream`]: checks the CONNECT's target, asks policy, dials the
+/// The opening of a CONNECT stream's task: checks the CONNECT's target, asks policy, dials the
 /// app and answers 200; `None` once a refusal has been answered and recorded.
 async fn accept_stream(
-    scope: Arc<PodScope>,
+    owned_scope: Arc<PodScope>,
     peer: SocketAddr,
     client_id: Arc<Identity>,
     client_text: Arc<str>,
@@ -166,7 +169,7 @@ async fn accept_stream(
     req: Request<h2::RecvStream>,
     respond: SendResponse<Bytes>,
 ) -> Option<AcceptedStream> {
-    let (scope, client_id) = (&*scope, &client_id);
+    let (scope, client_id) = (&*owned_scope, &client_id);
     let client = forwarded_for(req.headers().get("forwarded"))
         .filter(|c| c.port() != 0)
         .unwrap_or(peer);
@@ -239,11 +242,10 @@ async fn accept_stream(
         }
     };
     Some(AcceptedStream {
+        copy: Copy::new(app, send, req.into_body()),
+        admitted,
         flow,
         tcp,
-        admitted,
-        app,
-        send,
-        recv: req.into_body(),
+        scope: owned_scope,
     })
 }
