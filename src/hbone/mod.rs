@@ -45,7 +45,7 @@ pub fn build_request(t: &TunnelRequest) -> Result<Request<()>, http::Error> {
         .method(Method::CONNECT)
         .uri(authority(t.target))
         .header("forwarded", format!("for=\"{}\"", t.client))
-        .header("traceparent", traceparent());
+        .header("traceparent", &traceparent()[..]);
     if !baggage.is_empty() {
         req = req.header("baggage", baggage);
     }
@@ -88,18 +88,48 @@ pub fn forwarded_for(value: Option<&HeaderValue>) -> Option<SocketAddr> {
         })
 }
 
-/// A W3C `traceparent` with a random trace id and span id, sampled flag off.
-fn traceparent() -> String {
-    let mut bytes = [0u8; 24];
-    fill_random(&mut bytes);
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("00-{}-{}-00", &hex[..32], &hex[32..])
+/// A W3C `traceparent` with a random trace id and span id, sampled flag off:
+/// `00-<32 hex>-<16 hex>-00`. Built once per CONNECT, so without a syscall or an allocation
+/// per byte.
+fn traceparent() -> [u8; 55] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let ids = [next_random(), next_random(), next_random()];
+    let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    let digits = ids
+        .iter()
+        .flat_map(|w| w.to_be_bytes())
+        .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+    let places = (3..35).chain(36..52);
+    for (place, digit) in places.zip(digits) {
+        text[place] = digit;
+    }
+    text
 }
 
-/// Fills `buf` from the kernel's CSPRNG. Trace ids need uniqueness, not secrecy; on the
-/// (practically impossible) failure the ids are merely less random.
-fn fill_random(buf: &mut [u8]) {
+thread_local! {
+    /// Per-thread state of [`next_random`], seeded once from the kernel's CSPRNG.
+    static TRACE_RANDOM: std::cell::Cell<u64> = std::cell::Cell::new(seed());
+}
+
+/// A seed from the kernel's CSPRNG. Trace ids need uniqueness, not secrecy; on the
+/// (practically impossible) failure the thread's ids are merely predictable.
+fn seed() -> u64 {
+    let mut buf = [0u8; 8];
     let _ = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    u64::from_ne_bytes(buf)
+}
+
+/// The next value of this thread's splitmix64 sequence (distinct for 2^64 calls).
+fn next_random() -> u64 {
+    let state = TRACE_RANDOM.with(|s| {
+        let next = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        s.set(next);
+        next
+    });
+    let mut z = state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]
@@ -135,6 +165,26 @@ mod tests {
             forwarded_for(r.headers().get("forwarded")),
             Some("[fd00::1]:4000".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn trace_ids_are_lowercase_hex_and_differ_per_request() {
+        let (a, b) = (traceparent(), traceparent());
+        assert_ne!(a[3..52], b[3..52]);
+        for t in [a, b] {
+            let text = std::str::from_utf8(&t).expect("ASCII");
+            let parts: Vec<_> = text.split('-').collect();
+            assert_eq!(parts.len(), 4, "{text}");
+            for id in &parts[1..3] {
+                assert!(id
+                    .bytes()
+                    .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+                assert!(
+                    id.bytes().any(|c| c != b'0'),
+                    "an all-zero id is invalid: {text}"
+                );
+            }
+        }
     }
 
     #[test]
