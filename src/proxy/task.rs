@@ -69,17 +69,31 @@ mod tests {
         }
     }
 
+    /// An opening that keeps its state (a probe) until it is dropped, as a boxed `async fn`
+    /// that returned would not: only freeing the box lets go of it.
+    struct Opening<C> {
+        _state: Probe,
+        copy: Option<C>,
+    }
+
+    impl<C: Unpin> Future for Opening<C> {
+        type Output = Option<C>;
+
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<C>> {
+            Poll::Ready(self.get_mut().copy.take())
+        }
+    }
+
     #[tokio::test]
     async fn the_opening_is_freed_before_the_copy_runs_and_the_copy_when_it_ends() {
-        let (opening_drops, copy_drops) =
-            (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let probe = Probe(opening_drops.clone());
+        let opening_drops = Arc::new(AtomicUsize::new(0));
+        let copy_drops = Arc::new(AtomicUsize::new(0));
         let copy_probe = Probe(copy_drops.clone());
         let seen_by_copy = opening_drops.clone();
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let mut released = Some(released);
         let copy = std::future::poll_fn(move |cx| {
-            let _keep = &copy_probe;
+            let _held = &copy_probe;
             // The opening's state is gone by the time the copy first runs.
             assert_eq!(seen_by_copy.load(Ordering::SeqCst), 1);
             match released.as_mut().map(|r| Pin::new(r).poll(cx)) {
@@ -90,11 +104,9 @@ mod tests {
                 _ => Poll::Pending,
             }
         });
-        let mut copy = Some(copy);
-        let opening = async move {
-            let _held = probe;
-            tokio::task::yield_now().await;
-            copy.take()
+        let opening = Opening {
+            _state: Probe(opening_drops.clone()),
+            copy: Some(copy),
         };
         let task = tokio::spawn(ConnectionTask::new(opening));
         release.send(()).expect("the copy is waiting");
