@@ -126,11 +126,11 @@ impl Future for Connected {
 
 /// A client connection copied through an open tunnel, adding the bytes to the flow and to the
 /// connection's metrics (`tcp`) as they move. Fields drop in order: the sockets and the
-/// stream, then the stream's place on the pooled connection, then the records.
+/// stream, then the records.
 pub(crate) struct Tunnelled {
     copy: hbone::stream::Copy,
-    /// Held for its drop, which gives the place back.
-    _slot: StreamSlot,
+    /// The stream's place on the pooled connection, given back as soon as the copy ends.
+    slot: Option<StreamSlot>,
     flow: Flow,
     tcp: Connection,
     scope: Arc<PodScope>,
@@ -146,6 +146,7 @@ impl Future for Tunnelled {
             &(t.flow.sent(), t.tcp.request_bytes()),
             &(t.flow.received(), t.tcp.response_bytes()),
         ));
+        drop(t.slot.take());
         copy_ended(&t.scope, Listener::Outbound, &t.flow, result);
         Poll::Ready(())
     }
@@ -206,7 +207,7 @@ async fn connect(
                     (flow.sent(), tcp.request_bytes()).add(sent_early);
                     Some(Connected::Hbone(Tunnelled {
                         copy: hbone::stream::Copy::new(stream, send, recv),
-                        _slot: lease.into_slot(),
+                        slot: Some(lease.into_slot()),
                         flow,
                         tcp,
                         scope: owned_scope,
