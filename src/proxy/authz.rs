@@ -86,7 +86,8 @@ impl Registration {
 }
 
 /// [`Registration::denied`]: polled with every poll of the connection's copy, so the common
-/// case (not denied) is one atomic load once the task's waker is registered.
+/// case (not denied) takes no lock: two atomic loads and the waker's registration, which does
+/// not clone a waker that is unchanged.
 pub struct Denied<'a>(&'a Tracked);
 
 impl std::future::Future for Denied<'_> {
