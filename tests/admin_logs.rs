@@ -302,19 +302,13 @@ async fn config_dump_after_an_hbone_flow() {
     assert_eq!(conn["identity"], identity_of("n2-p1"), "{conn:#}");
     assert!(conn["age_secs"].as_u64().is_some(), "{conn:#}");
     // The client saw the tunnel's end; the proxy gives the stream's place back right after.
-    let until = std::time::Instant::now() + DEADLINE;
-    loop {
-        let (_, body) = admin(&c, "n1", "GET", "/config_dump");
-        let conn = pooled(&serde_json::from_str(&body).expect("config dump JSON"));
-        if conn["streams"] == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < until,
-            "the flow has ended but its stream is still counted: {conn:#}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_until(
+        "the ended flow's stream to leave the pooled connection's count",
+        || {
+            let (_, body) = admin(&c, "n1", "GET", "/config_dump");
+            pooled(&serde_json::from_str(&body).expect("config dump JSON"))["streams"] == 0
+        },
+    );
 }
 
 /// A daemon whose workload file does not parse is not ready, and its readiness body names the

@@ -47,21 +47,7 @@ impl Drop for Server {
 impl Server {
     /// Listens on `addr` inside `ns` (use `[::]:port` for both families).
     pub async fn start(ns: &NetNs, addr: SocketAddr) -> io::Result<Server> {
-        let std_listener = ns
-            .run(|| -> io::Result<std::net::TcpListener> {
-                let domain = socket2::Domain::for_address(addr);
-                let s = socket2::Socket::new(domain, socket2::Type::STREAM.cloexec(), None)?;
-                if addr.is_ipv6() {
-                    s.set_only_v6(false)?;
-                }
-                s.set_reuse_address(true)?;
-                s.bind(&addr.into())?;
-                s.listen(1024)?;
-                s.set_nonblocking(true)?;
-                Ok(s.into())
-            })
-            .map_err(io::Error::other)??;
-        let listener = TcpListener::from_std(std_listener)?;
+        let listener = listen(ns, addr)?;
         let addr = listener.local_addr()?;
         let log = Arc::new(Mutex::new(Vec::new()));
         let changed = Arc::new(Notify::new());
@@ -141,6 +127,26 @@ async fn echo(stream: TcpStream) -> io::Result<u64> {
         total += n as u64;
         w.write_all(&buf[..n]).await?;
     }
+}
+
+/// A listener on `addr` inside `ns` (`[::]:port` takes both families), for a server of the
+/// lab's own: [`Server`], or a test's scripted one. Must be called inside a tokio runtime.
+pub fn listen(ns: &NetNs, addr: SocketAddr) -> io::Result<TcpListener> {
+    let std_listener = ns
+        .run(|| -> io::Result<std::net::TcpListener> {
+            let domain = socket2::Domain::for_address(addr);
+            let s = socket2::Socket::new(domain, socket2::Type::STREAM.cloexec(), None)?;
+            if addr.is_ipv6() {
+                s.set_only_v6(false)?;
+            }
+            s.set_reuse_address(true)?;
+            s.bind(&addr.into())?;
+            s.listen(1024)?;
+            s.set_nonblocking(true)?;
+            Ok(s.into())
+        })
+        .map_err(io::Error::other)??;
+    TcpListener::from_std(std_listener)
 }
 
 /// Connects from inside `ns` to `dst` with an ordinary (unmarked) socket, as an app would.

@@ -234,26 +234,14 @@ pub fn wait_until_within(deadline: Duration, what: &str, mut cond: impl FnMut() 
     }
 }
 
-/// Sends 10 kB from pod `from` (or `"fabric"`, outside the mesh) to the echo server at `dst`,
-/// asserts the echo is intact, and returns the client's own address.
 /// A listener on `[::]:port` (IPv4 too) inside `ns`, for a test's own scripted server; must be
 /// called inside a tokio runtime.
 pub fn listen_in(ns: &ambit::netns::NetNs, port: u16) -> tokio::net::TcpListener {
-    let std_listener = ns
-        .run(|| {
-            let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
-            s.set_only_v6(false)?;
-            s.set_reuse_address(true)?;
-            s.bind(&SocketAddr::from(([0u16; 8], port)).into())?;
-            s.listen(64)?;
-            s.set_nonblocking(true)?;
-            Ok::<std::net::TcpListener, std::io::Error>(s.into())
-        })
-        .expect("enter pod namespace")
-        .expect("listen");
-    tokio::net::TcpListener::from_std(std_listener).expect("tokio listener")
+    ambit::lab::traffic::listen(ns, SocketAddr::from(([0u16; 8], port))).expect("listen")
 }
 
+/// Sends 10 kB from pod `from` (or `"fabric"`, outside the mesh) to the echo server at `dst`,
+/// asserts the echo is intact, and returns the client's own address.
 pub async fn send(c: &Cluster, from: &str, dst: SocketAddr) -> SocketAddr {
     let payload = ambit::lab::traffic::pattern(10_000);
     let ns = if from == "fabric" {
