@@ -77,8 +77,9 @@ struct State {
 }
 
 impl Copy {
-    /// Runs both directions between `tcp` and the HTTP/2 stream (`send`, `recv`) until both
-    /// ended. An error on either side ends both (dropping the h2 stream resets it).
+    /// A copy of both directions between `tcp` and the HTTP/2 stream (`send`, `recv`), run by
+    /// [`Copy::poll_copy`] until both ended. An error on either side ends both (dropping the
+    /// h2 stream resets it).
     pub fn new(tcp: TcpStream, send: SendStream<Bytes>, recv: RecvStream) -> Self {
         Copy {
             tcp,

@@ -118,8 +118,10 @@ mod tests {
     #[tokio::test]
     async fn a_refused_opening_ends_the_task() {
         let opening = async { None::<std::future::Ready<()>> };
-        tokio::spawn(ConnectionTask::new(opening))
+        let task = tokio::spawn(ConnectionTask::new(opening));
+        tokio::time::timeout(std::time::Duration::from_secs(10), task)
             .await
+            .expect("the task ends instead of waiting for a copy")
             .expect("the task completes");
     }
 }
